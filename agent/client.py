@@ -1,0 +1,260 @@
+"""``MemoryClient``: what an agent calls to log, recall and forget experiences.
+
+``log`` returns only after the stream has durably acknowledged the experience *and* the buffer
+can recall it. The buffer is a view of the stream: :meth:`MemoryClient.sync` (run on open) applies
+any stream record the buffer lacks, e.g. one acknowledged just before a crash, so no acknowledged
+experience is ever missing from recall, and dedupe by (tenant, id) means none is there twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from memory.buffer import Buffer, Hit, StoredExperience
+from memory.embedder import Embedder, SentenceTransformerEmbedder
+from memory.errors import ConflictError, InvalidInputError, NotFoundError
+from memory.experience import Experience, make_experience, validate_tenant
+from memory.stream import ExperienceStream, Position, StreamMessage, StreamRecord, open_stream
+from reverie.settings import Settings, load_settings
+
+__all__ = ["LogItem", "MemoryClient"]
+
+logger = logging.getLogger(__name__)
+
+LogItem = str | Mapping[str, Any]
+"""An item of :meth:`MemoryClient.log_many`: the text, or a mapping with ``text`` and optionally
+``id``, ``source``, ``metadata`` and ``created_at``."""
+
+_ITEM_KEYS = {"text", "id", "source", "metadata", "created_at"}
+MAX_QUERY_CHARS = 4_000
+MAX_K = 100
+
+
+class MemoryClient:
+    """Log, recall and forget experiences of any number of tenants.
+
+    Thread-safe. Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        embedder: Embedder | None = None,
+        stream: ExperienceStream | None = None,
+        sync: bool = True,
+    ) -> None:
+        self.settings = settings or load_settings()
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._stream = stream or open_stream(self.settings.stream, self.settings.data_dir)
+        self._embedder = embedder or SentenceTransformerEmbedder(self.settings.embedder)
+        self.buffer = Buffer(
+            self.settings.data_dir / "buffer",
+            dim=self._embedder.dim,
+            embedder_name=self._embedder.name,
+            settings=self.settings.buffer,
+        )
+        if sync:
+            self.sync()
+
+    @property
+    def stream(self) -> ExperienceStream:
+        return self._stream
+
+    @property
+    def embedder(self) -> Embedder:
+        return self._embedder
+
+    # -- writes ----------------------------------------------------------------------------
+    def log(
+        self,
+        text: str,
+        *,
+        tenant: str,
+        metadata: Mapping[str, Any] | None = None,
+        id: str | None = None,
+        source: str | None = None,
+    ) -> Experience:
+        """Log one experience; returns once it is durable and recallable. Idempotent per id."""
+        item: dict[str, Any] = {"text": text, "id": id, "source": source, "metadata": metadata}
+        return self._log([make_experience(tenant=tenant, **item)])[0]
+
+    def log_many(self, items: Sequence[LogItem], *, tenant: str) -> list[Experience]:
+        """Log a batch (embedded and appended together). All items are validated first: if any
+        is invalid, nothing is written and the error names it (``items[3].text: ...``)."""
+        validate_tenant(tenant)
+        if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+            raise InvalidInputError("items", "must be a list of texts or of objects with 'text'")
+        experiences = []
+        for i, item in enumerate(items):
+            where = f"items[{i}]."
+            if isinstance(item, str):
+                fields: dict[str, Any] = {"text": item}
+            elif isinstance(item, Mapping):
+                unknown = set(item) - _ITEM_KEYS
+                if unknown:
+                    raise InvalidInputError(
+                        f"{where}{sorted(unknown)[0]}",
+                        f"unknown key; items take {', '.join(sorted(_ITEM_KEYS))}",
+                    )
+                fields = dict(item)
+            else:
+                raise InvalidInputError(
+                    f"items[{i}]", f"must be a text or an object, got {type(item).__name__}"
+                )
+            experiences.append(make_experience(tenant=tenant, where=where, **fields))
+        return self._log(experiences)
+
+    def _log(self, experiences: list[Experience]) -> list[Experience]:
+        if not experiences:
+            return []
+        tenant = experiences[0].tenant
+        # Same id twice in one batch: identical content collapses, different content is an error.
+        unique: dict[str, Experience] = {}
+        for exp in experiences:
+            seen = unique.setdefault(exp.id, exp)
+            if seen.content_key() != exp.content_key():
+                raise ConflictError(
+                    f"id {exp.id!r} appears twice in the batch with different "
+                    "content; give each experience its own id"
+                )
+        stored = self.buffer.get_many(tenant, list(unique))
+        for id_, exp in unique.items():
+            if id_ in stored and stored[id_].experience.content_key() != exp.content_key():
+                raise ConflictError(
+                    f"experience {id_!r} of tenant {tenant!r} already exists with different "
+                    "content; use a new id, or forget the old one first"
+                )
+            if id_ not in stored and self.buffer.is_forgotten(tenant, id_):
+                raise ConflictError(
+                    f"experience {id_!r} of tenant {tenant!r} was forgotten; ids are not reused, "
+                    "log it under a new id"
+                )
+        new = [exp for id_, exp in unique.items() if id_ not in stored]
+        if new:
+            vectors = self._embedder.embed([exp.text for exp in new])
+            positions = self._stream.append([StreamRecord.logged(exp) for exp in new])
+            inserted = self.buffer.add_many(new, vectors, positions)
+            for exp, was_new in zip(new, inserted, strict=True):
+                # Lost a race with another process logging the same id: same rule as above.
+                raced = None if was_new else self.buffer.get(tenant, exp.id)
+                if raced is not None and raced.experience.content_key() != exp.content_key():
+                    raise ConflictError(
+                        f"experience {exp.id!r} of tenant {tenant!r} was logged concurrently with "
+                        "different content; use a new id"
+                    )
+            logger.debug("logged %d experiences for tenant %s", len(new), tenant)
+        result = {**{k: v.experience for k, v in stored.items()}, **{e.id: e for e in new}}
+        return [result[exp.id] for exp in experiences]
+
+    def forget(self, id: str, *, tenant: str) -> None:
+        """Erase an experience: a forget record goes to the stream, the buffer drops it, and no
+        replay brings it back. Raises :class:`NotFoundError` if the tenant has no such id."""
+        validate_tenant(tenant)
+        if self.buffer.get(tenant, id) is None:
+            raise NotFoundError(f"tenant {tenant!r} has no experience {id!r}")
+        self._stream.append([StreamRecord.forgotten(tenant, id)])
+        self.buffer.delete(tenant, id)
+
+    # -- reads -----------------------------------------------------------------------------
+    def recall(self, query: str, *, tenant: str, k: int = 5) -> list[Hit]:
+        """The ``k`` experiences of ``tenant`` closest in meaning to ``query``, best first."""
+        validate_tenant(tenant)
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidInputError("query", "give a non-blank text to search for")
+        if len(query) > MAX_QUERY_CHARS:
+            raise InvalidInputError("query", f"at most {MAX_QUERY_CHARS:,} characters")
+        if not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise InvalidInputError("k", f"must be an integer from 1 to {MAX_K}, got {k!r}")
+        vector = self._embedder.embed([query])[0]
+        return self.buffer.search(tenant, vector, k)
+
+    def get(self, id: str, *, tenant: str) -> StoredExperience:
+        validate_tenant(tenant)
+        stored = self.buffer.get(tenant, id)
+        if stored is None:
+            raise NotFoundError(f"tenant {tenant!r} has no experience {id!r}")
+        return stored
+
+    def status(self) -> dict[str, Any]:
+        """Counts per tenant and the stream's end offsets."""
+        return {
+            "data_dir": str(self.settings.data_dir),
+            "stream": {
+                "name": self._stream.name,
+                "partitions": self._stream.partitions,
+                "end_offsets": self._stream.end_offsets(),
+            },
+            "embedder": self._embedder.name,
+            "tenants": self.buffer.stats(),
+        }
+
+    # -- recovery --------------------------------------------------------------------------
+    def sync(self, batch: int = 500) -> int:
+        """Apply stream records the buffer has not seen; returns how many experiences it added."""
+        name = self._stream.name
+        applied = self.buffer.applied(name)
+        added = 0
+        for partition in range(self._stream.partitions):
+            offset = applied.get(partition, 0)
+            while messages := self._stream.read(partition, offset, batch):
+                added += self._apply(messages)
+                offset = messages[-1].offset + 1
+                self.buffer.set_applied(name, {partition: offset})
+        if added:
+            logger.info("sync added %d experiences from the stream to the buffer", added)
+        return added
+
+    def _apply(self, messages: Sequence[StreamMessage]) -> int:
+        """Apply messages in order: runs of experiences are embedded in one batch."""
+        added = 0
+        pending: list[tuple[Experience, Position]] = []
+
+        def flush() -> None:
+            nonlocal added
+            if pending:
+                vectors = self._embedder.embed([e.text for e, _ in pending])
+                added += sum(
+                    self.buffer.add_many([e for e, _ in pending], vectors, [p for _, p in pending])
+                )
+                pending.clear()
+
+        for msg in messages:
+            record = msg.record
+            if record is None:
+                logger.warning(
+                    "skipping undecodable stream record p%d@%d: %s",
+                    msg.partition,
+                    msg.offset,
+                    msg.error,
+                )
+            elif record.kind == "forget":
+                flush()
+                self.buffer.delete(record.tenant, record.id)
+            elif (
+                record.experience is not None
+                and self.buffer.get(record.tenant, record.id) is None
+                and not any(e.tenant == record.tenant and e.id == record.id for e, _ in pending)
+            ):
+                pending.append((record.experience, Position(msg.partition, msg.offset)))
+        flush()
+        return added
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        self.buffer.close()
+        self._stream.close()
+
+    def __enter__(self) -> MemoryClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

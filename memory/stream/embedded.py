@@ -1,0 +1,446 @@
+"""Embedded experience stream: append-only segment files with Kafka's offset semantics.
+
+Used when no Kafka bootstrap servers are configured. Layout under ``root``::
+
+    stream.json                          partition count (fixed when the log is created)
+    p0000/00000000000000000000.log       a segment; its name is the offset of its first record
+    p0000/.lock                          flock held while appending (any process)
+    groups/<group>/p0000.offset          committed next offset, replaced atomically
+    groups/<group>/p0000.lock            flock held by the group member that owns the partition
+    groups/<group>/members/<id>.lock     flock held while a member is alive
+
+Durability: an append writes every frame in one ``write`` and ``fsync`` s before returning. On open,
+the newest segment of each partition is scanned under the append lock and a torn tail (from a crash
+mid-append) is truncated. Several processes may append and consume concurrently.
+
+Group membership: each live member holds a lock file; a member owns at most
+``ceil(partitions / live members)`` partitions, each claimed with a non-blocking flock, so a member
+that dies (even by SIGKILL) releases its partitions to the others at their next poll.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import json
+import logging
+import math
+import mmap
+import os
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from memory.errors import ConfigError, StreamError
+from memory.stream.base import (
+    Position,
+    StreamMessage,
+    StreamRecord,
+    encode_record,
+    to_message,
+)
+from memory.stream.segments import frame, scan
+
+__all__ = ["EmbeddedConsumer", "EmbeddedStream"]
+
+logger = logging.getLogger(__name__)
+
+_SEGMENT_SUFFIX = ".log"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so a reader sees the old or the new content, never a mix."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class _Partition:
+    """One partition: a directory of segments. Thread-safe and multi-process safe."""
+
+    def __init__(self, directory: Path, segment_bytes: int, fsync: bool) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._segment_bytes = segment_bytes
+        self._fsync = fsync
+        self._mutex = threading.Lock()
+        self._lock_file = open(self.dir / ".lock", "a+b")  # noqa: SIM115 - held for the log's life
+        # Cached view of the tail: (segment base, valid byte length, next offset).
+        self._tail_base = -1
+        self._tail_pos = 0
+        self._tail_next = 0
+        # Where the last read stopped, so sequential reads do not rescan: offset -> (base, pos).
+        self._cursor: dict[int, tuple[int, int]] = {}
+        with self._exclusive():
+            self._recover()
+
+    # -- locking ---------------------------------------------------------------------------
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        with self._mutex:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    # -- segments --------------------------------------------------------------------------
+    def _bases(self) -> list[int]:
+        return sorted(
+            int(p.name[: -len(_SEGMENT_SUFFIX)])
+            for p in self.dir.iterdir()
+            if p.name.endswith(_SEGMENT_SUFFIX) and p.name[: -len(_SEGMENT_SUFFIX)].isdigit()
+        )
+
+    def _path(self, base: int) -> Path:
+        return self.dir / f"{base:020d}{_SEGMENT_SUFFIX}"
+
+    @staticmethod
+    def _map(path: Path) -> mmap.mmap | None:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size == 0:
+                return None
+            return mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ)
+
+    def _recover(self) -> None:
+        """Truncate a torn tail of the newest segment (caller holds the exclusive lock)."""
+        bases = self._bases()
+        if not bases:
+            self._path(0).touch()
+            _fsync_dir(self.dir)
+            bases = [0]
+        base = bases[-1]
+        path = self._path(base)
+        mm = self._map(path)
+        result = scan(mm if mm is not None else b"")
+        size = len(mm) if mm is not None else 0
+        if mm is not None:
+            mm.close()
+        if result.end < size:
+            logger.warning(
+                "truncating torn tail of %s: %d bytes after offset %d (%s record)",
+                path,
+                size - result.end,
+                base + len(result.payloads),
+                result.stop,
+            )
+            with open(path, "r+b") as fh:
+                fh.truncate(result.end)
+                fh.flush()
+                os.fsync(fh.fileno())
+        self._tail_base, self._tail_pos = base, result.end
+        self._tail_next = base + len(result.payloads)
+
+    def _refresh_tail(self) -> None:
+        """Catch up with records other processes appended (caller holds ``_mutex``)."""
+        bases = self._bases()
+        newest = bases[-1] if bases else 0
+        if newest != self._tail_base:
+            self._tail_base, self._tail_pos, self._tail_next = newest, 0, newest
+        mm = self._map(self._path(self._tail_base))
+        if mm is None:
+            return
+        try:
+            result = scan(mm, self._tail_pos)
+        finally:
+            mm.close()
+        self._tail_pos = result.end
+        self._tail_next += len(result.payloads)
+
+    # -- public ----------------------------------------------------------------------------
+    def end_offset(self) -> int:
+        with self._mutex:
+            self._refresh_tail()
+            return self._tail_next
+
+    def append(self, payloads: Sequence[bytes]) -> int:
+        """Append durably; return the offset of the first payload."""
+        data = frame(payloads)
+        with self._exclusive():
+            self._refresh_tail()
+            if self._tail_pos >= self._segment_bytes:
+                self._tail_base, self._tail_pos = self._tail_next, 0
+                self._path(self._tail_base).touch()
+                _fsync_dir(self.dir)
+            first = self._tail_next
+            with open(self._path(self._tail_base), "ab") as fh:
+                fh.write(data)
+                fh.flush()
+                if self._fsync:
+                    os.fsync(fh.fileno())
+            self._tail_pos += len(data)
+            self._tail_next += len(payloads)
+            return first
+
+    def _scan_segment(self, base: int, pos: int, max_records: int) -> tuple[list[bytes], int, bool]:
+        """Records of segment ``base`` from byte ``pos``: (payloads, end byte, at clean EOF)."""
+        mm = self._map(self._path(base))
+        if mm is None:
+            return [], pos, True
+        try:
+            result = scan(mm, pos, max_records)
+            at_eof = result.stop == "clean" and result.end == len(mm)
+        finally:
+            mm.close()
+        return result.payloads, result.end, at_eof
+
+    def _locate(self, offset: int, bases: list[int]) -> tuple[int, int] | None:
+        """(segment base, byte position) where record ``offset`` starts, or None past the end."""
+        if offset in self._cursor:
+            return self._cursor[offset]
+        i = bisect.bisect_right(bases, offset) - 1
+        if i < 0:
+            return None
+        skip = offset - bases[i]
+        payloads, end, _ = self._scan_segment(bases[i], 0, skip)
+        return (bases[i], end) if len(payloads) == skip else None
+
+    def read(self, offset: int, max_records: int) -> list[tuple[int, bytes]]:
+        """Up to ``max_records`` complete records from ``offset`` (never blocks on writers)."""
+        with self._mutex:
+            bases = self._bases()
+            start = self._locate(offset, bases)
+            if start is None:
+                return []
+            base, pos = start
+            out: list[tuple[int, bytes]] = []
+            current = offset
+            while len(out) < max_records:
+                payloads, pos, at_eof = self._scan_segment(base, pos, max_records - len(out))
+                out.extend(zip(range(current, current + len(payloads)), payloads, strict=True))
+                current += len(payloads)
+                nxt = bisect.bisect_right(bases, base)
+                # Continue into the next segment only once this one is read to its clean end.
+                if not (at_eof and nxt < len(bases) and bases[nxt] == current):
+                    break
+                base, pos = bases[nxt], 0
+            self._cursor[current] = (base, pos)
+            while len(self._cursor) > 16:  # a few readers at different places; drop the oldest
+                del self._cursor[next(iter(self._cursor))]
+            return out
+
+    def close(self) -> None:
+        self._lock_file.close()
+
+
+class EmbeddedStream:
+    """The experience stream as files under ``root`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        partitions: int = 4,
+        segment_bytes: int = 64 * 1024 * 1024,
+        fsync: bool = True,
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        meta_path = self.root / "stream.json"
+        if meta_path.exists():
+            stored = json.loads(meta_path.read_text())["partitions"]
+            if stored != partitions:
+                raise ConfigError(
+                    "stream.partitions",
+                    f"the embedded stream at {self.root} was created with {stored} partitions, "
+                    f"not {partitions}; set stream.partitions={stored} or use a new data dir",
+                )
+        else:
+            atomic_write_text(meta_path, json.dumps({"partitions": partitions}))
+        self._partitions = [
+            _Partition(self.root / f"p{p:04d}", segment_bytes, fsync) for p in range(partitions)
+        ]
+
+    @property
+    def name(self) -> str:
+        return f"embedded:{self.root.resolve()}"
+
+    @property
+    def partitions(self) -> int:
+        return len(self._partitions)
+
+    def partition_for(self, tenant: str) -> int:
+        return zlib.crc32(tenant.encode()) % len(self._partitions)
+
+    def append(self, records: Sequence[StreamRecord]) -> list[Position]:
+        return self._append_keyed([(r.tenant, encode_record(r)) for r in records])
+
+    def append_raw(self, tenant: str, payloads: Sequence[bytes]) -> list[Position]:
+        return self._append_keyed([(tenant, p) for p in payloads])
+
+    def _append_keyed(self, keyed: Sequence[tuple[str, bytes]]) -> list[Position]:
+        by_partition: dict[int, list[int]] = {}
+        for i, (tenant, _) in enumerate(keyed):
+            by_partition.setdefault(self.partition_for(tenant), []).append(i)
+        positions: list[Position | None] = [None] * len(keyed)
+        for p, indices in by_partition.items():
+            try:
+                first = self._partitions[p].append([keyed[i][1] for i in indices])
+            except OSError as err:
+                raise StreamError(f"embedded stream append failed: {err}") from err
+            for k, i in enumerate(indices):
+                positions[i] = Position(p, first + k)
+        return [pos for pos in positions if pos is not None]
+
+    def end_offsets(self) -> dict[int, int]:
+        return {p: part.end_offset() for p, part in enumerate(self._partitions)}
+
+    def read(self, partition: int, offset: int, max_records: int = 500) -> list[StreamMessage]:
+        return [
+            to_message(partition, off, raw)
+            for off, raw in self._partitions[partition].read(offset, max_records)
+        ]
+
+    def consumer(self, group: str) -> EmbeddedConsumer:
+        return EmbeddedConsumer(self, group)
+
+    def close(self) -> None:
+        for part in self._partitions:
+            part.close()
+
+
+class EmbeddedConsumer:
+    """A consumer-group member over an :class:`EmbeddedStream` (see the module docstring)."""
+
+    def __init__(self, stream: EmbeddedStream, group: str) -> None:
+        if not group or "/" in group or group.startswith("."):
+            raise ConfigError("group", f"{group!r} is not a valid consumer group name")
+        self.group = group
+        self._stream = stream
+        self._dir = stream.root / "groups" / group
+        self._members = self._dir / "members"
+        self._members.mkdir(parents=True, exist_ok=True)
+        # Lock the member file before it becomes visible, so no one takes it for a dead member.
+        member_id = uuid.uuid4().hex
+        tmp = self._dir / f".{member_id}.lock"
+        self._member_file: IO[bytes] = open(tmp, "a+b")  # noqa: SIM115 - held while alive
+        fcntl.flock(self._member_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._member_path = self._members / f"{member_id}.lock"
+        os.replace(tmp, self._member_path)
+        self._owned: dict[int, IO[bytes]] = {}
+        self._position: dict[int, int] = {}
+        self._closed = False
+        self._rebalance()
+
+    # -- membership ------------------------------------------------------------------------
+    def _live_members(self) -> int:
+        alive = 0
+        for path in self._members.glob("*.lock"):
+            if path == self._member_path:
+                alive += 1
+                continue
+            try:
+                fh = open(path, "a+b")  # noqa: SIM115
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                alive += 1
+            else:
+                path.unlink(missing_ok=True)  # its owner is gone
+            finally:
+                fh.close()
+        return alive
+
+    def _rebalance(self) -> None:
+        total = self._stream.partitions
+        share = math.ceil(total / max(1, self._live_members()))
+        for p in sorted(self._owned, reverse=True)[: max(0, len(self._owned) - share)]:
+            self._release(p)
+        for p in range(total):
+            if len(self._owned) >= share:
+                break
+            if p in self._owned:
+                continue
+            fh = open(self._dir / f"p{p:04d}.lock", "a+b")  # noqa: SIM115
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.close()
+                continue
+            self._owned[p] = fh
+            self._position[p] = self._committed_offset(p) or 0
+            logger.debug("group %s: member owns partition %d", self.group, p)
+
+    def _release(self, partition: int) -> None:
+        self._owned.pop(partition).close()
+        self._position.pop(partition, None)
+
+    # -- offsets ---------------------------------------------------------------------------
+    def _offset_path(self, partition: int) -> Path:
+        return self._dir / f"p{partition:04d}.offset"
+
+    def _committed_offset(self, partition: int) -> int | None:
+        try:
+            return int(self._offset_path(partition).read_text())
+        except FileNotFoundError:
+            return None
+
+    # -- public ----------------------------------------------------------------------------
+    def assignment(self) -> set[int]:
+        return set(self._owned)
+
+    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[StreamMessage]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._rebalance()
+            out: list[StreamMessage] = []
+            for p in sorted(self._owned):
+                if len(out) >= max_records:
+                    break
+                messages = self._stream.read(p, self._position[p], max_records - len(out))
+                if messages:
+                    self._position[p] = messages[-1].offset + 1
+                    out.extend(messages)
+            if out or time.monotonic() >= deadline:
+                return out
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        for p, offset in offsets.items():
+            if p not in self._owned:
+                raise StreamError(
+                    f"cannot commit partition {p} of group {self.group!r}: this member no longer "
+                    "owns it (the group rebalanced); its records will be re-delivered"
+                )
+            atomic_write_text(self._offset_path(p), str(int(offset)))
+
+    def committed(self) -> dict[int, int]:
+        out = {}
+        for p in range(self._stream.partitions):
+            offset = self._committed_offset(p)
+            if offset is not None:
+                out[p] = offset
+        return out
+
+    def seek_to_committed(self) -> None:
+        for p in self._owned:
+            self._position[p] = self._committed_offset(p) or 0
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for p in list(self._owned):
+            self._release(p)
+        self._member_path.unlink(missing_ok=True)
+        self._member_file.close()

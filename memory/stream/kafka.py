@@ -1,0 +1,237 @@
+"""Kafka experience stream over kafka-python.
+
+One topic per deployment, record key = tenant (so a tenant's records share a partition and stay in
+order), producer with ``acks="all"`` and idempotence wherever the broker supports it (kafka-python
+turns it off with a warning on brokers that do not). Consumers use the group protocol with
+auto-commit off: offsets move only when :meth:`KafkaGroupConsumer.commit` is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from memory.errors import StreamError
+from memory.stream.base import (
+    Position,
+    StreamMessage,
+    StreamRecord,
+    encode_record,
+    to_message,
+)
+
+__all__ = ["KafkaGroupConsumer", "KafkaStream"]
+
+logger = logging.getLogger(__name__)
+
+
+class KafkaStream:
+    """The experience stream as a Kafka topic."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        *,
+        topic: str = "reverie.experiences",
+        partitions: int = 4,
+        replication_factor: int = 1,
+        client_id: str = "reverie",
+        request_timeout_s: float = 30.0,
+        max_poll_interval_ms: int = 300_000,
+        session_timeout_ms: int = 45_000,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self._client_id = client_id
+        self._timeout_s = request_timeout_s
+        self._group_settings = {
+            "max_poll_interval_ms": max_poll_interval_ms,
+            "session_timeout_ms": session_timeout_ms,
+        }
+        self._common: dict[str, Any] = {
+            "bootstrap_servers": bootstrap_servers.split(","),
+            "client_id": client_id,
+            "request_timeout_ms": int(request_timeout_s * 1000),
+        }
+        try:
+            self._ensure_topic(partitions, replication_factor)
+            self._producer = KafkaProducer(
+                **self._common, acks="all", linger_ms=0, max_block_ms=int(request_timeout_s * 1000)
+            )
+            self._reader = KafkaConsumer(
+                **self._common, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50
+            )
+            found = self._reader.partitions_for_topic(topic)
+        except KafkaError as err:
+            raise StreamError(f"cannot reach Kafka at {bootstrap_servers}: {err}") from err
+        if not found:
+            raise StreamError(f"Kafka topic {topic!r} has no partitions")
+        self._partitions = len(found)
+        if self._partitions != partitions:
+            logger.warning(
+                "topic %s exists with %d partitions (settings say %d); using %d",
+                topic,
+                self._partitions,
+                partitions,
+                self._partitions,
+            )
+
+    def _ensure_topic(self, partitions: int, replication_factor: int) -> None:
+        admin = KafkaAdminClient(**self._common)
+        try:
+            if self.topic in admin.list_topics():
+                return
+            admin.create_topics(
+                {
+                    self.topic: {
+                        "num_partitions": partitions,
+                        "replication_factor": replication_factor,
+                    }
+                },
+                timeout_ms=int(self._timeout_s * 1000),
+                wait_for_metadata=True,
+            )
+            logger.info("created topic %s with %d partitions", self.topic, partitions)
+        except TopicAlreadyExistsError:
+            pass
+        finally:
+            admin.close()
+
+    @property
+    def name(self) -> str:
+        return f"kafka:{self.bootstrap_servers}/{self.topic}"
+
+    @property
+    def partitions(self) -> int:
+        return self._partitions
+
+    def append(self, records: Sequence[StreamRecord]) -> list[Position]:
+        return self._send([(r.tenant, encode_record(r)) for r in records])
+
+    def append_raw(self, tenant: str, payloads: Sequence[bytes]) -> list[Position]:
+        return self._send([(tenant, p) for p in payloads])
+
+    def _send(self, keyed: Sequence[tuple[str, bytes]]) -> list[Position]:
+        try:
+            futures = [
+                self._producer.send(self.topic, key=tenant.encode(), value=payload)
+                for tenant, payload in keyed
+            ]
+            self._producer.flush(timeout=self._timeout_s)
+            metadata = [f.get(timeout=self._timeout_s) for f in futures]
+        except KafkaError as err:
+            raise StreamError(f"Kafka did not acknowledge the write: {err}") from err
+        return [Position(m.partition, m.offset) for m in metadata]
+
+    def _tps(self) -> list[TopicPartition]:
+        return [TopicPartition(self.topic, p) for p in range(self._partitions)]
+
+    def end_offsets(self) -> dict[int, int]:
+        try:
+            ends = self._reader.end_offsets(self._tps(), timeout_ms=int(self._timeout_s * 1000))
+        except KafkaError as err:
+            raise StreamError(f"cannot read Kafka end offsets: {err}") from err
+        return {tp.partition: int(off) for tp, off in ends.items()}
+
+    def read(self, partition: int, offset: int, max_records: int = 500) -> list[StreamMessage]:
+        # The broker's end offset is only a hint: the Tansu test broker reports a multi-record
+        # batch's end as its base offset + 1. So read until a short poll comes back empty.
+        tp = TopicPartition(self.topic, partition)
+        self._reader.assign([tp])
+        self._reader.seek(tp, offset)
+        out: list[StreamMessage] = []
+        deadline = time.monotonic() + self._timeout_s
+        end = self.end_offsets()[partition]
+        while len(out) < max_records and time.monotonic() < deadline:
+            behind = offset + len(out) < end
+            batch = self._reader.poll(
+                timeout_ms=1000 if behind else 100, max_records=max_records - len(out)
+            )
+            records = batch.get(tp, [])
+            if not records and not behind:
+                break
+            out.extend(to_message(partition, r.offset, r.value) for r in records)
+        return out
+
+    def consumer(self, group: str) -> KafkaGroupConsumer:
+        return KafkaGroupConsumer(self, group)
+
+    def group_consumer_config(self, group: str) -> dict[str, Any]:
+        return {
+            **self._common,
+            **self._group_settings,
+            "group_id": group,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+        }
+
+    def close(self) -> None:
+        self._producer.close(timeout=self._timeout_s)
+        self._reader.close()
+
+
+class KafkaGroupConsumer:
+    """A member of a Kafka consumer group on the stream's topic."""
+
+    def __init__(self, stream: KafkaStream, group: str) -> None:
+        self.group = group
+        self._stream = stream
+        self._topic = stream.topic
+        try:
+            self._consumer = KafkaConsumer(**stream.group_consumer_config(group))
+            self._consumer.subscribe([self._topic])
+        except KafkaError as err:
+            raise StreamError(f"cannot join consumer group {group!r}: {err}") from err
+
+    def assignment(self) -> set[int]:
+        return {tp.partition for tp in self._consumer.assignment()}
+
+    def poll(self, max_records: int = 500, timeout_s: float = 1.0) -> list[StreamMessage]:
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except KafkaError as err:
+            raise StreamError(f"poll failed for group {self.group!r}: {err}") from err
+        out: list[StreamMessage] = []
+        for tp in sorted(batches, key=lambda t: t.partition):
+            out.extend(to_message(tp.partition, r.offset, r.value) for r in batches[tp])
+        return out
+
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        if not offsets:
+            return
+        request = {
+            TopicPartition(self._topic, p): OffsetAndMetadata(int(o), "", -1)
+            for p, o in offsets.items()
+        }
+        try:
+            self._consumer.commit(request)
+        except KafkaError as err:
+            raise StreamError(
+                f"commit failed for group {self.group!r} (the group may have rebalanced; "
+                f"uncommitted records will be re-delivered): {err}"
+            ) from err
+
+    def committed(self) -> dict[int, int]:
+        out = {}
+        for tp in self._stream._tps():
+            offset = self._consumer.committed(tp)
+            if offset is not None:
+                out[tp.partition] = int(offset)
+        return out
+
+    def seek_to_committed(self) -> None:
+        for tp in self._consumer.assignment():
+            offset = self._consumer.committed(tp)
+            if offset is None:
+                self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, offset)
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)

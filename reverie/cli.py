@@ -1,0 +1,218 @@
+"""The ``reverie`` command: wires settings, memory, consolidation and serving together.
+
+Exit codes: 0 success, 1 runtime failure or not found, 2 invalid input or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from memory.errors import ConflictError, InvalidInputError, NotFoundError, ReverieError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+DEMO_TENANT = "demo"
+DEMO_EXPERIENCES = [
+    ("demo-landlord", "My landlord is called Teodor Vasquez and the rent is due on the 3rd."),
+    ("demo-biscuit", "The user's cat Biscuit is allergic to salmon."),
+    ("demo-helios", "Project Helios ships on 14 March; its lead is Priya Anand."),
+    ("demo-locker", "The gym locker code is 4417."),
+    ("demo-tea", "Marguerite prefers oolong tea with no sugar in the afternoon."),
+]
+DEMO_QUERIES = [
+    "When do I have to pay rent?",
+    "What can't the cat eat?",
+    "Who leads Project Helios?",
+]
+
+
+def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(text)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from agent import MemoryClient
+    from reverie.settings import load_settings
+
+    return MemoryClient(load_settings(args.config))
+
+
+def _experience_json(exp: Any) -> dict[str, Any]:
+    return dict(exp.model_dump(mode="json"))
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.text == "-" else args.text
+    metadata = None
+    if args.metadata is not None:
+        try:
+            metadata = json.loads(args.metadata)
+        except json.JSONDecodeError as err:
+            raise InvalidInputError(
+                "metadata",
+                f"is not valid JSON ({err.msg} at column {err.colno}); "
+                'give a JSON object such as \'{"topic": "rent"}\'',
+            ) from None
+    from memory.experience import make_experience
+
+    # Validate before loading models, so bad input fails fast and writes nothing.
+    make_experience(text, tenant=args.tenant, id=args.id, source=args.source, metadata=metadata)
+    with _client(args) as client:
+        exp = client.log(
+            text, tenant=args.tenant, id=args.id, source=args.source, metadata=metadata
+        )
+    _emit(args, _experience_json(exp), f"logged {exp.id} for tenant {exp.tenant}")
+    return EXIT_OK
+
+
+def cmd_recall(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        hits = client.recall(args.query, tenant=args.tenant, k=args.k)
+    payload = [
+        {
+            "score": round(h.score, 4),
+            "status": h.status,
+            "experience": _experience_json(h.experience),
+        }
+        for h in hits
+    ]
+    lines = [f"{h.score:.3f}  {h.experience.id}  {h.experience.text}" for h in hits]
+    _emit(args, payload, "\n".join(lines) if lines else "(no experiences)")
+    return EXIT_OK
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.forget(args.id, tenant=args.tenant)
+    _emit(
+        args,
+        {"forgotten": args.id, "tenant": args.tenant},
+        f"forgot {args.id} of tenant {args.tenant}",
+    )
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        status = client.status()
+    if args.tenant:
+        status["tenants"] = {t: c for t, c in status["tenants"].items() if t == args.tenant}
+    lines = [f"data dir: {status['data_dir']}", f"stream:   {status['stream']['name']}"]
+    lines.append(f"{'tenant':<24}{'total':>8}{'buffered':>10}{'consolidated':>14}")
+    for tenant, c in status["tenants"].items():
+        lines.append(f"{tenant:<24}{c['total']:>8}{c['buffered']:>10}{c['consolidated']:>14}")
+    _emit(args, status, "\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job on embedded defaults: log experiences, recall them."""
+    with _client(args) as client:
+        logged = client.log_many(
+            [{"id": i, "text": t, "source": "demo"} for i, t in DEMO_EXPERIENCES],
+            tenant=DEMO_TENANT,
+        )
+        results = []
+        for query in DEMO_QUERIES:
+            hits = client.recall(query, tenant=DEMO_TENANT, k=1)
+            results.append(
+                {
+                    "query": query,
+                    "top": _experience_json(hits[0].experience),
+                    "score": round(hits[0].score, 4),
+                }
+            )
+    lines = [f"logged {len(logged)} experiences for tenant {DEMO_TENANT!r}", ""]
+    lines += [f"Q: {r['query']}\n   -> {r['top']['text']}  ({r['score']:.3f})" for r in results]
+    _emit(args, {"logged": [e.id for e in logged], "recall": results}, "\n".join(lines))
+    return EXIT_OK
+
+
+def _add_common(p: argparse.ArgumentParser, *, tenant: bool = True) -> None:
+    if tenant:
+        p.add_argument("--tenant", required=True, help="tenant (1-64 of A-Z a-z 0-9 _ . -)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="reverie", description="Streaming continual-learning memory for LLM agents."
+    )
+    parser.add_argument("--config", help="TOML settings file (default: ./reverie.toml if present)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int], help: str, **kw: Any
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        _add_common(p, **kw)
+        return p
+
+    p = command("log", cmd_log, "log an experience (durable and recallable on return)")
+    p.add_argument("text", help="the experience; '-' reads it from standard input")
+    p.add_argument("--id", help="client-chosen id (re-logging the same id is idempotent)")
+    p.add_argument("--source", help="where the experience came from")
+    p.add_argument("--metadata", help="a JSON object, at most 16 KiB")
+
+    p = command("recall", cmd_recall, "recall a tenant's experiences closest to a query")
+    p.add_argument("query")
+    p.add_argument("-k", type=int, default=5, help="how many (1-100, default 5)")
+
+    p = command("forget", cmd_forget, "erase an experience")
+    p.add_argument("id")
+
+    p = command("status", cmd_status, "counts per tenant and stream offsets", tenant=False)
+    p.add_argument("--tenant", help="only this tenant")
+
+    command("demo", cmd_demo, "run the end-to-end demo on embedded defaults", tenant=False)
+    return parser
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if verbose < 2:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        code: int = args.func(args)
+        return code
+    except (InvalidInputError, ConflictError) as err:
+        return _fail(args, err, EXIT_USAGE)
+    except (NotFoundError, ReverieError) as err:
+        return _fail(args, err, EXIT_FAILURE)
+
+
+def _fail(args: argparse.Namespace, err: Exception, code: int) -> int:
+    field = getattr(err, "field", None)
+    if getattr(args, "json", False):
+        print(json.dumps({"error": str(err), "field": field, "type": type(err).__name__}))
+    print(f"reverie: error: {err}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""The one settings root of Reverie.
+
+Values come from, highest priority first: keyword arguments, environment variables
+(``REVERIE_`` prefix, ``__`` between nested names, e.g. ``REVERIE_STREAM__BOOTSTRAP_SERVERS``),
+then a TOML file (``reverie.toml`` in the working directory, or the file named by
+``REVERIE_CONFIG``). Unknown keys are errors, in every source: a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from memory.config import BufferSettings, EmbedderSettings, StreamSettings
+from memory.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+
+ENV_PREFIX = "REVERIE_"
+CONFIG_ENV = "REVERIE_CONFIG"
+DEFAULT_CONFIG_FILE = "reverie.toml"
+
+
+class Settings(BaseSettings):
+    """Everything configurable, in one validated tree."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(default=Path(".reverie"), description="All local state lives here.")
+    stream: StreamSettings = Field(default_factory=StreamSettings)
+    buffer: BufferSettings = Field(default_factory=BufferSettings)
+    embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+
+def _known_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
+    paths = set()
+    for name, info in model.model_fields.items():
+        paths.add(prefix + name)
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            paths |= _known_paths(annotation, f"{prefix}{name}__")
+    return paths
+
+
+def _check_environment(environ: dict[str, str]) -> None:
+    known = _known_paths(Settings)
+    for key in sorted(environ):
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+            continue
+        path = key[len(ENV_PREFIX) :].lower()
+        if path not in known:
+            section = path.split("__")[0]
+            hint = sorted(p for p in known if p.startswith(section + "__")) or sorted(
+                p for p in known if "__" not in p
+            )
+            raise ConfigError(
+                key,
+                "unknown setting; known ones here: "
+                + ", ".join(ENV_PREFIX + p.upper() for p in hint),
+            )
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Load and validate settings; raises :class:`ConfigError` naming the bad setting."""
+    _check_environment(dict(os.environ))
+    path = config_file or os.environ.get(CONFIG_ENV)
+    if path is None and Path(DEFAULT_CONFIG_FILE).exists():
+        path = DEFAULT_CONFIG_FILE
+    if path is not None and not Path(path).is_file():
+        raise ConfigError("config", f"config file {str(path)!r} does not exist")
+    cls: type[Settings] = Settings
+    if path is not None:
+        # pydantic-settings reads the TOML path from the class config, hence a per-file subclass.
+        config = SettingsConfigDict(**{**Settings.model_config, "toml_file": Path(path)})
+        cls = type("Settings", (Settings,), {"model_config": config, "__module__": __name__})
+    try:
+        return cls(**overrides)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(field, first["msg"]) from None

@@ -1,0 +1,157 @@
+"""One contract, every stream backend: the embedded segment log and Kafka (via Tansu)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from memory.experience import make_experience
+from memory.stream import EmbeddedStream, ExperienceStream, StreamRecord
+from tests.conftest import Broker, unique
+from tests.helpers import drain, next_offsets, quiet
+
+StreamFactory = Callable[[], ExperienceStream]
+PARTITIONS = 3
+
+
+@pytest.fixture(params=["embedded", pytest.param("kafka", marks=pytest.mark.kafka)])
+def open_stream(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StreamFactory]:
+    """A factory: each call opens a new client on the same underlying log (like a restart)."""
+    opened: list[ExperienceStream] = []
+    if request.param == "embedded":
+
+        def factory() -> ExperienceStream:
+            stream = EmbeddedStream(tmp_path / "stream", partitions=PARTITIONS)
+            opened.append(stream)
+            return stream
+    else:
+        broker: Broker = request.getfixturevalue("kafka")
+        topic = unique("contract")
+        from memory.stream.kafka import KafkaStream
+
+        def factory() -> ExperienceStream:
+            stream = KafkaStream(
+                broker.bootstrap, topic=topic, partitions=PARTITIONS,
+                max_poll_interval_ms=5000, session_timeout_ms=6000,
+            )
+            opened.append(stream)
+            return stream
+
+    yield factory
+    for stream in opened:
+        stream.close()
+
+
+def records(tenant: str, n: int, start: int = 0) -> list[StreamRecord]:
+    return [
+        StreamRecord.logged(make_experience(f"{tenant} fact {i}", tenant=tenant, id=f"e{i}"))
+        for i in range(start, start + n)
+    ]
+
+
+def test_append_keeps_a_tenant_in_one_partition_in_order(open_stream: StreamFactory) -> None:
+    stream = open_stream()
+    positions = stream.append(records("alice", 5))
+    assert len({p.partition for p in positions}) == 1
+    offsets = [p.offset for p in positions]
+    assert offsets == list(range(offsets[0], offsets[0] + 5))
+    got = stream.read(positions[0].partition, offsets[0], 10)
+    assert [m.record.id for m in got if m.record] == [f"e{i}" for i in range(5)]
+    assert got[0].record is not None and got[0].record.experience is not None
+    assert got[0].record.experience.text == "alice fact 0"
+
+
+def test_end_offsets_follow_appends(open_stream: StreamFactory) -> None:
+    stream = open_stream()
+    assert set(stream.end_offsets()) == set(range(PARTITIONS))
+    before = stream.end_offsets()
+    # One record per append: the Tansu test broker misreports the end of multi-record batches.
+    positions = [stream.append(records("bob", 1, i))[0] for i in range(3)]
+    p = positions[0].partition
+    assert stream.end_offsets()[p] == before[p] + 3 == positions[-1].offset + 1
+
+
+def test_read_from_the_middle(open_stream: StreamFactory) -> None:
+    stream = open_stream()
+    positions = stream.append(records("carol", 6))
+    p, first = positions[0].partition, positions[0].offset
+    got = stream.read(p, first + 2, 2)
+    assert [m.offset for m in got][:2] == [first + 2, first + 3]
+    assert stream.read(p, first + 6, 10) == []
+
+
+def test_records_survive_reopening(open_stream: StreamFactory) -> None:
+    positions = open_stream().append(records("dave", 2))
+    again = open_stream()
+    got = again.read(positions[0].partition, positions[0].offset, 2)
+    assert [m.record.id for m in got if m.record] == ["e0", "e1"]
+
+
+def test_forget_records_roundtrip(open_stream: StreamFactory) -> None:
+    stream = open_stream()
+    [pos] = stream.append([StreamRecord.forgotten("erin", "e7")])
+    [msg] = stream.read(pos.partition, pos.offset, 1)
+    assert msg.record == StreamRecord.forgotten("erin", "e7")
+
+
+def test_undecodable_record_is_delivered_with_an_error(open_stream: StreamFactory) -> None:
+    stream = open_stream()
+    stream.append_raw("frank", [b"\xff not json"])
+    stream.append(records("frank", 1))
+    consumer = stream.consumer(unique("g"))
+    got = drain(consumer, 2)
+    assert [m.record is None for m in got] == [True, False]
+    assert got[0].error and "JSON" in got[0].error
+    consumer.close()
+
+
+def test_group_resumes_from_its_commit(open_stream: StreamFactory) -> None:
+    stream = open_stream()
+    group = unique("g")
+    stream.append(records("gina", 4))
+    first = stream.consumer(group)
+    got = drain(first, 4)
+    assert [m.record.id for m in got if m.record] == ["e0", "e1", "e2", "e3"]
+    first.commit(next_offsets(got[:2]))  # only the first two are done
+    assert first.committed() == next_offsets(got[:2])
+    first.close()
+
+    second = open_stream().consumer(group)
+    again = drain(second, 2)
+    assert [m.record.id for m in again if m.record] == ["e2", "e3"]  # uncommitted re-delivered
+    assert quiet(second) == []
+    second.close()
+
+
+def test_seek_to_committed_redelivers(open_stream: StreamFactory) -> None:
+    stream = open_stream()
+    stream.append(records("hal", 3))
+    consumer = stream.consumer(unique("g"))
+    got = drain(consumer, 3)
+    consumer.commit(next_offsets(got[:1]))
+    consumer.seek_to_committed()
+    again = drain(consumer, 2)
+    assert [m.record.id for m in again if m.record] == ["e1", "e2"]
+    consumer.close()
+
+
+def test_groups_are_independent(open_stream: StreamFactory) -> None:
+    stream = open_stream()
+    stream.append(records("ivy", 2))
+    a, b = stream.consumer(unique("g")), stream.consumer(unique("g"))
+    got_a = drain(a, 2)
+    a.commit(next_offsets(got_a))
+    assert len(drain(b, 2)) == 2  # b is unaffected by a's commit
+    a.close()
+    b.close()
+
+
+def test_new_records_reach_a_running_consumer(open_stream: StreamFactory) -> None:
+    stream = open_stream()
+    consumer = stream.consumer(unique("g"))
+    assert quiet(consumer, 1.0) == []
+    stream.append(records("jo", 2))
+    assert len(drain(consumer, 2)) == 2
+    consumer.close()
