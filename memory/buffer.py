@@ -155,8 +155,12 @@ class Buffer:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._check_embedder(embedder_name, dim)
+        try:
+            self._db.executescript(_SCHEMA)
+            self._check_embedder(embedder_name, dim)
+        except BaseException:
+            self._db.close()
+            raise
         self._indexes: dict[str, _TenantIndex] = {}
 
     # -- plumbing --------------------------------------------------------------------------

@@ -70,9 +70,18 @@ class Broker:
         url = f"tcp://{self.bootstrap}"
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [str(tansu_binary()), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-            stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -121,3 +130,12 @@ def kafka(broker: Broker, request: pytest.FixtureRequest) -> Iterator[Broker]:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def closing() -> Iterator[list[object]]:
+    """Append anything with ``close()``; it is closed after the test, newest first."""
+    items: list[object] = []
+    yield items
+    for item in reversed(items):
+        item.close()  # type: ignore[attr-defined]

@@ -30,6 +30,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -268,6 +269,7 @@ class EmbeddedStream:
         self._partitions = [
             _Partition(self.root / f"p{p:04d}", segment_bytes, fsync) for p in range(partitions)
         ]
+        self._consumers: weakref.WeakSet[EmbeddedConsumer] = weakref.WeakSet()
 
     @property
     def name(self) -> str:
@@ -310,9 +312,14 @@ class EmbeddedStream:
         ]
 
     def consumer(self, group: str) -> EmbeddedConsumer:
-        return EmbeddedConsumer(self, group)
+        consumer = EmbeddedConsumer(self, group)
+        self._consumers.add(consumer)
+        return consumer
 
     def close(self) -> None:
+        """Close the log and every consumer opened on it."""
+        for consumer in list(self._consumers):
+            consumer.close()
         for part in self._partitions:
             part.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,6 +50,7 @@ class KafkaStream:
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
         self._client_id = client_id
+        self._consumers: weakref.WeakSet[KafkaGroupConsumer] = weakref.WeakSet()
         self._timeout_s = request_timeout_s
         self._group_settings = {
             "max_poll_interval_ms": max_poll_interval_ms,
@@ -160,7 +162,9 @@ class KafkaStream:
         return out
 
     def consumer(self, group: str) -> KafkaGroupConsumer:
-        return KafkaGroupConsumer(self, group)
+        consumer = KafkaGroupConsumer(self, group)
+        self._consumers.add(consumer)
+        return consumer
 
     def group_consumer_config(self, group: str) -> dict[str, Any]:
         return {
@@ -172,6 +176,9 @@ class KafkaStream:
         }
 
     def close(self) -> None:
+        """Close the producer, the reader and every consumer opened on this stream."""
+        for consumer in list(self._consumers):
+            consumer.close()
         self._producer.close(timeout=self._timeout_s)
         self._reader.close()
 
@@ -183,6 +190,7 @@ class KafkaGroupConsumer:
         self.group = group
         self._stream = stream
         self._topic = stream.topic
+        self._closed = False
         try:
             self._consumer = KafkaConsumer(**stream.group_consumer_config(group))
             self._consumer.subscribe([self._topic])
@@ -234,4 +242,6 @@ class KafkaGroupConsumer:
                 self._consumer.seek(tp, offset)
 
     def close(self) -> None:
-        self._consumer.close(autocommit=False)
+        if not self._closed:
+            self._closed = True
+            self._consumer.close(autocommit=False)

@@ -33,8 +33,11 @@ def open_stream(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stre
 
         def factory() -> ExperienceStream:
             stream = KafkaStream(
-                broker.bootstrap, topic=topic, partitions=PARTITIONS,
-                max_poll_interval_ms=5000, session_timeout_ms=6000,
+                broker.bootstrap,
+                topic=topic,
+                partitions=PARTITIONS,
+                max_poll_interval_ms=5000,
+                session_timeout_ms=6000,
             )
             opened.append(stream)
             return stream

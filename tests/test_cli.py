@@ -1,0 +1,134 @@
+"""The ``reverie`` command as a user runs it: real subprocesses, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, Broker, unique
+
+
+def reverie(
+    *args: str, data_dir: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "REVERIE_DATA_DIR": str(data_dir), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "reverie", *args],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_log_recall_status(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for text in [
+        "The spare key is under the blue flowerpot.",
+        "Maria's birthday is on the 12th of June.",
+    ]:
+        out = reverie("log", "--tenant", "alice", text, data_dir=data)
+        assert out.returncode == 0, out.stderr
+    reverie("log", "--tenant", "bob", "Bob parks on level 3.", data_dir=data)
+    out = reverie("recall", "--tenant", "alice", "where is the spare key", "--json", data_dir=data)
+    assert out.returncode == 0, out.stderr
+    hits = json.loads(out.stdout)
+    assert hits[0]["experience"]["text"] == "The spare key is under the blue flowerpot."
+    assert {h["experience"]["tenant"] for h in hits} == {"alice"}
+    out = reverie("status", "--json", data_dir=data)
+    tenants = json.loads(out.stdout)["tenants"]
+    assert tenants["alice"]["total"] == 2 and tenants["bob"]["total"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "field"),
+    [
+        (["log", "--tenant", "alice", ""], {}, "text"),
+        (["log", "--tenant", "alice", "x" * 32_001], {}, "text"),
+        (["log", "--tenant", "bad tenant!", "hello"], {}, "tenant"),
+        (["log", "--tenant", "alice", "hello", "--metadata", "{not json"], {}, "metadata"),
+        (["log", "--tenant", "alice", "hello", "--metadata", "[1, 2]"], {}, "metadata"),
+        (
+            ["log", "--tenant", "alice", "hello", "--metadata", json.dumps({"k": "x" * 17_000})],
+            {},
+            "metadata",
+        ),
+        (
+            ["log", "--tenant", "alice", "hello"],
+            {"REVERIE_STREAM__PARTITON": "2"},
+            "REVERIE_STREAM__PARTITON",
+        ),
+        (
+            ["log", "--tenant", "alice", "hello"],
+            {"REVERIE_STREAM__PARTITIONS": "0"},
+            "stream.partitions",
+        ),
+    ],
+)
+def test_bad_input_exits_2_and_writes_nothing(
+    tmp_path: Path, args: list[str], env: dict[str, str], field: str
+) -> None:
+    data = tmp_path / "data"
+    out = reverie(*args, "--json", data_dir=data, env=env)
+    assert out.returncode == 2, out.stderr
+    assert field in out.stderr
+    assert json.loads(out.stdout)["field"] == field
+    assert not data.exists()  # rejected before anything was opened
+
+
+def test_unknown_toml_key_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "reverie.toml"
+    config.write_text("[buffer]\nhnsw_treshold = 5\n")
+    out = reverie("--config", str(config), "status", data_dir=tmp_path / "data")
+    assert out.returncode == 2
+    assert "buffer.hnsw_treshold" in out.stderr
+
+
+def test_forget_unknown_id_exits_1(tmp_path: Path) -> None:
+    out = reverie("forget", "--tenant", "alice", "nope", data_dir=tmp_path / "data")
+    assert out.returncode == 1
+    assert "no experience 'nope'" in out.stderr
+
+
+@pytest.mark.kafka
+def test_commands_write_to_kafka(tmp_path: Path, kafka: Broker) -> None:
+    topic = unique("cli")
+    env = {"REVERIE_STREAM__BOOTSTRAP_SERVERS": kafka.bootstrap, "REVERIE_STREAM__TOPIC": topic}
+    data = tmp_path / "data"
+    out = reverie(
+        "log",
+        "--tenant",
+        "alice",
+        "The boat is moored at pier 9.",
+        "--id",
+        "boat",
+        "--json",
+        data_dir=data,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    out = reverie(
+        "recall", "--tenant", "alice", "where is the boat", "--json", data_dir=data, env=env
+    )
+    assert json.loads(out.stdout)[0]["experience"]["id"] == "boat"
+
+    from kafka import KafkaConsumer  # a plain consumer, none of our code
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=[kafka.bootstrap],
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    values = [json.loads(m.value) for m in consumer]
+    consumer.close()
+    assert [(v["tenant"], v["id"], v["experience"]["text"]) for v in values] == [
+        ("alice", "boat", "The boat is moored at pier 9.")
+    ]
+    assert values[0]["kind"] == "experience"

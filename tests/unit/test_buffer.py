@@ -1,0 +1,178 @@
+"""The short-term buffer: real FAISS, real SQLite, crash-style index damage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memory.buffer import Buffer
+from memory.config import BufferSettings
+from memory.errors import IntegrityError
+from memory.experience import Experience, make_experience
+from memory.stream import Position
+
+DIM = 16
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    v = rng.normal(size=(n, DIM)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def exps(tenant: str, n: int, start: int = 0) -> list[Experience]:
+    return [
+        make_experience(f"fact {i}", tenant=tenant, id=f"e{i}") for i in range(start, start + n)
+    ]
+
+
+def open_buffer(path: Path, **settings: object) -> Buffer:
+    return Buffer(path, dim=DIM, embedder_name="test", settings=BufferSettings(**settings))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def test_search_finds_the_nearest_and_scores_cosine(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    buf = open_buffer(tmp_path)
+    vectors = unit(rng, 50)
+    buf.add_many(exps("a", 50), vectors, [Position(0, i) for i in range(50)])
+    hits = buf.search("a", vectors[17], k=3)
+    assert hits[0].experience.id == "e17"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    stored = buf.get("a", "e17")
+    assert stored is not None and stored.position == Position(0, 17)
+    buf.close()
+
+
+def test_add_is_idempotent_per_tenant_and_id(tmp_path: Path, rng: np.random.Generator) -> None:
+    buf = open_buffer(tmp_path)
+    assert buf.add_many(exps("a", 2), unit(rng, 2)) == [True, True]
+    assert buf.add_many(exps("a", 3), unit(rng, 3)) == [False, False, True]
+    assert buf.add_many(exps("b", 1), unit(rng, 1)) == [True]  # same id, other tenant
+    assert buf.stats() == {
+        "a": {"total": 3, "buffered": 3, "consolidated": 0, "unconsolidated": 0},
+        "b": {"total": 1, "buffered": 1, "consolidated": 0, "unconsolidated": 0},
+    }
+    buf.close()
+
+
+def test_tenants_never_see_each_other(tmp_path: Path, rng: np.random.Generator) -> None:
+    buf = open_buffer(tmp_path)
+    v = unit(rng, 1)
+    buf.add_many([make_experience("alice secret", tenant="alice", id="x")], v)
+    buf.add_many([make_experience("bob note", tenant="bob", id="y")], unit(rng, 1))
+    assert [h.experience.tenant for h in buf.search("bob", v[0], k=10)] == ["bob"]
+    assert buf.search("carol", v[0], k=10) == []
+    assert buf.get("bob", "x") is None
+    buf.close()
+
+
+def test_delete_removes_and_blocks_replays(tmp_path: Path, rng: np.random.Generator) -> None:
+    buf = open_buffer(tmp_path)
+    vectors = unit(rng, 3)
+    buf.add_many(exps("a", 3), vectors)
+    assert buf.delete("a", "e1") is True
+    assert buf.delete("a", "e1") is False
+    assert "e1" not in [h.experience.id for h in buf.search("a", vectors[1], k=3)]
+    assert buf.add_many(exps("a", 3), vectors) == [False, False, False]  # a replay
+    assert buf.is_forgotten("a", "e1")
+    buf.close()
+
+
+def test_mark_and_filter_by_status(tmp_path: Path, rng: np.random.Generator) -> None:
+    buf = open_buffer(tmp_path)
+    vectors = unit(rng, 4)
+    buf.add_many(exps("a", 4), vectors)
+    assert buf.mark("a", ["e0", "e2"], "consolidated", version="v0001") == 2
+    pending = buf.experiences("a", status="buffered")
+    assert [s.experience.id for s in pending] == ["e1", "e3"]
+    hits = buf.search("a", vectors[0], k=4, status="buffered")
+    assert {h.experience.id for h in hits} == {"e1", "e3"}
+    stored = buf.get("a", "e0")
+    assert stored is not None and stored.version == "v0001"
+    buf.close()
+
+
+def test_missing_index_file_is_rebuilt_from_sqlite(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    buf = open_buffer(tmp_path)
+    vectors = unit(rng, 20)
+    buf.add_many(exps("a", 20), vectors)
+    buf.search("a", vectors[0])
+    buf.close()
+    for f in (tmp_path / "index").iterdir():
+        f.unlink()
+    buf = open_buffer(tmp_path)
+    assert buf.search("a", vectors[5], k=1)[0].experience.id == "e5"
+    buf.close()
+
+
+def test_corrupt_index_file_is_rebuilt(tmp_path: Path, rng: np.random.Generator) -> None:
+    buf = open_buffer(tmp_path)
+    vectors = unit(rng, 5)
+    buf.add_many(exps("a", 5), vectors)
+    buf.close()
+    (tmp_path / "index" / "a.index").write_bytes(b"\x00\x00\x00\x00\x00\x00\x00\x02{}garbage")
+    buf = open_buffer(tmp_path)
+    assert buf.search("a", vectors[3], k=1)[0].experience.id == "e3"
+    buf.close()
+
+
+def test_stale_index_catches_up(tmp_path: Path, rng: np.random.Generator) -> None:
+    """An index saved before later rows (a crash before the next save) gains the missing rows."""
+    buf = open_buffer(tmp_path)
+    vectors = unit(rng, 10)
+    buf.add_many(exps("a", 5), vectors[:5])
+    buf.search("a", vectors[0])
+    buf.flush()
+    saved = (tmp_path / "index" / "a.index").read_bytes()
+    buf.add_many(exps("a", 5, start=5), vectors[5:])
+    buf.close()
+    (tmp_path / "index" / "a.index").write_bytes(saved)  # as if the last save never happened
+    buf = open_buffer(tmp_path)
+    assert buf.search("a", vectors[8], k=1)[0].experience.id == "e8"
+    assert len(buf.search("a", vectors[8], k=10)) == 10  # nothing twice
+    buf.close()
+
+
+def test_two_handles_see_each_others_writes(tmp_path: Path, rng: np.random.Generator) -> None:
+    one, two = open_buffer(tmp_path), open_buffer(tmp_path)
+    vectors = unit(rng, 2)
+    one.add_many(exps("a", 1), vectors[:1])
+    assert two.search("a", vectors[0], k=1)[0].experience.id == "e0"
+    two.add_many(exps("a", 1, start=1), vectors[1:])
+    assert one.search("a", vectors[1], k=1)[0].experience.id == "e1"
+    two.delete("a", "e0")
+    assert [h.experience.id for h in one.search("a", vectors[0], k=5)] == ["e1"]
+    one.close()
+    two.close()
+
+
+def test_hnsw_past_threshold_keeps_recall(tmp_path: Path, rng: np.random.Generator) -> None:
+    buf = open_buffer(tmp_path, hnsw_threshold=200)
+    vectors = unit(rng, 400)
+    buf.add_many(exps("a", 100), vectors[:100])
+    buf.search("a", vectors[0])
+    assert buf._indexes["a"].kind == "flat"
+    buf.add_many(exps("a", 300, start=100), vectors[100:])
+    found = sum(buf.search("a", vectors[i], k=1)[0].experience.id == f"e{i}" for i in range(400))
+    assert buf._indexes["a"].kind == "hnsw"
+    assert found >= 396  # approximate search, but near-exact at this size
+    # Deletes are filtered out even though HNSW cannot remove them.
+    buf.delete("a", "e7")
+    assert "e7" not in [h.experience.id for h in buf.search("a", vectors[7], k=5)]
+    buf.close()
+
+
+def test_different_embedder_is_refused(tmp_path: Path) -> None:
+    open_buffer(tmp_path).close()
+    with pytest.raises(IntegrityError, match="embedder"):
+        Buffer(tmp_path, dim=DIM + 1, embedder_name="other")
