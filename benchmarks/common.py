@@ -1,0 +1,92 @@
+"""Shared benchmark plumbing: timing statistics, environment description, JSON + table output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["environment", "latency", "percentiles", "print_table", "timed", "write_report"]
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def percentiles(samples_s: Sequence[float]) -> dict[str, float]:
+    """p50/p99/mean in milliseconds, plus the sample count."""
+    ms = np.asarray(samples_s) * 1000.0
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 3),
+        "p99_ms": round(float(np.percentile(ms, 99)), 3),
+        "mean_ms": round(float(ms.mean()), 3),
+        "n": len(ms),
+    }
+
+
+def latency(fn: Callable[[int], object], n: int, warmup: int = 5) -> dict[str, float]:
+    """Call ``fn(i)`` ``n`` times after ``warmup`` calls; latency percentiles of the timed calls."""
+    for i in range(warmup):
+        fn(-1 - i)
+    samples = []
+    for i in range(n):
+        start = time.perf_counter()
+        fn(i)
+        samples.append(time.perf_counter() - start)
+    return percentiles(samples)
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def environment() -> dict[str, Any]:
+    import torch
+
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }
+
+
+def print_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> None:
+    cells = [[str(c) for c in header]] + [[_fmt(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    line = "| " + " | ".join(h.ljust(w) for h, w in zip(cells[0], widths, strict=True)) + " |"
+    print(line)
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells[1:]:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def write_report(report: dict[str, Any], path: str | None) -> None:
+    """Print the JSON document; also save it when ``path`` is given."""
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    if path:
+        Path(path).write_text(text + "\n")
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
