@@ -20,6 +20,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from consolidator.config import ModelSettings
 from memory.config import BufferSettings, EmbedderSettings, StreamSettings
 from memory.errors import ConfigError
 
@@ -44,6 +45,7 @@ class Settings(BaseSettings):
     stream: StreamSettings = Field(default_factory=StreamSettings)
     buffer: BufferSettings = Field(default_factory=BufferSettings)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
 
     @classmethod
     def settings_customise_sources(

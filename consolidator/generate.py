@@ -1,0 +1,80 @@
+"""Batched greedy generation and answer rendering.
+
+Pad, EOS and ``<|im_end|>`` share one id in SmolLM2, so padding is tracked by position, never by
+token id: prompts are left-padded for generation (answers then start in one column) and the
+attention mask marks the real tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from consolidator.config import ModelSettings
+from consolidator.model import BaseModel
+from consolidator.prompts import encode, render_user
+
+__all__ = ["answer", "generate_ids"]
+
+
+@torch.no_grad()
+def generate_ids(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    *,
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    device: torch.device | None = None,
+) -> list[list[int]]:
+    """Greedy continuation of each prompt, cut after the first EOS (which is kept)."""
+    device = device or torch.device("cpu")
+    out: list[list[int]] = [[] for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(prompts[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            p = prompts[i]
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
+        generated = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+        )[:, width:].tolist()
+        for row, i in enumerate(idx):
+            seq = generated[row]
+            out[i] = seq[: seq.index(eos_id) + 1] if eos_id in seq else seq
+    return out
+
+
+def answer(
+    base: BaseModel,
+    settings: ModelSettings,
+    users: Sequence[str],
+    *,
+    model: Any = None,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+) -> list[str]:
+    """Greedy answers to user turns, by ``model`` (default the base model)."""
+    prompts = [encode(base.tokenizer, render_user(base.tokenizer, u, settings)) for u in users]
+    ids = generate_ids(
+        model if model is not None else base.model,
+        prompts,
+        eos_id=base.eos_id,
+        pad_id=base.pad_id,
+        max_new_tokens=max_new_tokens or settings.max_new_tokens,
+        batch_size=batch_size,
+        device=base.device,
+    )
+    return [base.tokenizer.decode(seq, skip_special_tokens=True).strip() for seq in ids]

