@@ -1,0 +1,133 @@
+"""Context distillation: the loss (pure) and the teacher's targets.
+
+The teacher is the model *with* the experience in its context; the student is the adapter
+*without* it. For each transfer item the teacher's greedy answer is fixed first; then the student
+is trained to match the teacher's whole next-token distribution at every position of that answer,
+end token included (matching along the teacher's own answer, not gold tokens, is what works: a
+gold phrasing the teacher would not produce teaches the student a path it never continues).
+
+Teacher distributions are stored as their top-k token ids and log-probabilities (computed once per
+item per cycle, under ``no_grad``), which keeps a cycle's targets small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["TeacherTargets", "distill_loss", "kl_to_reference", "teacher_targets"]
+
+
+def distill_loss(
+    student_logits: torch.Tensor,
+    teacher_ids: torch.Tensor,
+    teacher_logp: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    *,
+    temperature: float = 1.0,
+    ce_weight: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Forward KL(teacher || student) per answer token, plus optional cross-entropy.
+
+    Shapes (N = answer tokens in the batch, V = vocabulary, k = kept teacher tokens):
+        student_logits  [N, V]  the student's logits at the positions predicting each token
+        teacher_ids     [N, k]  the teacher's top-k token ids at those positions
+        teacher_logp    [N, k]  their log-probabilities (temperature 1, full-vocab normalised)
+        targets         [N]     the answer tokens themselves (used by the CE term)
+        weights         [N]     per-token weights (None = all 1)
+
+    With ``p`` the teacher's top-k distribution at temperature ``T`` (renormalised over its k
+    tokens) and ``q`` the student's full-vocabulary softmax at ``T``::
+
+        loss_i = T^2 * sum_j p_ij (log p_ij - log q_ij)  +  ce_weight * (-log q1_i[target_i])
+
+    where ``q1`` is the student at temperature 1. ``T^2`` keeps gradient scale comparable across
+    temperatures (Hinton et al.). Because ``q`` is not renormalised over the k tokens, the KL term
+    is >= 0 and equals the full KL when k = V. Returns the weighted mean and detached parts.
+    """
+    if student_logits.ndim != 2 or teacher_ids.shape != teacher_logp.shape:
+        raise ValueError("expected student_logits [N, V] and teacher ids/logp [N, k]")
+    t = float(temperature)
+    student_logp_t = F.log_softmax(student_logits.float() / t, dim=-1)
+    teacher_logp_t = F.log_softmax(teacher_logp.float() / t, dim=-1)
+    student_at_teacher = student_logp_t.gather(-1, teacher_ids.long())
+    kl = (teacher_logp_t.exp() * (teacher_logp_t - student_at_teacher)).sum(-1) * (t * t)
+    per_token = kl
+    ce = torch.zeros_like(kl)
+    if ce_weight:
+        student_logp_1 = student_logp_t if t == 1.0 else F.log_softmax(student_logits.float(), -1)
+        ce = -student_logp_1.gather(-1, targets.long()[:, None]).squeeze(-1)
+        per_token = kl + ce_weight * ce
+    if weights is None:
+        weights = torch.ones_like(per_token)
+    loss = (per_token * weights).sum() / weights.sum().clamp_min(1e-8)
+    return loss, {"kl": float(kl.detach().mean()), "ce": float(ce.detach().mean())}
+
+
+def kl_to_reference(reference_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+    """Per-position KL(reference || model) for full log-prob rows ``[N, V]`` -> ``[N]``."""
+    return (reference_logp.exp() * (reference_logp - logp)).sum(-1)
+
+
+@dataclass
+class TeacherTargets:
+    """The teacher's top-k distribution at each answer position of one item."""
+
+    ids: torch.Tensor  # [A, k] int32
+    logp: torch.Tensor  # [A, k] float16
+
+
+def answer_positions(prompt_len: int, answer_len: int) -> torch.Tensor:
+    """Positions whose logits predict the answer tokens of ``prompt + answer``.
+
+    Example: prompt of 3 tokens, answer of 2 -> positions [2, 3] (the logit at position i
+    predicts token i + 1).
+    """
+    return torch.arange(prompt_len - 1, prompt_len - 1 + answer_len)
+
+
+@torch.no_grad()
+def teacher_targets(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    top_k: int = 64,
+    batch_size: int = 16,
+    device: torch.device | None = None,
+) -> list[TeacherTargets]:
+    """Run the teacher on ``prompt + answer`` for every item (right padding, masked by position)
+    and keep its top-k log-probabilities where it predicts each answer token."""
+    device = device or torch.device("cpu")
+    out: list[TeacherTargets | None] = [None] * len(prompts)
+    lengths = [len(p) + len(a) for p, a in zip(prompts, answers, strict=True)]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, mask = right_padded([list(prompts[i]) + list(answers[i]) for i in idx], pad_id)
+        hidden = model.model(
+            input_ids=ids.to(device), attention_mask=mask.to(device)
+        ).last_hidden_state
+        for row, i in enumerate(idx):
+            pos = answer_positions(len(prompts[i]), len(answers[i])).to(device)
+            logp = torch.log_softmax(model.lm_head(hidden[row, pos]).float(), dim=-1)
+            values, indices = logp.topk(min(top_k, logp.shape[-1]), dim=-1)
+            out[i] = TeacherTargets(indices.to(torch.int32).cpu(), values.to(torch.float16).cpu())
+    return [t for t in out if t is not None]
+
+
+def right_padded(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """``[B, L]`` ids and attention mask, sequences left-aligned (pad id may equal EOS)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
