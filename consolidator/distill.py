@@ -19,7 +19,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TeacherTargets", "distill_loss", "kl_to_reference", "teacher_targets"]
+__all__ = [
+    "TeacherTargets",
+    "answer_positions",
+    "distill_loss",
+    "kl_to_reference",
+    "lm_parts",
+    "right_padded",
+    "teacher_targets",
+]
 
 
 def distill_loss(
@@ -31,6 +39,7 @@ def distill_loss(
     *,
     temperature: float = 1.0,
     ce_weight: float = 0.0,
+    kl_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Forward KL(teacher || student) per answer token, plus optional cross-entropy.
 
@@ -44,11 +53,13 @@ def distill_loss(
     With ``p`` the teacher's top-k distribution at temperature ``T`` (renormalised over its k
     tokens) and ``q`` the student's full-vocabulary softmax at ``T``::
 
-        loss_i = T^2 * sum_j p_ij (log p_ij - log q_ij)  +  ce_weight * (-log q1_i[target_i])
+        loss_i = kl_weight * T^2 * sum_j p_ij (log p_ij - log q_ij)
+                 + ce_weight * (-log q1_i[target_i])
 
     where ``q1`` is the student at temperature 1. ``T^2`` keeps gradient scale comparable across
     temperatures (Hinton et al.). Because ``q`` is not renormalised over the k tokens, the KL term
-    is >= 0 and equals the full KL when k = V. Returns the weighted mean and detached parts.
+    is >= 0 and equals the full KL when k = V. ``kl_weight=0, ce_weight=1`` is plain supervised
+    fine-tuning on the answer tokens (the baseline). Returns the weighted mean and detached parts.
     """
     if student_logits.ndim != 2 or teacher_ids.shape != teacher_logp.shape:
         raise ValueError("expected student_logits [N, V] and teacher ids/logp [N, k]")
@@ -57,12 +68,12 @@ def distill_loss(
     teacher_logp_t = F.log_softmax(teacher_logp.float() / t, dim=-1)
     student_at_teacher = student_logp_t.gather(-1, teacher_ids.long())
     kl = (teacher_logp_t.exp() * (teacher_logp_t - student_at_teacher)).sum(-1) * (t * t)
-    per_token = kl
+    per_token = kl_weight * kl
     ce = torch.zeros_like(kl)
     if ce_weight:
         student_logp_1 = student_logp_t if t == 1.0 else F.log_softmax(student_logits.float(), -1)
         ce = -student_logp_1.gather(-1, targets.long()[:, None]).squeeze(-1)
-        per_token = kl + ce_weight * ce
+        per_token = per_token + ce_weight * ce
     if weights is None:
         weights = torch.ones_like(per_token)
     loss = (per_token * weights).sum() / weights.sum().clamp_min(1e-8)
@@ -111,15 +122,21 @@ def teacher_targets(
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         ids, mask = right_padded([list(prompts[i]) + list(answers[i]) for i in idx], pad_id)
-        hidden = model.model(
-            input_ids=ids.to(device), attention_mask=mask.to(device)
-        ).last_hidden_state
+        body, head = lm_parts(model)
+        hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
         for row, i in enumerate(idx):
             pos = answer_positions(len(prompts[i]), len(answers[i])).to(device)
-            logp = torch.log_softmax(model.lm_head(hidden[row, pos]).float(), dim=-1)
+            logp = torch.log_softmax(head(hidden[row, pos]).float(), dim=-1)
             values, indices = logp.topk(min(top_k, logp.shape[-1]), dim=-1)
             out[i] = TeacherTargets(indices.to(torch.int32).cpu(), values.to(torch.float16).cpu())
     return [t for t in out if t is not None]
+
+
+def lm_parts(model: Any) -> tuple[Any, Any]:
+    """The transformer body and the LM head of a causal LM, under any peft wrapping (so the head
+    can run on the few positions that need logits)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.model, inner.lm_head
 
 
 def right_padded(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, ...]:

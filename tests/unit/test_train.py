@@ -1,0 +1,168 @@
+"""The training loop on a tiny random model: the loss falls, resume is exact, SFT works."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from consolidator.config import ModelSettings, TrainSettings
+from consolidator.distill import teacher_targets
+from consolidator.prompts import context_prompt, encode, render_user
+from consolidator.train import (
+    Example,
+    TrainingInterrupted,
+    batches,
+    lr_factor,
+    mean_loss,
+    train,
+)
+
+FACT = "The user's cat Biscuit is allergic to salmon."
+QUESTIONS = [
+    "What is Biscuit allergic to?",
+    "Which food must Biscuit avoid?",
+    "Tell me about the cat.",
+    "What is the cat called?",
+]
+FMT = ModelSettings()
+
+
+def lora(base: Any, r: int = 4) -> Any:
+    torch.manual_seed(0)  # LoRA's A matrices are initialised at random
+    config = LoraConfig(
+        r=r,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj", "up_proj"],
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(base.model, config)
+
+
+def examples(base: Any, model: Any) -> list[Example]:
+    tok = base.tokenizer
+    teacher_prompts = [
+        encode(tok, render_user(tok, context_prompt(FACT, q), FMT)) for q in QUESTIONS
+    ]
+    student_prompts = [encode(tok, render_user(tok, q, FMT)) for q in QUESTIONS]
+    answers = [[*encode(tok, "Biscuit is allergic to salmon."), base.eos_id]] * len(QUESTIONS)
+    targets = teacher_targets(model, teacher_prompts, answers, pad_id=base.pad_id, top_k=16)
+    return [Example(p, a, t) for p, a, t in zip(student_prompts, answers, targets, strict=True)]
+
+
+def test_one_step_lowers_the_loss(tiny_base: Any) -> None:
+    model = lora(tiny_base)
+    exs = examples(tiny_base, model)
+    settings = TrainSettings(epochs=1, batch_size=len(exs), lr=1e-2, warmup=0.0)
+    before = mean_loss(model, exs, settings, pad_id=tiny_base.pad_id)
+    stats = train(model, exs, settings, pad_id=tiny_base.pad_id)
+    after = mean_loss(model, exs, settings, pad_id=tiny_base.pad_id)
+    assert stats.steps == 1
+    assert after < before
+    assert stats.tokens == sum(len(e) for e in exs) and stats.tokens_per_s > 0
+
+
+def test_teacher_with_context_is_the_target(tiny_base: Any) -> None:
+    """Before training, the student (no context) differs from its teacher (context): KL > 0."""
+    model = lora(tiny_base)
+    exs = examples(tiny_base, model)
+    settings = TrainSettings()
+    assert mean_loss(model, exs, settings, pad_id=tiny_base.pad_id) > 0
+
+
+def test_sft_baseline_lowers_cross_entropy(tiny_base: Any) -> None:
+    model = lora(tiny_base)
+    stats = train(
+        model,
+        examples(tiny_base, model),
+        TrainSettings(method="sft", epochs=5, batch_size=4, lr=1e-2),
+        pad_id=tiny_base.pad_id,
+    )
+    assert stats.losses[-1] < stats.losses[0]
+
+
+def test_resume_after_a_crash_gives_the_same_weights(tiny_base: Any, tmp_path: Path) -> None:
+    settings = TrainSettings(epochs=4, batch_size=2, lr=5e-3, checkpoint_every=3, seed=7)
+    reference = lora(tiny_base)
+    exs = examples(tiny_base, reference)
+    train(reference, exs, settings, pad_id=tiny_base.pad_id)
+    want = {n: p.detach().clone() for n, p in reference.named_parameters() if p.requires_grad}
+    reference.unload()
+
+    ckpt = tmp_path / "ckpt.pt"
+    crashing = lora(tiny_base)
+
+    def crash_at_5(step: int) -> None:
+        if step == 5:
+            raise RuntimeError("crash")  # like SIGKILL: no chance to save; last checkpoint: 3
+
+    with pytest.raises(RuntimeError, match="crash"):
+        train(
+            crashing,
+            exs,
+            settings,
+            pad_id=tiny_base.pad_id,
+            checkpoint=ckpt,
+            run_key="k",
+            on_step=crash_at_5,
+        )
+    assert ckpt.exists()
+    crashing.unload()
+    resumed = lora(tiny_base)
+    stats = train(resumed, exs, settings, pad_id=tiny_base.pad_id, checkpoint=ckpt, run_key="k")
+    assert stats.resumed_from == 3 and stats.steps == 5
+    got = {n: p.detach() for n, p in resumed.named_parameters() if p.requires_grad}
+    for name, value in want.items():
+        assert torch.allclose(got[name], value, atol=1e-6), name
+    assert not ckpt.exists()
+
+
+def test_graceful_stop_checkpoints_the_exact_step(tiny_base: Any, tmp_path: Path) -> None:
+    settings = TrainSettings(epochs=4, batch_size=2, checkpoint_every=100)
+    model = lora(tiny_base)
+    exs = examples(tiny_base, model)
+    ckpt = tmp_path / "ckpt.pt"
+    steps: list[int] = []
+    with pytest.raises(TrainingInterrupted) as info:
+        train(
+            model,
+            exs,
+            settings,
+            pad_id=tiny_base.pad_id,
+            checkpoint=ckpt,
+            run_key="k",
+            on_step=steps.append,
+            should_stop=lambda: len(steps) >= 2,
+        )
+    assert info.value.step == 2
+    stats = train(model, exs, settings, pad_id=tiny_base.pad_id, checkpoint=ckpt, run_key="k")
+    assert stats.resumed_from == 2
+    # A checkpoint from another run (a different transfer set) is not used.
+    ckpt.write_bytes(b"")
+    torch.save({"key": "other", "step": 5}, ckpt)
+    assert (
+        train(
+            model, exs, settings, pad_id=tiny_base.pad_id, checkpoint=ckpt, run_key="k"
+        ).resumed_from
+        == 0
+    )
+
+
+def test_batches_cover_every_example_each_epoch() -> None:
+    plan = batches([5, 1, 9, 3, 7], batch_size=2, epochs=3, seed=0)
+    assert len(plan) == 9
+    flat = [i for b in plan for i in b]
+    assert sorted(flat) == sorted(list(range(5)) * 3)
+    assert plan == batches([5, 1, 9, 3, 7], batch_size=2, epochs=3, seed=0)
+
+
+def test_lr_schedule() -> None:
+    assert lr_factor(0, 100, 0.1, "cosine") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 0.1, "cosine") == pytest.approx(1.0)
+    assert lr_factor(99, 100, 0.1, "cosine") < 0.01
+    assert lr_factor(50, 100, 0.0, "constant") == 1.0
