@@ -7,9 +7,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ModelSettings", "TrainSettings"]
+__all__ = [
+    "ConsolidationSettings",
+    "GeneratorSettings",
+    "ModelSettings",
+    "TrainSettings",
+    "TransferSettings",
+]
 
 
 class _Section(BaseModel):
@@ -69,3 +75,90 @@ class TrainSettings(_Section):
     top_k: int = Field(default=64, ge=1, description="Teacher tokens kept per position.")
     seed: int = 0
     checkpoint_every: int = Field(default=50, ge=1, description="Steps between checkpoints.")
+
+
+class GeneratorSettings(_Section):
+    """Who writes model-generated question-answer pairs (SELF-PARAM style)."""
+
+    kind: Literal["none", "base", "local", "openai"] = Field(
+        default="none",
+        description="none = rules only; base = the base model; local = another HF model "
+        "directory (path); openai = an OpenAI-compatible endpoint (url, model).",
+    )
+    path: str | None = Field(default=None, description="Model directory for kind=local.")
+    url: str | None = Field(default=None, description="Base URL for kind=openai (…/v1).")
+    model: str | None = Field(default=None, description="Model name for kind=openai.")
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="Env var holding the key.")
+    pairs: int = Field(default=5, ge=1, le=50, description="QA pairs asked for per experience.")
+    prompt: str = Field(
+        default="Read the text and write {n} different questions about its facts, each with a "
+        "short answer taken from the text.\nFormat each as:\nQ: <question>\nA: <answer>\n\n"
+        "Text: {experience}",
+        description="Template; must contain {experience} and {n}.",
+    )
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    max_new_tokens: int = Field(default=200, ge=16)
+
+    @field_validator("prompt")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        missing = [p for p in ("{experience}", "{n}") if p not in value]
+        if missing:
+            raise ValueError(f"the generator prompt must contain {' and '.join(missing)}")
+        try:
+            value.format(experience="x", n=1)
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(f"the generator prompt has an unknown placeholder: {err}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> GeneratorSettings:
+        if self.kind == "local" and not self.path:
+            raise ValueError("generator.kind=local needs generator.path (a model directory)")
+        if self.kind == "openai" and not (self.url and self.model):
+            raise ValueError("generator.kind=openai needs generator.url and generator.model")
+        return self
+
+
+class TransferSettings(_Section):
+    """How each experience's transfer set (what the student learns from) is built."""
+
+    strategies: list[
+        Literal["cloze", "echo", "recite", "verbatim", "generated", "continuation", "split"]
+    ] = Field(default=["cloze", "echo", "recite"], min_length=1)
+    max_items_per_experience: int = Field(default=24, ge=1)
+    cloze_every: int = Field(default=4, ge=1, description="A cloze prefix every N words too.")
+    continuations: int = Field(default=2, ge=0, description="Sampled per experience.")
+    min_grounding: float = Field(
+        default=0.75, ge=0, le=1, description="Share of an answer's content words in the text."
+    )
+    min_confidence: float = Field(
+        default=0.3, ge=0, le=1, description="Teacher's mean probability of its answer tokens."
+    )
+    teacher_max_new_tokens: int = Field(default=40, ge=4)
+    probes_per_experience: int = Field(
+        default=3, ge=0, description="Held-out probes per experience (never trained)."
+    )
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+
+
+class ConsolidationSettings(_Section):
+    """One consolidation cycle: what it drains, what it mixes in, and when it retries."""
+
+    max_experiences: int = Field(default=32, ge=1, description="Per cycle and tenant.")
+    anchor_ratio: float = Field(
+        default=0.5,
+        ge=0,
+        description="Anchor prompts (trained towards the base model's own answers) per new "
+        "training item; grows with the data so it is never outweighed.",
+    )
+    replay_ratio: float = Field(
+        default=0.5, ge=0, description="Earlier cycles' items replayed per new training item."
+    )
+    retention_budget: int = Field(default=60, ge=0, description="Earlier probes per cycle.")
+    retry_epochs_factor: float = Field(
+        default=1.5, ge=1, description="Epochs multiply by this on each retry of an experience."
+    )
+    retry_replay_factor: float = Field(
+        default=2.0, ge=1, description="Replay multiplies by this on each retry."
+    )

@@ -156,3 +156,33 @@ def load_base(settings: ModelSettings, data_dir: Path) -> BaseModel:
     )
     name = settings.base if settings.base == DEFAULT_BASE else path.name
     return BaseModel(model, tokenizer, name, path, device, dtype)
+
+
+def attach_adapter(
+    base: BaseModel,
+    path: Path | None,
+    *,
+    trainable: bool = False,
+    lora: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> Any:
+    """Wrap the base model with a LoRA adapter: the one saved at ``path``, or (with ``lora``
+    arguments for ``peft.LoraConfig``) a fresh one. Undo with ``model.unload()``.
+
+    peft injects the adapter's layers into the base model in place, so one process holds one
+    attached adapter at a time.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    torch.manual_seed(seed)  # a fresh adapter's A matrices are random
+    if path is not None:
+        model = PeftModel.from_pretrained(base.model, str(path), is_trainable=trainable)
+    elif lora is not None:
+        config = LoraConfig(task_type="CAUSAL_LM", bias="none", **lora)
+        model = get_peft_model(base.model, config)
+    else:
+        raise ValueError("attach_adapter needs a saved adapter path or LoRA settings")
+    model.to(base.device)
+    if not trainable:
+        model.eval()
+    return model

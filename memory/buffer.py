@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS experiences (
     status     TEXT NOT NULL DEFAULT 'buffered',
     version    TEXT,
     note       TEXT,
+    attempts   INTEGER NOT NULL DEFAULT 0,
     logged_at  TEXT NOT NULL,
     UNIQUE (tenant, id)
 );
@@ -74,7 +75,7 @@ CREATE TABLE IF NOT EXISTS applied (
 
 _COLUMNS = (
     'seq, tenant, id, text, source, created_at, metadata, partition, "offset", status, '
-    "version, note"
+    "version, note, attempts"
 )
 
 
@@ -88,6 +89,7 @@ class StoredExperience:
     version: str | None = None
     note: str | None = None
     seq: int = 0
+    attempts: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,13 @@ def _row_to_stored(row: sqlite3.Row) -> StoredExperience:
     )
     position = Position(row["partition"], row["offset"]) if row["partition"] is not None else None
     return StoredExperience(
-        experience, row["status"], position, row["version"], row["note"], row["seq"]
+        experience,
+        row["status"],
+        position,
+        row["version"],
+        row["note"],
+        row["seq"],
+        row["attempts"],
     )
 
 
@@ -270,6 +278,28 @@ class Buffer:
                 [(status, version, note, tenant, i) for i in ids],
             )
             return cur.rowcount
+
+    def record_rejection(
+        self, tenant: str, ids: Iterable[str], note: str, *, max_attempts: int
+    ) -> list[str]:
+        """Count a rejected consolidation attempt. Experiences that reach ``max_attempts`` become
+        ``unconsolidated`` (still recallable); returns their ids."""
+        ids = list(ids)
+        gave_up: list[str] = []
+        with self._lock, self._tx():
+            for i in ids:
+                row = self._db.execute(
+                    "UPDATE experiences SET attempts=attempts+1, note=? WHERE tenant=? AND id=? "
+                    "RETURNING attempts",
+                    (note, tenant, i),
+                ).fetchone()
+                if row is not None and row["attempts"] >= max_attempts:
+                    self._db.execute(
+                        "UPDATE experiences SET status='unconsolidated' WHERE tenant=? AND id=?",
+                        (tenant, i),
+                    )
+                    gave_up.append(i)
+        return gave_up
 
     def set_applied(self, stream: str, offsets: dict[int, int]) -> None:
         with self._lock, self._tx():

@@ -20,7 +20,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from consolidator.config import ModelSettings
+from consolidator.config import (
+    ConsolidationSettings,
+    ModelSettings,
+    TrainSettings,
+    TransferSettings,
+)
+from consolidator.gate import GateSettings
 from memory.config import BufferSettings, EmbedderSettings, StreamSettings
 from memory.errors import ConfigError
 
@@ -46,6 +52,10 @@ class Settings(BaseSettings):
     buffer: BufferSettings = Field(default_factory=BufferSettings)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
+    transfer: TransferSettings = Field(default_factory=TransferSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    consolidation: ConsolidationSettings = Field(default_factory=ConsolidationSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
 
     @classmethod
     def settings_customise_sources(

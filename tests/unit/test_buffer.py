@@ -176,3 +176,16 @@ def test_different_embedder_is_refused(tmp_path: Path) -> None:
     open_buffer(tmp_path).close()
     with pytest.raises(IntegrityError, match="embedder"):
         Buffer(tmp_path, dim=DIM + 1, embedder_name="other")
+
+
+def test_rejections_count_until_unconsolidated(tmp_path: Path, rng: np.random.Generator) -> None:
+    buf = open_buffer(tmp_path)
+    buf.add_many(exps("a", 2), unit(rng, 2))
+    assert buf.record_rejection("a", ["e0", "e1"], "efficacy 0.1 < 0.5", max_attempts=2) == []
+    assert buf.record_rejection("a", ["e0"], "locality 0.8 < 0.9", max_attempts=2) == ["e0"]
+    e0, e1 = buf.get("a", "e0"), buf.get("a", "e1")
+    assert e0 is not None and e0.status == "unconsolidated" and e0.attempts == 2
+    assert e0.note == "locality 0.8 < 0.9"
+    assert e1 is not None and e1.status == "buffered" and e1.attempts == 1
+    assert [h.experience.id for h in buf.search("a", unit(rng, 1)[0], k=2)] != []  # recallable
+    buf.close()

@@ -1,0 +1,587 @@
+"""One consolidation cycle for one tenant, stage by stage:
+
+    1 drain     the tenant's buffered experiences (oldest first, up to a cap)
+    2 transfer  build the transfer set and held-out probes (teacher = base + current adapter,
+                experience in context); record the in-context ceiling and the no-context baseline
+    3 distill   train the adapter on new items + replayed earlier items + anchors
+    4 probe     efficacy (new facts), retention (earlier facts), locality (controls)
+    5 gate      promote only if every threshold holds
+    6 commit    write the version (promoted or rejected, with its reasons) to the registry, move
+                the current pointer if promoted, then mark the experiences in the buffer
+
+The stages live in their own modules; this one only wires them. A rejected cycle leaves its
+experiences buffered and recallable; the next cycle retries them with a stronger recipe (more
+epochs, more replay) until ``gate.max_attempts``, after which they are marked unconsolidated.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from consolidator.distill import teacher_targets
+from consolidator.gate import ProbeSummary, decide
+from consolidator.model import BaseModel, attach_adapter, load_base
+from consolidator.probes import (
+    ControlSet,
+    Probe,
+    ProbeResult,
+    base_control_answers,
+    efficacy_report,
+    foreign,
+    load_controls,
+    locality_report,
+    retention_report,
+    run_probes,
+    sample_bank,
+)
+from consolidator.prompts import encode, render_user
+from consolidator.train import Example, TrainingInterrupted, train
+from consolidator.transfer import TransferItem, TransferSet, build_transfer_set
+from memory.adapters import AdapterRegistry, VersionInfo
+from memory.buffer import Buffer, StoredExperience
+from memory.experience import Experience
+from reverie.settings import Settings
+
+__all__ = ["Consolidator", "CycleResult"]
+
+logger = logging.getLogger(__name__)
+
+OUTCOMES = (
+    "promoted",
+    "rejected_efficacy",
+    "rejected_retention",
+    "rejected_locality",
+    "failed",
+    "nothing_to_do",
+    "interrupted",
+    "busy",
+)
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """What a cycle did. ``version`` is the registry version written (promoted or not)."""
+
+    tenant: str
+    outcome: str
+    version: str | None = None
+    experience_ids: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    probes: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    transfer: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tenant": self.tenant,
+            "outcome": self.outcome,
+            "version": self.version,
+            "experience_ids": list(self.experience_ids),
+            "reasons": list(self.reasons),
+            "probes": self.probes,
+            "timings": self.timings,
+            "transfer": self.transfer,
+            "train": self.train,
+        }
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(
+                self.seconds.get(stage, 0.0) + time.perf_counter() - start, 2
+            )
+
+
+def _metadata_probes(exp: Experience) -> list[Probe]:
+    """Probes the caller attached to an experience (``metadata["probes"]``): used instead of
+    generated ones, and never trained on."""
+    raw = exp.metadata.get("probes")
+    out = []
+    if isinstance(raw, list):
+        for p in raw:
+            if isinstance(p, dict) and isinstance(p.get("question"), str):
+                answers = p.get("answers") or [p.get("answer")]
+                if isinstance(answers, list):
+                    golds = tuple(str(a) for a in answers if a)
+                    if golds:
+                        out.append(Probe(exp.id, str(p["question"]), golds, exp.text))
+    return out
+
+
+class Consolidator:
+    """Runs consolidation cycles; holds the base model (loaded on first use)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        buffer: Buffer,
+        registry: AdapterRegistry | None = None,
+        base: BaseModel | None = None,
+        controls: ControlSet | None = None,
+    ) -> None:
+        self.settings = settings
+        self.buffer = buffer
+        self.registry = registry or AdapterRegistry(settings.data_dir / "adapters")
+        self._base = base
+        self._controls = controls
+        self._work = settings.data_dir / "work"
+
+    # -- lazily loaded parts ---------------------------------------------------------------
+    @property
+    def base(self) -> BaseModel:
+        if self._base is None:
+            self._base = load_base(self.settings.model, self.settings.data_dir)
+        return self._base
+
+    @property
+    def controls(self) -> ControlSet:
+        if self._controls is None:
+            self._controls = load_controls()
+        if not self._controls.base_answers:
+            cache = self.settings.data_dir / "models" / "cache" / self.base.name
+            self._controls.base_answers = base_control_answers(
+                self.base, self.settings.model, self._controls, cache
+            )
+        return self._controls
+
+    def anchor_items(self, n: int, rng: random.Random) -> list[TransferItem]:
+        """``n`` anchor prompts with the base model's own answers (cached once per base)."""
+        if n <= 0:
+            return []
+        cache = self.settings.data_dir / "models" / "cache" / self.base.name / "anchors.json"
+        fmt = self.settings.model
+        key = json.dumps(fmt.model_dump(), sort_keys=True)
+        data = json.loads(cache.read_text()) if cache.exists() else {}
+        if data.get("key") != key:
+            prompts = json.loads(
+                resources.files("consolidator").joinpath("data/anchors.json").read_text()
+            )["prompts"]
+            tok = self.base.tokenizer
+            ids = _greedy(self.base, fmt, self.base.model, prompts, max_new_tokens=32)
+            data = {
+                "key": key,
+                "items": [
+                    {
+                        "prompt": p,
+                        "answer_ids": a,
+                        "answer": tok.decode(a, skip_special_tokens=True),
+                    }
+                    for p, a in zip(prompts, ids, strict=True)
+                    if a and a[-1] == self.base.eos_id
+                ],
+            }
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(data))
+        chosen = rng.sample(data["items"], min(n, len(data["items"])))
+        return [
+            TransferItem(
+                "",
+                "anchor",
+                c["prompt"],
+                c["prompt"],
+                answer=c["answer"],
+                answer_ids=list(c["answer_ids"]),
+            )
+            for c in chosen
+        ]
+
+    # -- the cycle -------------------------------------------------------------------------
+    def run_cycle(
+        self, tenant: str, *, should_stop: Callable[[], bool] | None = None
+    ) -> CycleResult:
+        """Consolidate ``tenant``'s buffered experiences (one cycle per tenant at a time)."""
+        lock_dir = self._work / tenant
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / ".cycle.lock", "a+b") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return CycleResult(tenant, "busy", reasons=("another cycle is running",))
+            return self._cycle(tenant, should_stop)
+
+    def _cycle(self, tenant: str, should_stop: Callable[[], bool] | None) -> CycleResult:
+        s = self.settings
+        timer = _Timer()
+        with timer("drain"):
+            self.registry.sweep(tenant)
+            pending = self.buffer.experiences(
+                tenant, status="buffered", limit=s.consolidation.max_experiences
+            )
+        if not pending:
+            return CycleResult(tenant, "nothing_to_do")
+        experiences = [p.experience for p in pending]
+        ids = tuple(e.id for e in experiences)
+        attempt = max(p.attempts for p in pending)
+        recipe = s.train.model_copy(
+            update={
+                "epochs": math.ceil(s.train.epochs * s.consolidation.retry_epochs_factor**attempt)
+            }
+        )
+        replay_ratio = s.consolidation.replay_ratio * s.consolidation.retry_replay_factor**attempt
+        rng = random.Random(f"{recipe.seed}:{tenant}:{ids[0]}:{attempt}")
+        current = self.registry.current(tenant)
+        if current is not None:
+            self.registry.verify(tenant, current.version)
+        base, fmt = self.base, s.model
+        controls = self.controls
+        model = attach_adapter(
+            base,
+            current.path if current else None,
+            trainable=True,
+            seed=recipe.seed,
+            lora=None
+            if current
+            else {
+                "r": recipe.lora_r,
+                "lora_alpha": recipe.lora_alpha,
+                "lora_dropout": recipe.lora_dropout,
+                "target_modules": recipe.target_modules,
+            },
+        )
+        try:
+            with timer("transfer"):
+                transfer = build_transfer_set(
+                    base, fmt, model, experiences, s.transfer, seed=recipe.seed
+                )
+                probes = self._probes(experiences, transfer)
+                before = run_probes(base, fmt, model, probes, ceiling=True)
+            lineage = self.registry.lineage(tenant) if current else []
+            with timer("teacher"):
+                replay = self._replay(lineage, math.ceil(replay_ratio * len(transfer.items)), rng)
+                anchors = self.anchor_items(
+                    round(s.consolidation.anchor_ratio * (len(transfer.items) + len(replay))),
+                    rng,
+                )
+                examples = self._examples(model, transfer.items + replay, anchors)
+            with timer("train"):
+                stats = train(
+                    model,
+                    examples,
+                    recipe,
+                    pad_id=base.pad_id,
+                    device=base.device,
+                    checkpoint=self._work / tenant / "checkpoint.pt",
+                    run_key=f"{transfer.digest()}:{current.version if current else ''}:{attempt}",
+                    should_stop=should_stop,
+                )
+            with timer("probe"):
+                efficacy = run_probes(base, fmt, model, probes, foreign_answers=foreign(probes))
+                efficacy = [
+                    ProbeResult(
+                        r.probe,
+                        r.prediction,
+                        r.correct,
+                        r.f1,
+                        b.ceiling_prediction,
+                        b.ceiling_correct,
+                        r.bleed,
+                    )
+                    for r, b in zip(efficacy, before, strict=True)
+                ]
+                bank = sample_bank(
+                    self._bank(lineage), s.consolidation.retention_budget, recipe.seed
+                )
+                retained = run_probes(base, fmt, model, bank)
+                locality = locality_report(base, fmt, model, controls, controls.base_answers)
+            report: dict[str, Any] = {
+                "efficacy": efficacy_report(efficacy),
+                "before": efficacy_report(before)
+                | {"accuracy": round(sum(r.correct for r in before) / max(1, len(before)), 4)},
+                "retention": retention_report(retained),
+                "locality": locality,
+            }
+            summary = ProbeSummary(
+                efficacy=report["efficacy"]["accuracy"],
+                ceiling=report["efficacy"]["ceiling"],
+                locality=locality["ratio"],
+                retention=report["retention"]["ratio"] if report["retention"] else None,
+            )
+            decision = decide(summary, s.gate)
+            with timer("commit"):
+                info = self._commit(
+                    tenant,
+                    model,
+                    current,
+                    pending,
+                    transfer,
+                    replay,
+                    anchors,
+                    efficacy,
+                    retained,
+                    report,
+                    decision.outcome.value,
+                    list(decision.reasons),
+                    recipe,
+                    stats.summary(),
+                    timer.seconds,
+                    attempt,
+                )
+                if decision.promoted:
+                    self.registry.promote(tenant, info.version)
+                    self.buffer.mark(tenant, ids, "consolidated", version=info.version)
+                else:
+                    gave_up = self.buffer.record_rejection(
+                        tenant,
+                        ids,
+                        "; ".join(decision.reasons),
+                        max_attempts=s.gate.max_attempts,
+                    )
+                    if gave_up:
+                        logger.warning(
+                            "tenant %s: %d experiences marked unconsolidated after %d attempts",
+                            tenant,
+                            len(gave_up),
+                            s.gate.max_attempts,
+                        )
+        except TrainingInterrupted as stop:
+            return CycleResult(
+                tenant,
+                "interrupted",
+                experience_ids=ids,
+                reasons=(str(stop),),
+                timings=timer.seconds,
+            )
+        finally:
+            model.unload()
+        logger.info(
+            "tenant %s: %s %s (efficacy %.2f/%.2f, locality %.2f)",
+            tenant,
+            decision.outcome.value,
+            info.version,
+            summary.efficacy,
+            summary.ceiling,
+            summary.locality,
+        )
+        return CycleResult(
+            tenant,
+            decision.outcome.value,
+            info.version,
+            ids,
+            tuple(decision.reasons),
+            report,
+            dict(timer.seconds),
+            {
+                "digest": transfer.digest(),
+                "stats": transfer.stats,
+                "items": len(transfer.items),
+                "replay": len(replay),
+                "anchors": len(anchors),
+            },
+            stats.summary(),
+        )
+
+    # -- stage helpers ---------------------------------------------------------------------
+    def _probes(self, experiences: Sequence[Experience], transfer: TransferSet) -> list[Probe]:
+        """Caller-supplied probes where an experience has them, generated ones otherwise."""
+        generated: dict[str, list[Probe]] = {}
+        for p in transfer.probes:
+            generated.setdefault(p.experience_id, []).append(p)
+        out: list[Probe] = []
+        for exp in experiences:
+            out += _metadata_probes(exp) or generated.get(exp.id, [])
+        return out
+
+    def _examples(
+        self, model: Any, items: Sequence[TransferItem], anchors: Sequence[TransferItem]
+    ) -> list[Example]:
+        """Tokenise items and compute the teacher's targets: the current adapter with the
+        experience in context for facts, the base model (adapter off) for anchors."""
+        base, fmt = self.base, self.settings.model
+        tok, k = base.tokenizer, self.settings.train.top_k
+
+        def prompts(group: Sequence[TransferItem], who: str) -> list[list[int]]:
+            out = []
+            for item in group:
+                text = getattr(item, who)
+                if item.raw:  # plain text: the teacher's prompt is the context, the student's empty
+                    out.append(
+                        [base.eos_id, *encode(tok, text)] if who == "teacher" else [base.eos_id]
+                    )
+                else:
+                    out.append(encode(tok, render_user(tok, text, fmt)))
+            return out
+
+        for item in items:
+            if item.raw and not item.answer_ids:
+                item.answer_ids = encode(tok, item.answer)
+        fact_targets = teacher_targets(
+            model,
+            prompts(items, "teacher"),
+            [i.answer_ids for i in items],
+            pad_id=base.pad_id,
+            top_k=k,
+            device=base.device,
+        )
+        with model.disable_adapter():
+            anchor_targets = teacher_targets(
+                model,
+                prompts(anchors, "teacher"),
+                [a.answer_ids for a in anchors],
+                pad_id=base.pad_id,
+                top_k=k,
+                device=base.device,
+            )
+        examples = [
+            Example(p, list(i.answer_ids), t, kind="replay" if i.strategy == "replay" else "fact")
+            for p, i, t in zip(prompts(items, "student"), items, fact_targets, strict=True)
+        ]
+        examples += [
+            Example(p, list(a.answer_ids), t, kind="anchor")
+            for p, a, t in zip(prompts(anchors, "student"), anchors, anchor_targets, strict=True)
+        ]
+        return examples
+
+    def _replay(
+        self, lineage: Sequence[VersionInfo], n: int, rng: random.Random
+    ) -> list[TransferItem]:
+        """A sample of the transfer items of every promoted version in the lineage."""
+        pool: list[TransferItem] = []
+        for info in lineage:
+            path = info.path / "transfer.jsonl"
+            if info.outcome == "promoted" and path.exists():
+                pool += [
+                    TransferItem.from_json(json.loads(line))
+                    for line in path.read_text().splitlines()
+                    if line.strip()
+                ]
+        chosen = rng.sample(pool, min(n, len(pool)))
+        for item in chosen:
+            item.strategy = "replay"
+        return chosen
+
+    def _bank(self, lineage: Sequence[VersionInfo]) -> list[Probe]:
+        """Probes of every promoted version in the lineage, with their score then."""
+        bank: list[Probe] = []
+        for info in lineage:
+            path = info.path / "probes.jsonl"
+            if info.outcome == "promoted" and path.exists():
+                bank += [
+                    Probe.from_json(json.loads(line))
+                    for line in path.read_text().splitlines()
+                    if line.strip()
+                ]
+        return bank
+
+    def _commit(
+        self,
+        tenant: str,
+        model: Any,
+        current: VersionInfo | None,
+        pending: Sequence[StoredExperience],
+        transfer: TransferSet,
+        replay: Sequence[TransferItem],
+        anchors: Sequence[TransferItem],
+        efficacy: Sequence[ProbeResult],
+        retained: Sequence[ProbeResult],
+        report: dict[str, Any],
+        outcome: str,
+        reasons: list[str],
+        recipe: Any,
+        train_stats: dict[str, Any],
+        timings: dict[str, float],
+        attempt: int,
+    ) -> VersionInfo:
+        s = self.settings
+        with self.registry.stage(tenant) as staging:
+            model.save_pretrained(str(staging))
+            (staging / "README.md").unlink(missing_ok=True)  # peft's model card template
+            _write_jsonl(staging / "transfer.jsonl", [i.to_json() for i in transfer.items])
+            version_probes = [
+                Probe(
+                    r.probe.experience_id,
+                    r.probe.question,
+                    r.probe.answers,
+                    r.probe.context,
+                    None,
+                    float(r.correct),
+                ).to_json()
+                for r in efficacy
+            ]
+            _write_jsonl(staging / "probes.jsonl", version_probes)
+            _write_jsonl(
+                staging / "results.jsonl",
+                [{"role": "efficacy", **r.to_json()} for r in efficacy]
+                + [
+                    {"role": "retention", **r.to_json(), "score_then": r.probe.score_then}
+                    for r in retained
+                ],
+            )
+            manifest = {
+                "parent": current.version if current else None,
+                "base_model": self.base.name,
+                "method": recipe.method,
+                "attempt": attempt,
+                "experiences": [
+                    {
+                        "id": p.experience.id,
+                        "partition": p.position.partition if p.position else None,
+                        "offset": p.position.offset if p.position else None,
+                    }
+                    for p in pending
+                ],
+                "transfer": {
+                    "digest": transfer.digest(),
+                    "stats": transfer.stats,
+                    "items": len(transfer.items),
+                    "replay": len(replay),
+                    "anchors": len(anchors),
+                },
+                "settings": {
+                    "model": s.model.model_dump(),
+                    "transfer": s.transfer.model_dump(),
+                    "train": recipe.model_dump(),
+                    "consolidation": s.consolidation.model_dump(),
+                    "gate": s.gate.model_dump(),
+                },
+                "probes": report,
+                "outcome": outcome,
+                "reasons": reasons,
+                "train": train_stats,
+                "timings": timings,
+            }
+            # The version records the probe bank of its own cycle only; retention reads the
+            # lineage, so the probe files are versioned with the weights they describe.
+            info = self.registry.commit(tenant, staging, manifest)
+        return info
+
+
+def _greedy(
+    base: BaseModel, fmt: Any, model: Any, prompts: Sequence[str], max_new_tokens: int
+) -> list[list[int]]:
+    from consolidator.generate import generate_ids
+
+    tok = base.tokenizer
+    return generate_ids(
+        model,
+        [encode(tok, render_user(tok, p, fmt)) for p in prompts],
+        eos_id=base.eos_id,
+        pad_id=base.pad_id,
+        max_new_tokens=max_new_tokens,
+        batch_size=32,
+        device=base.device,
+    )
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))

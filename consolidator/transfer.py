@@ -1,0 +1,349 @@
+"""Transfer sets: what the student learns from, built per experience, plus held-out probes.
+
+The 135M base model cannot write useful questions, but with the experience in context it answers
+them well, so *something else asks and the teacher answers*. Strategies (``transfer.strategies``):
+
+* ``cloze``    "Complete the sentence: <prefix> ..." for prefixes that stop before an answer-like
+               span (name, number, date, ...) and every few words (rules, deterministic);
+* ``echo``     the sentence as a question, a span replaced by a wh-word (rules);
+* ``recite``   "What do you know about <entity>?" for the experience's names and possessive
+               phrases ("my landlord"), answered freely by the teacher;
+* ``verbatim`` the same cue prompts with the experience text itself as the answer;
+* ``generated`` question-answer pairs written by a generator model with the experience in
+               context (SELF-PARAM style; the teacher re-answers each question);
+* ``continuation`` text the base model samples after the experience; the teacher sees the
+               experience then the text, the student only the text (Padmanabhan et al.);
+* ``split``    split-context self-distillation: the teacher sees the first sentences and the
+               rest, the student only the rest.
+
+A grounding filter keeps an answer only if the teacher finished it, its content words come from
+the experience, it contains the span its prompt was built around, and the teacher was confident
+(checked once the teacher's distributions are computed). A few *echo* questions per experience are
+held out as probes: no training item is built on their spans' questions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from consolidator.config import ModelSettings, TransferSettings
+from consolidator.generate import generate_ids
+from consolidator.metrics import normalize
+from consolidator.model import BaseModel
+from consolidator.probes import Probe
+from consolidator.prompts import context_prompt, encode, render_user
+from consolidator.spans import Span, grounding, sentences, spans
+from memory.experience import Experience
+
+__all__ = ["TransferItem", "TransferSet", "build_transfer_set", "rule_candidates"]
+
+logger = logging.getLogger(__name__)
+
+_WH = {
+    "date": "when",
+    "time": "at what time",
+    "number": "how many",
+    "code": "what",
+    "quote": "what",
+    "name": "what",
+}
+_CUES = [
+    "What do you know about {c}?",
+    "Tell me about {c}.",
+    "What do you remember about {c}?",
+    "What can you tell me about {c}?",
+]
+_POSSESSIVE = re.compile(
+    r"\b(?:[Mm]y|[Oo]ur|[Tt]he user's|[Yy]our|[Tt]he team's)\s+[a-z][\w-]*(?:\s+[a-z][\w-]*)?"
+)
+_VERBISH = re.compile(r"\s+(?:is|are|was|were|has|have|had|will|can|must|needs?|likes?|ships?)\b")
+
+
+@dataclass
+class TransferItem:
+    """One training example. Chat items hold user turns; raw items hold plain text."""
+
+    experience_id: str
+    strategy: str
+    student: str
+    teacher: str
+    target: str | None = None  # the span the teacher's answer must contain
+    answer: str = ""
+    answer_ids: list[int] = field(default_factory=list)
+    raw: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TransferItem:
+        return cls(**data)
+
+
+@dataclass
+class TransferSet:
+    items: list[TransferItem]
+    probes: list[Probe]
+    stats: dict[str, dict[str, int]]
+
+    def digest(self) -> str:
+        """Stable hash of the training items (names a training run for resume and lineage)."""
+        blob = json.dumps([i.to_json() for i in self.items], sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+# -- rules (pure) ------------------------------------------------------------------------------
+def _wh(span: Span, before: str) -> str:
+    if span.kind == "number":
+        if re.search(r"(?:st|nd|rd|th)$", span.text):
+            return "which day"
+        if re.fullmatch(r"1\d\d\d|20\d\d", span.text):
+            return "what year"
+        if re.search(r"\b(?:code|number|combination|pin|password|version|is)\s*$", before, re.I):
+            return "what"
+    if span.kind == "name" and (
+        re.search(r"\b(?:called|named|by|with)\s*$", before)
+        or span.text.startswith(("Dr.", "Mr.", "Mrs.", "Ms."))
+    ):
+        return "who"
+    return _WH[span.kind]
+
+
+def _echo(sentence: str, span: Span) -> str:
+    before, after = sentence[: span.start], sentence[span.end :]
+    question = f"{before}{_wh(span, before)}{after}".strip().rstrip(".;!")
+    return question[0].upper() + question[1:] + "?"
+
+
+def _cloze(prefix: str) -> str:
+    return f'Complete the sentence: "{prefix.strip()} ..."'
+
+
+def _cues(text: str) -> list[str]:
+    names = [s.text for sent in sentences(text) or [text] for s in spans(sent) if s.kind == "name"]
+    possessives = []
+    for m in _POSSESSIVE.finditer(text):
+        phrase = _VERBISH.split(m.group(0))[0]
+        possessives.append(phrase[0].lower() + phrase[1:])
+    return list(dict.fromkeys(possessives + names))
+
+
+def rule_candidates(
+    experience: Experience, settings: TransferSettings, rng: random.Random
+) -> tuple[list[TransferItem], list[Probe]]:
+    """Candidate prompts from the experience's own sentences, and its held-out probes."""
+    text = experience.text
+    eid = experience.id
+    on = set(settings.strategies)
+    pairs: list[tuple[str, Span]] = [(s, sp) for s in sentences(text) or [text] for sp in spans(s)]
+    rng.shuffle(pairs)
+    held = pairs[: settings.probes_per_experience]
+    probes = [Probe(eid, _echo(s, sp), (sp.text,), text) for s, sp in held]
+    held_questions = {p.question for p in probes}
+    out: list[TransferItem] = []
+
+    def add(strategy: str, student: str, target: str | None = None) -> None:
+        out.append(TransferItem(eid, strategy, student, context_prompt(text, student), target))
+
+    for sentence in sentences(text) or [text]:
+        sentence_spans = spans(sentence)
+        if "cloze" in on:
+            cuts = {sp.start: sp.text for sp in sentence_spans}
+            words = sentence.split()
+            position = 0
+            for i, word in enumerate(words):
+                if i >= 2 and i % settings.cloze_every == 0:
+                    cuts.setdefault(position, word.strip(",.;:!?\"'"))
+                position += len(word) + 1
+            for cut, target in sorted(cuts.items()):
+                prefix = sentence[:cut]
+                if len(prefix.split()) >= 2:
+                    add("cloze", _cloze(prefix), target)
+        if "echo" in on:
+            for sp in sentence_spans:
+                question = _echo(sentence, sp)
+                if question not in held_questions:
+                    add("echo", question, sp.text)
+    cues = _cues(text)
+    for cue in cues:
+        for template in _CUES[:2]:
+            if "recite" in on:
+                add("recite", template.format(c=cue))
+    if "verbatim" in on:
+        prompts = [t.format(c=c) for t in _CUES for c in cues] or [
+            _CUES[0].format(c=" ".join(text.split()[:4]))
+        ]
+        for prompt in prompts[:4]:
+            item = TransferItem(eid, "verbatim", prompt, context_prompt(text, prompt))
+            item.answer = text
+            out.append(item)
+    return out, probes
+
+
+# -- teacher answers and filtering -----------------------------------------------------------
+def _accept(item: TransferItem, text: str, ended: bool, settings: TransferSettings) -> bool:
+    if item.strategy == "verbatim":
+        return True
+    if not ended or not item.answer.strip():
+        return False
+    if grounding(item.answer, text) < settings.min_grounding:
+        return False
+    return item.target is None or normalize(item.target) in normalize(item.answer)
+
+
+def _cap(items: list[TransferItem], limit: int, rng: random.Random) -> list[TransferItem]:
+    """At most ``limit`` items per experience, round-robin over strategies for diversity."""
+    by_exp: dict[str, dict[str, list[TransferItem]]] = {}
+    for item in items:
+        by_exp.setdefault(item.experience_id, {}).setdefault(item.strategy, []).append(item)
+    kept: list[TransferItem] = []
+    for strategies in by_exp.values():
+        for group in strategies.values():
+            rng.shuffle(group)
+        chosen: list[TransferItem] = []
+        while len(chosen) < limit and any(strategies.values()):
+            for group in strategies.values():
+                if group and len(chosen) < limit:
+                    chosen.append(group.pop())
+        kept += chosen
+    return kept
+
+
+def _dedupe(items: list[TransferItem]) -> list[TransferItem]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for item in items:
+        key = (item.experience_id, normalize(item.student))
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
+
+
+def build_transfer_set(
+    base: BaseModel,
+    fmt: ModelSettings,
+    teacher: Any,
+    experiences: Sequence[Experience],
+    settings: TransferSettings,
+    *,
+    seed: int = 0,
+    generated: dict[str, list[tuple[str, str]]] | None = None,
+) -> TransferSet:
+    """Candidates from every enabled strategy, answered by ``teacher`` with the experience in
+    context, filtered for grounding, deduplicated and capped per experience.
+
+    ``generated`` maps experience ids to generator-written (question, answer) pairs.
+    """
+    rng = random.Random(seed)
+    tok = base.tokenizer
+    texts = {e.id: e.text for e in experiences}
+    candidates: list[TransferItem] = []
+    probes: list[Probe] = []
+    for exp in experiences:
+        items, held = rule_candidates(exp, settings, rng)
+        candidates += items
+        probes += held
+    if "generated" in settings.strategies:
+        for eid, pairs in (generated or {}).items():
+            for question, gold in pairs:
+                candidates.append(
+                    TransferItem(
+                        eid, "generated", question, context_prompt(texts[eid], question), gold
+                    )
+                )
+    stats: dict[str, dict[str, int]] = {}
+    for item in candidates:
+        stats.setdefault(item.strategy, {"produced": 0, "kept": 0})["produced"] += 1
+
+    # The teacher answers every chat prompt greedily, with the experience in context.
+    to_answer = [c for c in candidates if c.strategy != "verbatim"]
+    prompts = [encode(tok, render_user(tok, c.teacher, fmt)) for c in to_answer]
+    answers = generate_ids(
+        teacher,
+        prompts,
+        eos_id=base.eos_id,
+        pad_id=base.pad_id,
+        max_new_tokens=settings.teacher_max_new_tokens,
+        batch_size=32,
+        device=base.device,
+    )
+    for item, ids in zip(to_answer, answers, strict=True):
+        item.answer_ids = ids
+        item.answer = tok.decode(ids, skip_special_tokens=True).strip()
+    for item in candidates:
+        if item.strategy == "verbatim":
+            item.answer_ids = [*encode(tok, item.answer), base.eos_id]
+    accepted = [
+        c
+        for c in candidates
+        if _accept(
+            c,
+            texts[c.experience_id],
+            bool(c.answer_ids) and c.answer_ids[-1] == base.eos_id,
+            settings,
+        )
+    ]
+    accepted += raw_items(base, experiences, settings, rng)
+    for item in accepted:
+        if item.strategy not in stats:
+            stats[item.strategy] = {"produced": 0, "kept": 0}
+        if item.raw:
+            stats[item.strategy]["produced"] += 1
+    kept = _cap(_dedupe(accepted), settings.max_items_per_experience, rng)
+    for item in kept:
+        stats[item.strategy]["kept"] += 1
+    logger.info(
+        "transfer set: %s",
+        ", ".join(f"{k} {v['kept']}/{v['produced']}" for k, v in sorted(stats.items())),
+    )
+    return TransferSet(kept, probes, stats)
+
+
+def raw_items(
+    base: BaseModel,
+    experiences: Sequence[Experience],
+    settings: TransferSettings,
+    rng: random.Random,
+) -> list[TransferItem]:
+    """Plain-text items: sampled continuations of each experience and split-context pairs."""
+    out: list[TransferItem] = []
+    if "split" in settings.strategies:
+        for exp in experiences:
+            parts = sentences(exp.text)
+            for cut in range(1, len(parts)):
+                prefix, rest = " ".join(parts[:cut]), " ".join(parts[cut:])
+                out.append(TransferItem(exp.id, "split", rest, prefix, answer=rest, raw=True))
+    if "continuation" in settings.strategies and settings.continuations:
+        import torch
+
+        tok = base.tokenizer
+        for exp in experiences:
+            prompt = torch.tensor([encode(tok, exp.text + "\n")], device=base.device)
+            with torch.no_grad():
+                sampled = base.model.generate(
+                    input_ids=prompt.repeat(settings.continuations, 1),
+                    attention_mask=torch.ones_like(prompt).repeat(settings.continuations, 1),
+                    do_sample=True,
+                    temperature=0.8,
+                    top_p=0.95,
+                    max_new_tokens=32,
+                    pad_token_id=base.pad_id,
+                    generator=None,
+                )[:, prompt.shape[1] :]
+            for row in sampled.tolist():
+                text = tok.decode(row, skip_special_tokens=True).strip()
+                if len(text.split()) >= 4:
+                    out.append(
+                        TransferItem(
+                            exp.id, "continuation", text, exp.text + "\n", answer=text, raw=True
+                        )
+                    )
+    return out

@@ -1,0 +1,138 @@
+"""A whole consolidation cycle on a tiny random model: wiring, registry, buffer bookkeeping."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from consolidator.cycle import Consolidator
+from memory.adapters import AdapterRegistry
+from memory.buffer import Buffer
+from memory.experience import make_experience
+from reverie.settings import Settings, load_settings
+
+FACTS = [
+    ("landlord", "My landlord is called Teodor Vasquez and rent is due on the 3rd."),
+    ("cat", "The user's cat Biscuit is allergic to salmon."),
+]
+
+
+def settings_for(tmp_path: Path, tiny_model_dir: Path, **gate: float) -> Settings:
+    return load_settings(
+        data_dir=tmp_path / "data",
+        model={"base": str(tiny_model_dir), "max_new_tokens": 8},
+        transfer={
+            "strategies": ["cloze", "verbatim"],
+            "teacher_max_new_tokens": 6,
+            "min_grounding": 0.0,
+            "max_items_per_experience": 6,
+        },
+        train={"epochs": 2, "batch_size": 4, "lora_r": 4, "target_modules": ["q_proj", "v_proj"]},
+        consolidation={"anchor_ratio": 0.5, "retention_budget": 10},
+        gate={"min_efficacy": 0.0, "min_retention": 0.0, "min_locality": 0.0, **gate},
+    )
+
+
+@pytest.fixture
+def buffer(tmp_path: Path) -> Buffer:
+    buf = Buffer(tmp_path / "data" / "buffer", dim=4, embedder_name="test")
+    rng = np.random.default_rng(0)
+    for eid, text in FACTS:
+        probes = [{"question": f"What about {eid}?", "answer": text.split()[-1].rstrip(".")}]
+        buf.add(
+            make_experience(text, tenant="alice", id=eid, metadata={"probes": probes}),
+            rng.normal(size=4).astype(np.float32),
+        )
+    return buf
+
+
+def consolidator(settings: Settings, buffer: Buffer, tiny_base: Any) -> Consolidator:
+    return Consolidator(settings, buffer=buffer, base=tiny_base)
+
+
+def test_promoted_cycle_writes_a_version_and_marks_the_buffer(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
+) -> None:
+    c = consolidator(settings_for(tmp_path, tiny_model_dir), buffer, tiny_base)
+    result = c.run_cycle("alice")
+    assert result.outcome == "promoted", result.reasons
+    assert result.version == "v0001"
+    assert set(result.experience_ids) == {"landlord", "cat"}
+    registry = AdapterRegistry(tmp_path / "data" / "adapters")
+    current = registry.current("alice")
+    assert current is not None and current.version == "v0001"
+    registry.verify("alice", "v0001")
+    files = {p.name for p in current.path.iterdir()}
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "manifest.json",
+        "transfer.jsonl",
+        "probes.jsonl",
+        "results.jsonl",
+    } <= files
+    manifest = current.manifest
+    assert [e["id"] for e in manifest["experiences"]] == ["landlord", "cat"]
+    assert manifest["transfer"]["stats"]["verbatim"]["kept"] > 0
+    assert manifest["train"]["steps"] > 0
+    assert set(manifest["timings"]) >= {"drain", "transfer", "teacher", "train", "probe"}
+    # caller-supplied probes were used, one per experience
+    assert manifest["probes"]["efficacy"]["n"] == 2
+    assert all(
+        s.status == "consolidated" and s.version == "v0001" for s in buffer.experiences("alice")
+    )
+    # Nothing left: the next cycle has nothing to do.
+    assert c.run_cycle("alice").outcome == "nothing_to_do"
+
+
+def test_second_cycle_replays_and_probes_retention(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
+) -> None:
+    c = consolidator(settings_for(tmp_path, tiny_model_dir), buffer, tiny_base)
+    assert c.run_cycle("alice").outcome == "promoted"
+    buffer.add(
+        make_experience("The gym locker code is 4417.", tenant="alice", id="gym"),
+        np.ones(4, dtype=np.float32),
+    )
+    second = c.run_cycle("alice")
+    assert second.outcome == "promoted" and second.version == "v0002"
+    assert second.transfer["replay"] > 0
+    assert second.probes["retention"]["n"] == 2  # the first cycle's probes
+    manifest = AdapterRegistry(tmp_path / "data" / "adapters").get("alice", "v0002").manifest
+    assert manifest["parent"] == "v0001"
+
+
+def test_rejected_cycle_keeps_experiences_buffered_then_gives_up(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
+) -> None:
+    settings = settings_for(tmp_path, tiny_model_dir, min_efficacy=1.0, max_attempts=2)
+    c = consolidator(settings, buffer, tiny_base)
+    first = c.run_cycle("alice")
+    assert first.outcome == "rejected_efficacy"
+    assert "efficacy" in first.reasons[0]
+    registry = AdapterRegistry(tmp_path / "data" / "adapters")
+    assert registry.current("alice") is None  # nothing promoted
+    assert registry.get("alice", "v0001").outcome == "rejected_efficacy"
+    stored = buffer.experiences("alice")
+    assert all(s.status == "buffered" and s.attempts == 1 for s in stored)
+    second = c.run_cycle("alice")  # retried with a stronger recipe ...
+    assert second.outcome == "rejected_efficacy"
+    assert registry.get("alice", "v0002").manifest["settings"]["train"]["epochs"] == 3
+    # ... and after max_attempts they stay recallable but are no longer retried
+    assert all(s.status == "unconsolidated" for s in buffer.experiences("alice"))
+    assert c.run_cycle("alice").outcome == "nothing_to_do"
+
+
+def test_results_are_recorded_per_fact(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
+) -> None:
+    c = consolidator(settings_for(tmp_path, tiny_model_dir), buffer, tiny_base)
+    result = c.run_cycle("alice")
+    version = AdapterRegistry(tmp_path / "data" / "adapters").get("alice", result.version or "")
+    rows = [json.loads(line) for line in (version.path / "results.jsonl").read_text().splitlines()]
+    assert {r["experience_id"] for r in rows if r["role"] == "efficacy"} == {"landlord", "cat"}
+    assert all("prediction" in r and "ceiling_correct" in r for r in rows)
