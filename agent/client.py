@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+from agent.chat import Reply, Responder, validate_messages
 from memory.buffer import Buffer, Hit, StoredExperience
 from memory.embedder import Embedder, SentenceTransformerEmbedder
 from memory.errors import ConflictError, InvalidInputError, NotFoundError
@@ -57,6 +58,7 @@ class MemoryClient:
             embedder_name=self._embedder.name,
             settings=self.settings.buffer,
         )
+        self._responder: Responder | None = None  # the language model loads on the first chat
         if sync:
             self.sync()
 
@@ -171,6 +173,37 @@ class MemoryClient:
             raise InvalidInputError("k", f"must be an integer from 1 to {MAX_K}, got {k!r}")
         vector = self._embedder.embed([query])[0]
         return self.buffer.search(tenant, vector, k)
+
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        tenant: str,
+        recall: bool = True,
+        k: int = 3,
+        max_new_tokens: int | None = None,
+        min_score: float = 0.25,
+    ) -> Reply:
+        """Answer with the base model + the tenant's current adapter; with ``recall``, the ``k``
+        closest experiences not yet in the adapter (cosine >= ``min_score``) go in the prompt.
+        The reply names the adapter version and the recalled experience ids."""
+        validate_tenant(tenant)
+        turns = validate_messages(list(messages))
+        if not isinstance(k, int) or not 0 <= k <= MAX_K:
+            raise InvalidInputError("k", f"must be an integer from 0 to {MAX_K}, got {k!r}")
+        recalled: list[Experience] = []
+        if recall and k:
+            question = next(m["content"] for m in reversed(turns) if m["role"] == "user")
+            vector = self._embedder.embed([question])[0]
+            hits = self.buffer.search(tenant, vector, k * 4)
+            recalled = [
+                h.experience for h in hits if h.status != "consolidated" and h.score >= min_score
+            ][:k]
+        if self._responder is None:
+            self._responder = Responder(self.settings)
+        return self._responder.respond(
+            turns, tenant=tenant, recalled=recalled, max_new_tokens=max_new_tokens
+        )
 
     def get(self, id: str, *, tenant: str) -> StoredExperience:
         validate_tenant(tenant)

@@ -23,9 +23,8 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from consolidator.distill import teacher_targets
 from consolidator.gate import ProbeSummary, decide
 from consolidator.model import BaseModel, attach_adapter, load_base
 from consolidator.probes import (
+    DATA_DIR,
     ControlSet,
     Probe,
     ProbeResult,
@@ -165,45 +165,39 @@ class Consolidator:
             )
         return self._controls
 
-    def anchor_items(self, n: int, rng: random.Random) -> list[TransferItem]:
-        """``n`` anchor prompts with the base model's own answers (cached once per base)."""
+    def anchor_items(self, n: int, rng: random.Random, model: Any = None) -> list[TransferItem]:
+        """``n`` anchor prompts with the base model's own answers. Answers are cached per base
+        model and prompt format, and generated only for prompts not seen before (by ``model``
+        with its adapter switched off, when one is attached)."""
         if n <= 0:
             return []
-        cache = self.settings.data_dir / "models" / "cache" / self.base.name / "anchors.json"
+        prompts = json.loads((DATA_DIR / "anchors.json").read_text())["prompts"]
+        chosen = rng.sample(prompts, min(n, len(prompts)))
         fmt = self.settings.model
+        cache = self.settings.data_dir / "models" / "cache" / self.base.name / "anchors.json"
         key = json.dumps(fmt.model_dump(), sort_keys=True)
         data = json.loads(cache.read_text()) if cache.exists() else {}
-        if data.get("key") != key:
-            prompts = json.loads(
-                resources.files("consolidator").joinpath("data/anchors.json").read_text()
-            )["prompts"]
-            tok = self.base.tokenizer
-            ids = _greedy(self.base, fmt, self.base.model, prompts, max_new_tokens=32)
-            data = {
-                "key": key,
-                "items": [
-                    {
-                        "prompt": p,
-                        "answer_ids": a,
-                        "answer": tok.decode(a, skip_special_tokens=True),
-                    }
-                    for p, a in zip(prompts, ids, strict=True)
-                    if a and a[-1] == self.base.eos_id
-                ],
-            }
+        answers: dict[str, list[int]] = data.get("answers", {}) if data.get("key") == key else {}
+        missing = [p for p in chosen if p not in answers]
+        if missing:
+            off = model.disable_adapter() if model is not None else nullcontext()
+            with off:
+                generated = _greedy(self.base, fmt, model or self.base.model, missing, 32)
+            answers.update(zip(missing, generated, strict=True))
             cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(data))
-        chosen = rng.sample(data["items"], min(n, len(data["items"])))
+            cache.write_text(json.dumps({"key": key, "answers": answers}))
+        tok, eos = self.base.tokenizer, self.base.eos_id
         return [
             TransferItem(
                 "",
                 "anchor",
-                c["prompt"],
-                c["prompt"],
-                answer=c["answer"],
-                answer_ids=list(c["answer_ids"]),
+                p,
+                p,
+                answer=tok.decode(answers[p], skip_special_tokens=True),
+                answer_ids=list(answers[p]),
             )
-            for c in chosen
+            for p in chosen
+            if answers[p] and answers[p][-1] == eos  # only finished answers
         ]
 
     # -- the cycle -------------------------------------------------------------------------
@@ -272,6 +266,7 @@ class Consolidator:
                 anchors = self.anchor_items(
                     round(s.consolidation.anchor_ratio * (len(transfer.items) + len(replay))),
                     rng,
+                    model,
                 )
                 examples = self._examples(model, transfer.items + replay, anchors)
             with timer("train"):

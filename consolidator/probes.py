@@ -17,7 +17,6 @@ import random
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,10 @@ from consolidator.metrics import best, normalize
 from consolidator.model import BaseModel
 from consolidator.prompts import context_prompt, encode
 
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
 __all__ = [
+    "DATA_DIR",
     "ControlSet",
     "Probe",
     "ProbeResult",
@@ -198,11 +200,7 @@ class ControlSet:
 
 def load_controls(path: Path | None = None) -> ControlSet:
     """The shipped control set (``consolidator/data/controls.json``) or one at ``path``."""
-    if path is None:
-        raw = resources.files("consolidator").joinpath("data/controls.json").read_text()
-    else:
-        raw = Path(path).read_text()
-    data = json.loads(raw)
+    data = json.loads(Path(path or DATA_DIR / "controls.json").read_text())
     return ControlSet([(q["question"], q["answer"]) for q in data["questions"]], data["texts"])
 
 

@@ -165,6 +165,7 @@ class Buffer:
         self._db.execute("PRAGMA synchronous=NORMAL")
         try:
             self._db.executescript(_SCHEMA)
+            self._migrate()
             self._check_embedder(embedder_name, dim)
         except BaseException:
             self._db.close()
@@ -174,6 +175,15 @@ class Buffer:
     # -- plumbing --------------------------------------------------------------------------
     def _tx(self) -> _Transaction:
         return _Transaction(self._db)
+
+    def _migrate(self) -> None:
+        """Bring a buffer written by an older Reverie up to this schema, keeping every row."""
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(experiences)")}
+        if "attempts" not in columns:
+            self._db.execute(
+                "ALTER TABLE experiences ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0"
+            )
+            logger.info("buffer schema upgraded: added experiences.attempts")
 
     def _check_embedder(self, name: str, dim: int) -> None:
         with self._tx():

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from memory.errors import ConflictError, InvalidInputError, NotFoundError, ReverieError
@@ -114,6 +115,118 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_consolidate(args: argparse.Namespace) -> int:
+    if not args.once:
+        raise InvalidInputError("once", "give --once to run one cycle now, or run `reverie daemon`")
+    from consolidator.cycle import Consolidator
+
+    with _client(args) as client:
+        consolidator = Consolidator(client.settings, buffer=client.buffer)
+        tenants = (
+            [args.tenant]
+            if args.tenant
+            else [t for t, c in client.buffer.stats().items() if c["buffered"]]
+        )
+        results = [consolidator.run_cycle(t).to_json() for t in tenants]
+    lines = []
+    for r in results:
+        eff = r["probes"].get("efficacy") or {}
+        loc = r["probes"].get("locality") or {}
+        lines.append(
+            f"{r['tenant']}: {r['outcome']} {r['version'] or ''} "
+            f"({len(r['experience_ids'])} experiences"
+            + (
+                f"; efficacy {eff.get('accuracy', 0):.2f} of ceiling {eff.get('ceiling', 0):.2f}, "
+                f"locality {loc.get('ratio', 0):.2f}"
+                if eff
+                else ""
+            )
+            + ")"
+            + (f" - {'; '.join(r['reasons'])}" if r["reasons"] else "")
+        )
+    _emit(args, results, "\n".join(lines) if lines else "nothing to consolidate")
+    failed = any(r["outcome"] == "failed" for r in results)
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        reply = client.chat(
+            [{"role": "user", "content": args.question}],
+            tenant=args.tenant,
+            recall=not args.no_recall,
+        )
+    payload = {
+        "answer": reply.text,
+        "adapter_version": reply.adapter_version,
+        "recalled_ids": list(reply.recalled_ids),
+    }
+    _emit(args, payload, reply.text)
+    return EXIT_OK
+
+
+def cmd_adapters(args: argparse.Namespace) -> int:
+    from memory.adapters import AdapterRegistry
+    from reverie.settings import load_settings
+
+    registry = AdapterRegistry(load_settings(args.config).data_dir / "adapters")
+    tenant = args.tenant
+    if args.action == "list":
+        current = registry.current(tenant)
+        rows = [
+            {
+                "version": v.version,
+                "parent": v.parent,
+                "outcome": v.outcome,
+                "current": current is not None and v.version == current.version,
+                "created_at": v.manifest.get("created_at"),
+                "experiences": len(v.manifest.get("experiences", [])),
+            }
+            for v in registry.versions(tenant)
+        ]
+        text = (
+            "\n".join(
+                f"{'*' if r['current'] else ' '} {r['version']}  {r['outcome']:<20} "
+                f"{r['experiences']:>3} experiences  parent {r['parent'] or '-'}"
+                for r in rows
+            )
+            or "(no versions)"
+        )
+        _emit(args, rows, text)
+    elif args.action == "show":
+        info = registry.get(tenant, _need_version(args))
+        _emit(args, info.manifest, json.dumps(info.manifest, indent=2))
+    elif args.action == "promote":
+        info = registry.promote(tenant, _need_version(args))
+        _emit(args, {"current": info.version}, f"{tenant}: current is now {info.version}")
+    else:
+        info = registry.rollback(tenant, args.version)
+        _emit(args, {"current": info.version}, f"{tenant}: rolled back to {info.version}")
+    return EXIT_OK
+
+
+def _need_version(args: argparse.Namespace) -> str:
+    if not args.version:
+        raise InvalidInputError("version", f"`adapters {args.action}` needs --version vNNNN")
+    return str(args.version)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from consolidator.report import load_report, plot_forgetting, to_markdown
+    from memory.adapters import AdapterRegistry
+    from reverie.settings import load_settings
+
+    registry = AdapterRegistry(load_settings(args.config).data_dir / "adapters")
+    report = load_report(registry, args.tenant)
+    if args.plot:
+        plot_forgetting(report, Path(args.plot))
+    if args.format == "json" or args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(to_markdown(report))
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job on embedded defaults: log experiences, recall them."""
     with _client(args) as client:
@@ -174,6 +287,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("status", cmd_status, "counts per tenant and stream offsets", tenant=False)
     p.add_argument("--tenant", help="only this tenant")
+
+    p = command(
+        "consolidate", cmd_consolidate, "distil buffered experiences into adapters", tenant=False
+    )
+    p.add_argument("--once", action="store_true", help="run one cycle per tenant and exit")
+    p.add_argument("--tenant", help="only this tenant (default: every tenant with new ones)")
+
+    p = command("ask", cmd_ask, "answer with the tenant's adapter (and recalled memory)")
+    p.add_argument("question")
+    p.add_argument(
+        "--no-recall",
+        action="store_true",
+        help="put nothing from the buffer in the prompt: the answer must come from "
+        "the adapter's weights",
+    )
+
+    p = command("adapters", cmd_adapters, "list, show, promote or roll back adapter versions")
+    p.add_argument("action", choices=["list", "show", "promote", "rollback"])
+    p.add_argument("--version", help="vNNNN (show, promote; rollback defaults to the parent)")
+
+    p = command("report", cmd_report, "retention report: per fact per version")
+    p.add_argument("--format", choices=["md", "json"], default="md")
+    p.add_argument("--plot", help="also write a forgetting-curve plot (PNG) here")
 
     command("demo", cmd_demo, "run the end-to-end demo on embedded defaults", tenant=False)
     return parser

@@ -1,0 +1,179 @@
+"""Answering with memory: the base model, the tenant's current adapter, and recalled experiences.
+
+Knowledge reaches an answer two ways. Consolidated experiences are in the tenant's adapter
+weights. Experiences not yet consolidated are recalled from the buffer and put in the prompt in
+the teacher's own format (``Context: ...\\nQuestion: ...``), so memory works from the moment
+``log`` returns (knowledge infused at decoding time).
+
+Adapters are hot-swapped: each request reads the tenant's current pointer; a newly promoted
+version (by a daemon in another process) is verified and loaded before it is used, under the same
+lock as generation, so no request ever sees a half-loaded adapter. Loaded adapters are cached per
+tenant with an LRU bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from consolidator.generate import generate_ids
+from consolidator.model import BaseModel, load_base
+from consolidator.prompts import Message, context_prompt, encode, render
+from memory.adapters import AdapterRegistry
+from memory.errors import InvalidInputError
+from memory.experience import Experience
+from reverie.settings import Settings
+
+__all__ = ["Reply", "Responder", "build_messages"]
+
+logger = logging.getLogger(__name__)
+
+_ROLES = {"system", "user", "assistant"}
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer and where its knowledge came from."""
+
+    text: str
+    adapter_version: str | None
+    recalled_ids: tuple[str, ...] = ()
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    recalled: tuple[Experience, ...] = field(default=(), repr=False)
+
+
+def build_messages(messages: Sequence[Message], recalled: Sequence[Experience]) -> list[Message]:
+    """Put recalled experiences into the last user turn, in the teacher's context format."""
+    out = [dict(m) for m in messages]
+    if recalled:
+        last = max(i for i, m in enumerate(out) if m["role"] == "user")
+        context = "\n".join(e.text for e in recalled)
+        out[last]["content"] = context_prompt(context, out[last]["content"])
+    return out
+
+
+def validate_messages(messages: object) -> list[Message]:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidInputError("messages", "give a non-empty list of {role, content} objects")
+    out: list[Message] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in _ROLES:
+            raise InvalidInputError(f"messages[{i}].role", "must be system, user or assistant")
+        if not isinstance(m.get("content"), str):
+            raise InvalidInputError(f"messages[{i}].content", "must be a string")
+        out.append({"role": m["role"], "content": m["content"]})
+    if not any(m["role"] == "user" for m in out):
+        raise InvalidInputError("messages", "needs at least one user message")
+    return out
+
+
+class Responder:
+    """Generates answers for any tenant from one base model with per-tenant adapters."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: AdapterRegistry | None = None,
+        base: BaseModel | None = None,
+        max_adapters: int = 8,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry or AdapterRegistry(settings.data_dir / "adapters")
+        self._base = base
+        self._max_adapters = max_adapters
+        self._lock = threading.RLock()
+        self._peft: Any = None  # a PeftModel once the first adapter is loaded
+        self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter name -> version, LRU order
+
+    @property
+    def base(self) -> BaseModel:
+        with self._lock:
+            if self._base is None:
+                self._base = load_base(self.settings.model, self.settings.data_dir)
+            return self._base
+
+    def _activate(self, tenant: str) -> str | None:
+        """Make the tenant's current adapter active (loading it if new); return its version."""
+        current = self.registry.current(tenant)
+        if current is None:
+            return None
+        name = f"{tenant}@{current.version}"
+        if name not in self._loaded:
+            self.registry.verify(tenant, current.version)
+            from peft import PeftModel
+
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(
+                    self.base.model, str(current.path), adapter_name=name
+                )
+                self._peft.eval()
+            else:
+                self._peft.load_adapter(str(current.path), adapter_name=name)
+            self._loaded[name] = current.version
+            logger.info("loaded adapter %s", name)
+            self._evict(keep=name)
+        self._loaded.move_to_end(name)
+        self._peft.set_adapter(name)
+        return current.version
+
+    def _evict(self, keep: str) -> None:
+        while len(self._loaded) > self._max_adapters:
+            name = next(n for n in self._loaded if n != keep)
+            self._peft.delete_adapter(name)
+            del self._loaded[name]
+
+    def respond(
+        self,
+        messages: Sequence[Message],
+        *,
+        tenant: str,
+        recalled: Sequence[Experience] = (),
+        max_new_tokens: int | None = None,
+    ) -> Reply:
+        base = self.base
+        fmt = self.settings.model
+        limit = max_new_tokens or fmt.max_new_tokens
+        prompt = encode(
+            base.tokenizer, render(base.tokenizer, build_messages(messages, recalled), fmt)
+        )
+        with self._lock:
+            version = self._activate(tenant)
+            model = self._peft if version is not None else base.model
+            if version is None and self._peft is not None:
+                with self._peft.disable_adapter():
+                    ids = self._generate(self._peft, prompt, limit)
+            else:
+                ids = self._generate(model, prompt, limit)
+        ended = bool(ids) and ids[-1] == base.eos_id
+        text = base.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        return Reply(
+            text,
+            version,
+            tuple(e.id for e in recalled),
+            len(prompt),
+            len(ids),
+            "stop" if ended else "length",
+            tuple(recalled),
+        )
+
+    def _generate(self, model: Any, prompt: list[int], limit: int) -> list[int]:
+        base = self.base
+        with torch.no_grad():
+            return generate_ids(
+                model,
+                [prompt],
+                eos_id=base.eos_id,
+                pad_id=base.pad_id,
+                max_new_tokens=limit,
+                batch_size=1,
+                device=base.device,
+            )[0]

@@ -1,0 +1,210 @@
+"""One consolidation on SmolLM2: context distillation against the fine-tuning baseline.
+
+    python -m benchmarks.consolidation [--quick] [--datasets fictional,squad]
+        [--methods distill,sft] [--n 20] [--seeds 0] [--settings JSON] [--json FILE]
+
+Datasets: ``fictional`` = 20 fictional agent memories with 3 held-out paraphrased questions each
+(benchmarks/data/fictional.jsonl; the recipe was developed on the separate fictional_dev.jsonl);
+``squad`` = the first N passages of ../shared/data/squad/dev.json with their questions.
+
+For each dataset and method, the experiences are logged into a fresh data dir and consolidated in
+one cycle (gate thresholds at zero: this measures, it does not gate). The questions are attached as
+caller-supplied probes, so training never sees them. Reported: no-context accuracy before and after,
+the in-context ceiling, efficacy/ceiling, locality (control accuracy after/before, answers
+unchanged, mean KL on control text), wall time per stage and training tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from agent import MemoryClient
+from benchmarks.common import REPO, SHARED_DATA, environment, print_table, write_report
+from consolidator.cycle import Consolidator
+from consolidator.model import BaseModel, load_base
+from memory.embedder import SentenceTransformerEmbedder
+from reverie.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+
+def fictional(n: int, split: str = "fictional") -> list[dict[str, Any]]:
+    path = REPO / "benchmarks" / "data" / f"{split}.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows[:n]
+
+
+def squad(n: int) -> list[dict[str, Any]]:
+    data = json.loads((SHARED_DATA / "squad" / "dev.json").read_text())
+    return [
+        {
+            "id": f"squad-{i}",
+            "text": p["context"],
+            "probes": [{"question": q["question"], "answer": q["answer"]} for q in p["questions"]],
+        }
+        for i, p in enumerate(data[:n])
+    ]
+
+
+DATASETS = {
+    "fictional": fictional,
+    "fictional_dev": lambda n: fictional(n, "fictional_dev"),
+    "squad": squad,
+}
+
+
+def run_one(
+    rows: list[dict[str, Any]],
+    method: str,
+    seed: int,
+    base: BaseModel,
+    embedder: Any,
+    root: Path,
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
+    settings: Settings = load_settings(
+        data_dir=root,
+        train={**overrides.get("train", {}), "method": method, "seed": seed},
+        gate={"min_efficacy": 0.0, "min_retention": 0.0, "min_locality": 0.0},
+        consolidation={"max_experiences": len(rows), **overrides.get("consolidation", {})},
+        **{k: v for k, v in overrides.items() if k not in ("train", "consolidation")},
+    )
+    with MemoryClient(settings, embedder=embedder) as client:
+        client.log_many(
+            [{"id": r["id"], "text": r["text"], "metadata": {"probes": r["probes"]}} for r in rows],
+            tenant="bench",
+        )
+        consolidator = Consolidator(settings, buffer=client.buffer, base=base)
+        start = time.perf_counter()
+        result = consolidator.run_cycle("bench")
+        wall = time.perf_counter() - start
+    probes = result.probes
+    eff, before, loc = probes["efficacy"], probes["before"], probes["locality"]
+    return {
+        "method": method,
+        "seed": seed,
+        "experiences": len(rows),
+        "probes": eff["n"],
+        "no_context_before": before["accuracy"],
+        "no_context_after": eff["accuracy"],
+        "ceiling": eff["ceiling"],
+        "efficacy_over_ceiling": eff["ratio"],
+        "f1_after": eff["f1"],
+        "bleed": eff["bleed"],
+        "locality": loc["ratio"],
+        "control_accuracy": {"before": loc["base_accuracy"], "after": loc["accuracy"]},
+        "control_unchanged": loc["unchanged"],
+        "control_mean_kl": loc["mean_kl"],
+        "transfer": result.transfer,
+        "train": result.train,
+        "stage_seconds": result.timings,
+        "consolidation_seconds": round(
+            sum(
+                v
+                for k, v in result.timings.items()
+                if k in ("drain", "transfer", "teacher", "train")
+            ),
+            1,
+        ),
+        "wall_seconds": round(wall, 1),
+        "outcome": result.outcome,
+    }
+
+
+def table(report: dict[str, Any]) -> None:
+    rows = []
+    for dataset, runs in report["results"].items():
+        for r in runs:
+            rows.append(
+                [
+                    dataset,
+                    r["method"],
+                    r["seed"],
+                    r["experiences"],
+                    r["no_context_before"],
+                    r["no_context_after"],
+                    r["ceiling"],
+                    r["efficacy_over_ceiling"],
+                    r["locality"],
+                    r["control_unchanged"],
+                    r["control_mean_kl"],
+                    r["consolidation_seconds"],
+                    r["train"]["tokens_per_s"],
+                ]
+            )
+    print()
+    print_table(
+        rows,
+        [
+            "dataset",
+            "method",
+            "seed",
+            "exps",
+            "no-ctx before",
+            "no-ctx after",
+            "ceiling",
+            "eff/ceiling",
+            "locality",
+            "unchanged",
+            "KL",
+            "consolidation s",
+            "train tok/s",
+        ],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default="fictional,squad")
+    parser.add_argument("--methods", default="distill,sft")
+    parser.add_argument("--n", type=int, default=20, help="experiences / passages per dataset")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--quick", action="store_true", help="5 experiences, fictional, distill")
+    parser.add_argument(
+        "--settings",
+        default="{}",
+        help='JSON overrides of settings sections, e.g. \'{"train": {"epochs": 8}}\'',
+    )
+    parser.add_argument("--json", help="also write the JSON report here")
+    args = parser.parse_args()
+    if args.quick:
+        args.datasets, args.methods, args.n = "fictional", "distill", 5
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    overrides = json.loads(args.settings)
+    report: dict[str, Any] = {
+        "benchmark": "consolidation",
+        "environment": environment(),
+        "settings_overrides": overrides,
+        "results": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="reverie-consolidation-") as tmp:
+        root = Path(tmp)
+        base_settings = load_settings(data_dir=root / "shared")
+        base = load_base(base_settings.model, Path.home() / ".cache" / "reverie")
+        report["model"] = base.name
+        embedder = SentenceTransformerEmbedder()
+        for dataset in args.datasets.split(","):
+            rows = DATASETS[dataset](args.n)
+            report["results"][dataset] = []
+            for method in args.methods.split(","):
+                for seed in (int(s) for s in args.seeds.split(",")):
+                    run_dir = root / f"{dataset}-{method}-{seed}"
+                    # share the converted model and the base-answer caches between runs
+                    (run_dir / "models").parent.mkdir(parents=True, exist_ok=True)
+                    (run_dir / "models").symlink_to(Path.home() / ".cache" / "reverie" / "models")
+                    logger.info("=== %s / %s / seed %d ===", dataset, method, seed)
+                    report["results"][dataset].append(
+                        run_one(rows, method, seed, base, embedder, run_dir, overrides)
+                    )
+    write_report(report, args.json)
+    table(report)
+
+
+if __name__ == "__main__":
+    main()

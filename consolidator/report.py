@@ -1,0 +1,199 @@
+"""Retention reports: per fact per version, per version, and a forgetting-curve plot.
+
+Everything is read from the registry (each version's manifest and ``results.jsonl``), so a
+report can be produced at any time, by any process, without a model. Building the report is pure
+(:func:`build_report` over already-loaded versions); rendering to Markdown or a PNG is separate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from memory.adapters import AdapterRegistry, VersionInfo
+
+__all__ = ["build_report", "load_report", "plot_forgetting", "to_markdown"]
+
+
+def _results(info: VersionInfo) -> list[dict[str, Any]]:
+    path = info.path / "results.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_report(registry: AdapterRegistry, tenant: str) -> dict[str, Any]:
+    versions = registry.versions(tenant)
+    current = registry.current(tenant)
+    return build_report(
+        tenant,
+        versions,
+        {v.version: _results(v) for v in versions},
+        current.version if current else None,
+    )
+
+
+def build_report(
+    tenant: str,
+    versions: Sequence[VersionInfo],
+    results: dict[str, list[dict[str, Any]]],
+    current: str | None,
+) -> dict[str, Any]:
+    """The report document: ``versions`` (one row each) and ``facts`` (one per experience, with
+    its recall at every version that probed it)."""
+    rows = []
+    facts: dict[str, dict[str, Any]] = {}
+    for info in versions:
+        m = info.manifest
+        probes = m.get("probes", {})
+        eff, ret, loc = (
+            probes.get("efficacy") or {},
+            probes.get("retention"),
+            probes.get("locality") or {},
+        )
+        rows.append(
+            {
+                "version": info.version,
+                "parent": m.get("parent"),
+                "outcome": m.get("outcome"),
+                "current": info.version == current,
+                "created_at": m.get("created_at"),
+                "method": m.get("method"),
+                "experiences": len(m.get("experiences", [])),
+                "efficacy": eff.get("accuracy"),
+                "ceiling": eff.get("ceiling"),
+                "efficacy_ratio": eff.get("ratio"),
+                "no_context_before": (probes.get("before") or {}).get("accuracy"),
+                "retention": ret.get("ratio") if ret else None,
+                "locality": loc.get("ratio"),
+                "locality_unchanged": loc.get("unchanged"),
+                "locality_kl": loc.get("mean_kl"),
+                "reasons": m.get("reasons", []),
+                "seconds": round(sum((m.get("timings") or {}).values()), 1),
+            }
+        )
+        by_fact: dict[str, list[dict[str, Any]]] = {}
+        for r in results.get(info.version, []):
+            by_fact.setdefault(r["experience_id"], []).append(r)
+        for eid, rs in by_fact.items():
+            fact = facts.setdefault(
+                eid, {"experience_id": eid, "trained_in": None, "ceiling": None, "by_version": {}}
+            )
+            if rs[0]["role"] == "efficacy":
+                fact["trained_in"] = info.version
+                ceil = [r["ceiling_correct"] for r in rs if r.get("ceiling_correct") is not None]
+                fact["ceiling"] = round(sum(ceil) / len(ceil), 4) if ceil else None
+            fact["by_version"][info.version] = {
+                "recalled": round(sum(r["correct"] for r in rs) / len(rs), 4),
+                "score": round(sum(r["f1"] for r in rs) / len(rs), 4),
+                "probes": len(rs),
+                "outcome": info.manifest.get("outcome"),
+            }
+    return {
+        "tenant": tenant,
+        "current": current,
+        "versions": rows,
+        "facts": sorted(facts.values(), key=lambda f: (f["trained_in"] or "", f["experience_id"])),
+    }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# Retention report: tenant `{report['tenant']}`",
+        "",
+        f"Current version: {report['current'] or 'none'}",
+        "",
+        "## Versions",
+        "",
+        "| version | outcome | experiences | no-context before | efficacy | ceiling | "
+        "efficacy/ceiling | retention | locality | unchanged | KL | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v in report["versions"]:
+        name = f"**{v['version']}**" if v["current"] else v["version"]
+        lines.append(
+            "| "
+            + " | ".join(
+                _fmt(x)
+                for x in (
+                    name,
+                    v["outcome"],
+                    v["experiences"],
+                    v["no_context_before"],
+                    v["efficacy"],
+                    v["ceiling"],
+                    v["efficacy_ratio"],
+                    v["retention"],
+                    v["locality"],
+                    v["locality_unchanged"],
+                    v["locality_kl"],
+                    v["seconds"],
+                )
+            )
+            + " |"
+        )
+    rejected = [v for v in report["versions"] if v["reasons"]]
+    if rejected:
+        lines += [
+            "",
+            "Rejections: "
+            + "; ".join(f"{v['version']}: {', '.join(v['reasons'])}" for v in rejected),
+        ]
+    names = [v["version"] for v in report["versions"]]
+    lines += [
+        "",
+        "## Facts (share of probes recalled without context, per version)",
+        "",
+        "| experience | trained in | ceiling | " + " | ".join(names) + " |",
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for f in report["facts"]:
+        cells = [_fmt(f["by_version"].get(n, {}).get("recalled")) for n in names]
+        lines.append(
+            f"| {f['experience_id']} | {_fmt(f['trained_in'])} | "
+            f"{_fmt(f['ceiling'])} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_forgetting(report: dict[str, Any], path: Path) -> None:
+    """One line per cycle: mean recall of that cycle's facts at each later promoted version."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    promoted = [v["version"] for v in report["versions"] if v["outcome"] == "promoted"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for cycle in promoted:
+        facts = [f for f in report["facts"] if f["trained_in"] == cycle]
+        xs, ys = [], []
+        for i, version in enumerate(promoted):
+            scores = [
+                f["by_version"][version]["recalled"] for f in facts if version in f["by_version"]
+            ]
+            if scores and i >= promoted.index(cycle):
+                xs.append(i)
+                ys.append(sum(scores) / len(scores))
+        if xs:
+            ax.plot(xs, ys, marker="o", label=f"facts of {cycle}")
+    ax.set_xticks(range(len(promoted)), promoted, rotation=45)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("promoted version")
+    ax.set_ylabel("recalled without context")
+    ax.set_title(f"Forgetting curves, tenant {report['tenant']}")
+    if promoted:
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
