@@ -18,7 +18,8 @@ from memory.buffer import Buffer, Hit, StoredExperience
 from memory.embedder import Embedder, SentenceTransformerEmbedder
 from memory.errors import ConflictError, InvalidInputError, NotFoundError
 from memory.experience import Experience, make_experience, validate_tenant
-from memory.stream import ExperienceStream, Position, StreamMessage, StreamRecord, open_stream
+from memory.stream import ExperienceStream, StreamRecord, open_stream
+from memory.sync import sync_buffer
 from reverie.settings import Settings, load_settings
 
 __all__ = ["LogItem", "MemoryClient"]
@@ -228,53 +229,7 @@ class MemoryClient:
     # -- recovery --------------------------------------------------------------------------
     def sync(self, batch: int = 500) -> int:
         """Apply stream records the buffer has not seen; returns how many experiences it added."""
-        name = self._stream.name
-        applied = self.buffer.applied(name)
-        added = 0
-        for partition in range(self._stream.partitions):
-            offset = applied.get(partition, 0)
-            while messages := self._stream.read(partition, offset, batch):
-                added += self._apply(messages)
-                offset = messages[-1].offset + 1
-                self.buffer.set_applied(name, {partition: offset})
-        if added:
-            logger.info("sync added %d experiences from the stream to the buffer", added)
-        return added
-
-    def _apply(self, messages: Sequence[StreamMessage]) -> int:
-        """Apply messages in order: runs of experiences are embedded in one batch."""
-        added = 0
-        pending: list[tuple[Experience, Position]] = []
-
-        def flush() -> None:
-            nonlocal added
-            if pending:
-                vectors = self._embedder.embed([e.text for e, _ in pending])
-                added += sum(
-                    self.buffer.add_many([e for e, _ in pending], vectors, [p for _, p in pending])
-                )
-                pending.clear()
-
-        for msg in messages:
-            record = msg.record
-            if record is None:
-                logger.warning(
-                    "skipping undecodable stream record p%d@%d: %s",
-                    msg.partition,
-                    msg.offset,
-                    msg.error,
-                )
-            elif record.kind == "forget":
-                flush()
-                self.buffer.delete(record.tenant, record.id)
-            elif (
-                record.experience is not None
-                and self.buffer.get(record.tenant, record.id) is None
-                and not any(e.tenant == record.tenant and e.id == record.id for e, _ in pending)
-            ):
-                pending.append((record.experience, Position(msg.partition, msg.offset)))
-        flush()
-        return added
+        return sync_buffer(self.buffer, self._stream, self._embedder, batch)
 
     # -- lifecycle -------------------------------------------------------------------------
     def close(self) -> None:

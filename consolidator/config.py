@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 __all__ = [
     "ConsolidationSettings",
+    "DaemonSettings",
     "GeneratorSettings",
     "ModelSettings",
     "TrainSettings",
@@ -162,3 +163,39 @@ class ConsolidationSettings(_Section):
     retry_replay_factor: float = Field(
         default=2.0, ge=1, description="Replay multiplies by this on each retry."
     )
+
+
+class DaemonSettings(_Section):
+    """``reverie daemon``: when cycles run, how the stream is consumed, what is exposed."""
+
+    interval_s: float = Field(default=300.0, gt=0, description="Seconds between cycles.")
+    cron: str | None = Field(default=None, description="Crontab schedule; overrides interval_s.")
+    buffer_trigger: int = Field(
+        default=20,
+        ge=1,
+        description="Start a tenant's cycle at once when it has this many buffered experiences.",
+    )
+    poll_interval_s: float = Field(default=2.0, gt=0, description="Stream poll period.")
+    group: str = Field(
+        default="reverie-consolidator",
+        pattern=r"^[A-Za-z0-9._-]{1,200}$",
+        description="Consumer group shared by every daemon of a deployment.",
+    )
+    grace_s: float = Field(
+        default=60.0, ge=0, description="On SIGTERM, time to finish or checkpoint the cycle."
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Bind address of /metrics.")
+    metrics_port: int = Field(default=9464, ge=0, le=65535, description="0 = no HTTP endpoint.")
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(value)
+            except ValueError as err:
+                raise ValueError(f"not a crontab expression ({err}); e.g. '*/15 * * * *'") from None
+        return value

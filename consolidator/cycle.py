@@ -218,7 +218,7 @@ class Consolidator:
         s = self.settings
         timer = _Timer()
         with timer("drain"):
-            self.registry.sweep(tenant)
+            self.reconcile(tenant)
             pending = self.buffer.experiences(
                 tenant, status="buffered", limit=s.consolidation.max_experiences
             )
@@ -385,6 +385,38 @@ class Consolidator:
             },
             stats.summary(),
         )
+
+    def reconcile(self, tenant: str) -> None:
+        """Finish what a crash interrupted: sweep staging leftovers, roll forward a promotion that
+        was committed but never made current, and mark experiences the current lineage already
+        contains as consolidated (a crash between promotion and the buffer update)."""
+        self.registry.sweep(tenant)
+        versions = self.registry.versions(tenant)
+        current = self.registry.current(tenant)
+        if versions:
+            newest = versions[-1]
+            expected_parent = current.version if current else None
+            if (
+                newest.outcome == "promoted"
+                and newest.parent == expected_parent
+                and (current is None or newest.version != current.version)
+            ):
+                logger.warning(
+                    "tenant %s: completing the interrupted promotion of %s", tenant, newest.version
+                )
+                current = self.registry.promote(tenant, newest.version, reason="recover")
+        for info in self.registry.lineage(tenant) if current else []:
+            ids = [e["id"] for e in info.manifest.get("experiences", [])]
+            stored = self.buffer.get_many(tenant, ids)
+            stale = [i for i, st in stored.items() if st.status != "consolidated"]
+            if stale:
+                self.buffer.mark(tenant, stale, "consolidated", version=info.version)
+                logger.warning(
+                    "tenant %s: marked %d experiences of %s consolidated",
+                    tenant,
+                    len(stale),
+                    info.version,
+                )
 
     # -- stage helpers ---------------------------------------------------------------------
     def _probes(self, experiences: Sequence[Experience], transfer: TransferSet) -> list[Probe]:

@@ -149,6 +149,46 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     return EXIT_FAILURE if failed else EXIT_OK
 
 
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from agent import MemoryClient
+    from consolidator.daemon import Daemon
+    from reverie.settings import load_settings
+
+    overrides: dict[str, Any] = {}
+    if args.interval is not None:
+        overrides = {"interval_s": args.interval, "cron": None}
+    elif args.cron is not None:
+        overrides = {"cron": args.cron}
+    settings = load_settings(args.config)
+    if overrides:
+        settings = load_settings(args.config, daemon={**settings.daemon.model_dump(), **overrides})
+    if settings.daemon.log_format == "json":
+        _json_logging()
+    with MemoryClient(settings) as client:
+        Daemon(
+            settings, stream=client.stream, buffer=client.buffer, embedder=client.embedder
+        ).run_forever()
+    return EXIT_OK
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _json_logging() -> None:
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_JsonFormatter())
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     with _client(args) as client:
         reply = client.chat(
@@ -293,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--once", action="store_true", help="run one cycle per tenant and exit")
     p.add_argument("--tenant", help="only this tenant (default: every tenant with new ones)")
+
+    p = command(
+        "daemon", cmd_daemon, "run consolidation as a service (stop with SIGTERM)", tenant=False
+    )
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--interval", type=float, help="seconds between cycles")
+    when.add_argument("--cron", help="crontab schedule, e.g. '*/15 * * * *'")
 
     p = command("ask", cmd_ask, "answer with the tenant's adapter (and recalled memory)")
     p.add_argument("question")

@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from consolidator.config import (
     ConsolidationSettings,
+    DaemonSettings,
     ModelSettings,
     TrainSettings,
     TransferSettings,
@@ -56,6 +57,7 @@ class Settings(BaseSettings):
     train: TrainSettings = Field(default_factory=TrainSettings)
     consolidation: ConsolidationSettings = Field(default_factory=ConsolidationSettings)
     gate: GateSettings = Field(default_factory=GateSettings)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
 
     @classmethod
     def settings_customise_sources(

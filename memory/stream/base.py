@@ -9,10 +9,11 @@ consumer that restarts resumes from the last commit and re-reads whatever was no
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
@@ -25,6 +26,7 @@ __all__ = [
     "StreamConsumer",
     "StreamMessage",
     "StreamRecord",
+    "dead_letter_payload",
     "decode_record",
     "encode_record",
 ]
@@ -107,6 +109,21 @@ def decode_record(raw: bytes) -> StreamRecord:
     return StreamRecord.logged(experience)
 
 
+def dead_letter_payload(stream: str, message: StreamMessage, reason: str) -> bytes:
+    """What goes to the dead-letter queue: the reason, where the message was, and its bytes."""
+    return json.dumps(
+        {
+            "v": _FORMAT_VERSION,
+            "reason": reason,
+            "stream": stream,
+            "partition": message.partition,
+            "offset": message.offset,
+            "raw_b64": base64.b64encode(message.raw).decode(),
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
 def to_message(partition: int, offset: int, raw: bytes) -> StreamMessage:
     try:
         return StreamMessage(partition, offset, raw, decode_record(raw))
@@ -164,6 +181,19 @@ class ExperienceStream(Protocol):
 
     def end_offsets(self) -> dict[int, int]:
         """Per partition, the offset the next appended record will get."""
+        ...
+
+    def partition_for(self, tenant: str) -> int:
+        """The partition a tenant's records go to."""
+        ...
+
+    def dead_letter(self, message: StreamMessage, reason: str) -> None:
+        """Durably record a message that cannot be processed, with the reason, so it never
+        blocks its partition."""
+        ...
+
+    def dead_letters(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """The dead-letter queue's entries, oldest first."""
         ...
 
     def read(self, partition: int, offset: int, max_records: int = 500) -> list[StreamMessage]:

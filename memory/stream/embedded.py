@@ -35,13 +35,14 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from memory.errors import ConfigError, StreamError
 from memory.stream.base import (
     Position,
     StreamMessage,
     StreamRecord,
+    dead_letter_payload,
     encode_record,
     to_message,
 )
@@ -270,6 +271,7 @@ class EmbeddedStream:
             _Partition(self.root / f"p{p:04d}", segment_bytes, fsync) for p in range(partitions)
         ]
         self._consumers: weakref.WeakSet[EmbeddedConsumer] = weakref.WeakSet()
+        self._dead: _Partition | None = None
 
     @property
     def name(self) -> str:
@@ -305,6 +307,17 @@ class EmbeddedStream:
     def end_offsets(self) -> dict[int, int]:
         return {p: part.end_offset() for p, part in enumerate(self._partitions)}
 
+    def _dlq(self) -> _Partition:
+        if self._dead is None:
+            self._dead = _Partition(self.root / "dead-letters", 64 * 1024 * 1024, True)
+        return self._dead
+
+    def dead_letter(self, message: StreamMessage, reason: str) -> None:
+        self._dlq().append([dead_letter_payload(self.name, message, reason)])
+
+    def dead_letters(self, limit: int = 1000) -> list[dict[str, Any]]:
+        return [json.loads(raw) for _, raw in self._dlq().read(0, limit)]
+
     def read(self, partition: int, offset: int, max_records: int = 500) -> list[StreamMessage]:
         return [
             to_message(partition, off, raw)
@@ -322,6 +335,8 @@ class EmbeddedStream:
             consumer.close()
         for part in self._partitions:
             part.close()
+        if self._dead is not None:
+            self._dead.close()
 
 
 class EmbeddedConsumer:

@@ -8,6 +8,7 @@ auto-commit off: offsets move only when :meth:`KafkaGroupConsumer.commit` is cal
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import weakref
@@ -16,6 +17,7 @@ from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from memory.errors import StreamError
@@ -23,6 +25,7 @@ from memory.stream.base import (
     Position,
     StreamMessage,
     StreamRecord,
+    dead_letter_payload,
     encode_record,
     to_message,
 )
@@ -61,8 +64,10 @@ class KafkaStream:
             "client_id": client_id,
             "request_timeout_ms": int(request_timeout_s * 1000),
         }
+        self._replication = replication_factor
+        self._dlq_ready = False
         try:
-            self._ensure_topic(partitions, replication_factor)
+            self._ensure_topic(topic, partitions, replication_factor)
             self._producer = KafkaProducer(
                 **self._common, acks="all", linger_ms=0, max_block_ms=int(request_timeout_s * 1000)
             )
@@ -84,22 +89,17 @@ class KafkaStream:
                 self._partitions,
             )
 
-    def _ensure_topic(self, partitions: int, replication_factor: int) -> None:
+    def _ensure_topic(self, topic: str, partitions: int, replication_factor: int) -> None:
         admin = KafkaAdminClient(**self._common)
         try:
-            if self.topic in admin.list_topics():
+            if topic in admin.list_topics():
                 return
             admin.create_topics(
-                {
-                    self.topic: {
-                        "num_partitions": partitions,
-                        "replication_factor": replication_factor,
-                    }
-                },
+                {topic: {"num_partitions": partitions, "replication_factor": replication_factor}},
                 timeout_ms=int(self._timeout_s * 1000),
                 wait_for_metadata=True,
             )
-            logger.info("created topic %s with %d partitions", self.topic, partitions)
+            logger.info("created topic %s with %d partitions", topic, partitions)
         except TopicAlreadyExistsError:
             pass
         finally:
@@ -130,6 +130,45 @@ class KafkaStream:
         except KafkaError as err:
             raise StreamError(f"Kafka did not acknowledge the write: {err}") from err
         return [Position(m.partition, m.offset) for m in metadata]
+
+    def partition_for(self, tenant: str) -> int:
+        # The producer's default partitioner: murmur2 of the key, as in the Java client.
+        return (murmur2(tenant.encode()) & 0x7FFFFFFF) % self._partitions
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return f"{self.topic}.dlq"
+
+    def dead_letter(self, message: StreamMessage, reason: str) -> None:
+        if not self._dlq_ready:
+            self._ensure_topic(self.dead_letter_topic, 1, self._replication)
+            self._dlq_ready = True
+        try:
+            self._producer.send(
+                self.dead_letter_topic, value=dead_letter_payload(self.name, message, reason)
+            ).get(timeout=self._timeout_s)
+        except KafkaError as err:
+            raise StreamError(f"Kafka did not acknowledge the dead letter: {err}") from err
+
+    def dead_letters(self, limit: int = 1000) -> list[dict[str, Any]]:
+        reader = KafkaConsumer(
+            **self._common, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=50
+        )
+        try:
+            tp = TopicPartition(self.dead_letter_topic, 0)
+            if not reader.partitions_for_topic(self.dead_letter_topic):
+                return []
+            reader.assign([tp])
+            reader.seek_to_beginning(tp)
+            out: list[dict[str, Any]] = []
+            while len(out) < limit:
+                batch = reader.poll(timeout_ms=500, max_records=limit - len(out)).get(tp, [])
+                if not batch:
+                    break
+                out += [json.loads(r.value) for r in batch]
+            return out
+        finally:
+            reader.close()
 
     def _tps(self) -> list[TopicPartition]:
         return [TopicPartition(self.topic, p) for p in range(self._partitions)]

@@ -158,3 +158,24 @@ def test_new_records_reach_a_running_consumer(open_stream: StreamFactory) -> Non
     stream.append(records("jo", 2))
     assert len(drain(consumer, 2)) == 2
     consumer.close()
+
+
+def test_partition_for_predicts_where_a_tenant_lands(open_stream: StreamFactory) -> None:
+    stream = open_stream()
+    for tenant in ["alice", "bob", "carol", "dave", "erin"]:
+        [pos] = stream.append(records(tenant, 1))
+        assert stream.partition_for(tenant) == pos.partition
+
+
+def test_dead_letters_keep_the_reason_and_the_bytes(open_stream: StreamFactory) -> None:
+    stream = open_stream()
+    [pos] = stream.append_raw("mallory", [b"\x00garbage"])
+    [msg] = stream.read(pos.partition, pos.offset, 1)
+    assert stream.dead_letters() == []
+    stream.dead_letter(msg, msg.error or "bad")
+    [letter] = stream.dead_letters()
+    assert letter["partition"] == pos.partition and letter["offset"] == pos.offset
+    assert "JSON" in letter["reason"]
+    import base64
+
+    assert base64.b64decode(letter["raw_b64"]) == b"\x00garbage"
