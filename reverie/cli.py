@@ -189,6 +189,52 @@ def _json_logging() -> None:
         handler.setFormatter(_JsonFormatter())
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from agent import MemoryClient
+    from agent.server import create_app
+    from reverie.settings import load_settings
+
+    with MemoryClient(load_settings(args.config)) as client:
+        app = create_app(client, max_request_bytes=args.max_request_bytes)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return EXIT_OK
+
+
+def cmd_tokens(args: argparse.Namespace) -> int:
+    from agent.auth import TokenStore
+    from reverie.settings import load_settings
+
+    store = TokenStore(load_settings(args.config).data_dir)
+    try:
+        if args.action == "create":
+            if not args.tenant:
+                raise InvalidInputError("tenant", "`tokens create` needs --tenant")
+            token = store.create(args.tenant, args.label)
+            _emit(
+                args,
+                {"token": token, "tenant": args.tenant},
+                f"{token}\n(shown once: only its hash is stored)",
+            )
+        elif args.action == "list":
+            rows = store.entries()
+            _emit(
+                args,
+                rows,
+                "\n".join(f"{r['prefix']}...  {r['tenant']:<20} {r['label'] or ''}" for r in rows)
+                or "(no tokens)",
+            )
+        else:
+            if not args.token:
+                raise InvalidInputError("token", "`tokens revoke` needs the token or its prefix")
+            store.revoke(args.token)
+            _emit(args, {"revoked": args.token[:10]}, f"revoked {args.token[:10]}...")
+    finally:
+        store.close()
+    return EXIT_OK
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     with _client(args) as client:
         reply = client.chat(
@@ -340,6 +386,19 @@ def build_parser() -> argparse.ArgumentParser:
     when = p.add_mutually_exclusive_group()
     when.add_argument("--interval", type=float, help="seconds between cycles")
     when.add_argument("--cron", help="crontab schedule, e.g. '*/15 * * * *'")
+
+    p = command(
+        "serve", cmd_serve, "serve the HTTP API (OpenAI-compatible chat included)", tenant=False
+    )
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--max-request-bytes", type=int, default=1024 * 1024)
+
+    p = command("tokens", cmd_tokens, "create, list or revoke API bearer tokens", tenant=False)
+    p.add_argument("action", choices=["create", "list", "revoke"])
+    p.add_argument("--tenant", help="tenant the new token may act for (create)")
+    p.add_argument("--label", help="a note to recognise the token by (create)")
+    p.add_argument("token", nargs="?", help="the token or its first 10 characters (revoke)")
 
     p = command("ask", cmd_ask, "answer with the tenant's adapter (and recalled memory)")
     p.add_argument("question")

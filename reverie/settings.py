@@ -31,7 +31,7 @@ from consolidator.gate import GateSettings
 from memory.config import BufferSettings, EmbedderSettings, StreamSettings
 from memory.errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+__all__ = ["ENV_PREFIX", "Settings", "known_env_names", "load_settings"]
 
 ENV_PREFIX = "REVERIE_"
 CONFIG_ENV = "REVERIE_CONFIG"
@@ -82,6 +82,11 @@ def _known_paths(model: type[BaseModel], prefix: str = "") -> set[str]:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             paths |= _known_paths(annotation, f"{prefix}{name}__")
     return paths
+
+
+def known_env_names() -> set[str]:
+    """Every environment variable the settings tree understands (plus ``REVERIE_CONFIG``)."""
+    return {ENV_PREFIX + p.upper() for p in _known_paths(Settings)} | {CONFIG_ENV}
 
 
 def _check_environment(environ: dict[str, str]) -> None:

@@ -1,0 +1,347 @@
+"""``reverie serve``: the HTTP API (FastAPI), including an OpenAI-compatible chat endpoint.
+
+Every route but ``/healthz`` and ``/metrics`` needs ``Authorization: Bearer <token>``; the token
+names the tenant, so a request can only ever read or change that tenant's data (no token: 401;
+another tenant's ids are simply not found: 404). Requests over ``max_request_bytes`` get 413.
+Errors are JSON in OpenAI's shape: ``{"error": {"message", "type", "field"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from agent.auth import TokenStore
+from agent.client import MemoryClient
+from consolidator.report import load_report, to_markdown
+from memory.adapters import AdapterRegistry
+from memory.errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    ReverieError,
+)
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExperienceIn(_Body):
+    text: str
+    id: str | None = None
+    source: str | None = None
+    metadata: dict[str, JsonValue] | None = None
+
+
+class ExperiencesIn(_Body):
+    """One experience (``text`` ...) or a batch (``items``)."""
+
+    text: str | None = None
+    id: str | None = None
+    source: str | None = None
+    metadata: dict[str, JsonValue] | None = None
+    items: list[ExperienceIn] | None = Field(default=None, max_length=1000)
+
+
+class RecallIn(_Body):
+    query: str
+    k: int = 5
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str
+
+
+class ChatIn(BaseModel):
+    """OpenAI's chat completion request; unknown OpenAI fields are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = "reverie"
+    messages: list[ChatMessage]
+    max_tokens: int | None = Field(default=None, ge=1, le=2048)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=2048)
+    stream: bool = False
+    recall: bool = True  # Reverie's extension: put unconsolidated memories in the prompt
+    k: int = Field(default=3, ge=0, le=20)
+
+
+class RollbackIn(_Body):
+    version: str | None = None
+
+
+def _tenant(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    """The tenant named by the request's bearer token (401 without a valid one)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    store: TokenStore = request.app.state.tokens
+    tenant = store.tenant_for(token.strip()) if scheme.lower() == "bearer" else None
+    if tenant is None:
+        raise StarletteHTTPException(401, "a valid bearer token is required")
+    return tenant
+
+
+Tenant = Annotated[str, Depends(_tenant)]
+
+
+def _error(status: int, message: str, kind: str, field: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "field": field}}, status_code=status
+    )
+
+
+def create_app(
+    client: MemoryClient,
+    *,
+    tokens: TokenStore | None = None,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+) -> FastAPI:
+    """The API over one :class:`MemoryClient` (its settings name the data dir)."""
+    settings = client.settings
+    tokens = tokens or TokenStore(settings.data_dir)
+    registry = AdapterRegistry(settings.data_dir / "adapters")
+    app = FastAPI(
+        title="Reverie",
+        version="0.1.0",
+        description="Streaming continual-learning memory for LLM agents.",
+    )
+    app.state.tokens = tokens
+    metrics = CollectorRegistry()
+    requests = Counter(
+        "reverie_http_requests", "HTTP requests", ["route", "status"], registry=metrics
+    )
+    latency = Histogram("reverie_http_seconds", "HTTP request latency", ["route"], registry=metrics)
+
+    # -- cross-cutting -------------------------------------------------------------------------
+    @app.middleware("http")
+    async def limits_and_metrics(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > max_request_bytes):
+            return _error(413, f"request body over {max_request_bytes} bytes", "request_too_large")
+        if declared is None and request.method in ("POST", "PUT", "PATCH"):
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_request_bytes:
+                    return _error(
+                        413, f"request body over {max_request_bytes} bytes", "request_too_large"
+                    )
+            request._body = body  # starlette reads the buffered body from here
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")
+        requests.labels(name, str(response.status_code)).inc()
+        latency.labels(name).observe(time.perf_counter() - start)
+        return response
+
+    @app.exception_handler(InvalidInputError)
+    async def invalid(_: Request, err: InvalidInputError) -> JSONResponse:
+        return _error(400, str(err), "invalid_request_error", err.field)
+
+    @app.exception_handler(ConflictError)
+    async def conflict(_: Request, err: ConflictError) -> JSONResponse:
+        return _error(409, str(err), "conflict")
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(_: Request, err: NotFoundError) -> JSONResponse:
+        return _error(404, str(err), "not_found")
+
+    @app.exception_handler(IntegrityError)
+    async def integrity(_: Request, err: IntegrityError) -> JSONResponse:
+        return _error(409, str(err), "integrity_error")
+
+    @app.exception_handler(ReverieError)
+    async def failure(_: Request, err: ReverieError) -> JSONResponse:
+        return _error(503, str(err), "unavailable")
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(_: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+        return _error(422, f"{field}: {first['msg']}", "invalid_request_error", field)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        kind = {401: "authentication_error", 404: "not_found"}.get(err.status_code, "error")
+        response = _error(err.status_code, str(err.detail), kind)
+        if err.status_code == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    # -- memory ----------------------------------------------------------------------------------
+    @app.post("/v1/experiences", status_code=201)
+    def log_experiences(body: ExperiencesIn, tenant: Tenant) -> dict[str, Any]:
+        """Log one experience (``text``...) or a batch (``items``); durable and recallable on
+        return. Re-logging an ``id`` is idempotent."""
+        if body.items is not None:
+            if body.text is not None:
+                raise InvalidInputError("items", "give either text or items, not both")
+            logged = client.log_many(
+                [i.model_dump(exclude_none=True) for i in body.items], tenant=tenant
+            )
+            return {"experiences": [e.model_dump(mode="json") for e in logged]}
+        if body.text is None:
+            raise InvalidInputError("text", "give the experience text (or items for a batch)")
+        exp = client.log(
+            body.text, tenant=tenant, id=body.id, source=body.source, metadata=body.metadata
+        )
+        return {"experience": exp.model_dump(mode="json")}
+
+    @app.post("/v1/recall")
+    def recall(body: RecallIn, tenant: Tenant) -> dict[str, Any]:
+        hits = client.recall(body.query, tenant=tenant, k=body.k)
+        return {
+            "hits": [
+                {
+                    "score": round(h.score, 5),
+                    "status": h.status,
+                    "experience": h.experience.model_dump(mode="json"),
+                }
+                for h in hits
+            ]
+        }
+
+    @app.get("/v1/experiences/{experience_id}")
+    def get_experience(experience_id: str, tenant: Tenant) -> dict[str, Any]:
+        stored = client.get(experience_id, tenant=tenant)
+        return {
+            "experience": stored.experience.model_dump(mode="json"),
+            "status": stored.status,
+            "version": stored.version,
+        }
+
+    @app.delete("/v1/experiences/{experience_id}", status_code=204)
+    def forget(experience_id: str, tenant: Tenant) -> Response:
+        client.forget(experience_id, tenant=tenant)
+        return Response(status_code=204)
+
+    # -- chat (OpenAI-compatible) ----------------------------------------------------------------
+    @app.post("/v1/chat/completions", response_model=None)
+    def chat(body: ChatIn, tenant: Tenant) -> dict[str, Any] | StreamingResponse:
+        reply = client.chat(
+            [{"role": m.role, "content": m.content} for m in body.messages],
+            tenant=tenant,
+            recall=body.recall,
+            k=body.k,
+            max_new_tokens=body.max_completion_tokens or body.max_tokens,
+        )
+        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        extra = {"adapter_version": reply.adapter_version, "recalled_ids": list(reply.recalled_ids)}
+        if body.stream:
+            return StreamingResponse(
+                _stream(ident, created, body.model, reply.text, reply.finish_reason, extra),
+                media_type="text/event-stream",
+            )
+        return {
+            "id": ident,
+            "object": "chat.completion",
+            "created": created,
+            "model": body.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": reply.finish_reason,
+                    "message": {"role": "assistant", "content": reply.text},
+                }
+            ],
+            "usage": {
+                "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens,
+                "total_tokens": reply.prompt_tokens + reply.completion_tokens,
+            },
+            "reverie": extra,
+        }
+
+    # -- adapters and reports --------------------------------------------------------------------
+    @app.get("/v1/adapters")
+    def adapters(tenant: Tenant) -> dict[str, Any]:
+        current = registry.current(tenant)
+        return {
+            "current": current.version if current else None,
+            "versions": [
+                {
+                    "version": v.version,
+                    "parent": v.parent,
+                    "outcome": v.outcome,
+                    "created_at": v.manifest.get("created_at"),
+                    "experiences": [e["id"] for e in v.manifest.get("experiences", [])],
+                    "probes": v.manifest.get("probes"),
+                    "reasons": v.manifest.get("reasons", []),
+                }
+                for v in registry.versions(tenant)
+            ],
+        }
+
+    @app.post("/v1/adapters/{version}/promote")
+    def promote(version: str, tenant: Tenant) -> dict[str, Any]:
+        return {"current": registry.promote(tenant, version).version}
+
+    @app.post("/v1/adapters/rollback")
+    def rollback(tenant: Tenant, body: RollbackIn | None = None) -> dict[str, Any]:
+        return {"current": registry.rollback(tenant, body.version if body else None).version}
+
+    @app.get("/v1/reports/retention", response_model=None)
+    def report(tenant: Tenant, format: str = "json") -> dict[str, Any] | PlainTextResponse:
+        data = load_report(registry, tenant)
+        if format == "md":
+            return PlainTextResponse(to_markdown(data), media_type="text/markdown")
+        if format != "json":
+            raise InvalidInputError("format", "json or md")
+        return data
+
+    # -- operations ------------------------------------------------------------------------------
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "stream": client.stream.name}
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics), media_type="text/plain")
+
+    return app
+
+
+async def _stream(
+    ident: str, created: int, model: str, text: str, finish: str, extra: dict[str, Any]
+) -> AsyncIterator[bytes]:
+    """Server-sent events in OpenAI's chunk format (generated whole, then sent in pieces)."""
+
+    def chunk(delta: dict[str, Any], reason: str | None) -> bytes:
+        body = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
+            "reverie": extra,
+        }
+        return f"data: {json.dumps(body)}\n\n".encode()
+
+    yield chunk({"role": "assistant", "content": ""}, None)
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        yield chunk({"content": word if i == 0 else " " + word}, None)
+    yield chunk({}, finish)
+    yield b"data: [DONE]\n\n"

@@ -1,0 +1,229 @@
+"""The HTTP API as a real server process on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from agent.auth import TokenStore
+from benchmarks.broker import free_port
+from consolidator.cycle import Consolidator
+from memory.buffer import Buffer
+from memory.experience import make_experience
+from reverie.settings import load_settings
+from tests.conftest import REPO
+
+TOML = """
+data_dir = "{data}"
+[model]
+base = "{model}"
+max_new_tokens = 8
+[transfer]
+strategies = ["verbatim"]
+max_items_per_experience = 2
+[train]
+epochs = 1
+lora_r = 2
+target_modules = ["q_proj"]
+[consolidation]
+anchor_ratio = 0.0
+[gate]
+min_efficacy = 0.0
+min_retention = 0.0
+min_locality = 0.0
+"""
+
+
+class Server:
+    def __init__(self, root: Path, model: Path) -> None:
+        self.root = root
+        self.config = root / "reverie.toml"
+        self.config.write_text(TOML.format(data=root / "data", model=model))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = root / "server.log"
+        env = {**os.environ, "REVERIE_CONFIG": str(self.config)}
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "reverie",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--max-request-bytes",
+                    "65536",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.log.read_text())
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        tokens = TokenStore(root / "data")
+        self.alice = tokens.create("alice")
+        self.bob = tokens.create("bob")
+        tokens.close()
+
+    def call(self, method: str, path: str, token: str | None, **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers.update(kw.pop("headers", {}))
+        return httpx.request(method, self.url + path, headers=headers, timeout=120, **kw)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Server]:
+    s = Server(tmp_path_factory.mktemp("server"), tiny_model_dir)
+    yield s
+    s.stop()
+
+
+def test_log_recall_forget_over_http(server: Server) -> None:
+    r = server.call(
+        "POST",
+        "/v1/experiences",
+        server.alice,
+        json={"text": "The boat is moored at pier 9.", "id": "boat"},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["experience"]["id"] == "boat"
+    r = server.call(
+        "POST",
+        "/v1/experiences",
+        server.alice,
+        json={"items": [{"text": "Sam's birthday is 3 May."}, {"text": "Lunch at 1."}]},
+    )
+    assert r.status_code == 201 and len(r.json()["experiences"]) == 2
+    hits = server.call(
+        "POST", "/v1/recall", server.alice, json={"query": "where is the boat", "k": 2}
+    ).json()["hits"]
+    assert hits[0]["experience"]["id"] == "boat"
+    assert server.call("DELETE", "/v1/experiences/boat", server.alice).status_code == 204
+    assert server.call("GET", "/v1/experiences/boat", server.alice).status_code == 404
+
+
+def test_auth_and_tenant_isolation(server: Server) -> None:
+    server.call(
+        "POST", "/v1/experiences", server.alice, json={"text": "Alice's PIN is 2468.", "id": "pin"}
+    )
+    assert server.call("POST", "/v1/recall", None, json={"query": "pin"}).status_code == 401
+    bad = server.call("POST", "/v1/recall", "rv_not-a-token", json={"query": "pin"})
+    assert bad.status_code == 401 and bad.json()["error"]["type"] == "authentication_error"
+    assert server.call("GET", "/v1/experiences/pin", server.bob).status_code == 404
+    assert server.call("DELETE", "/v1/experiences/pin", server.bob).status_code == 404
+    hits = server.call("POST", "/v1/recall", server.bob, json={"query": "PIN"}).json()["hits"]
+    assert all(h["experience"]["tenant"] == "bob" for h in hits)
+    assert server.call("GET", "/v1/experiences/pin", server.alice).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"text": ""}, 400, "text"),
+        ({"text": "x", "metadata": {"k": "v" * 17_000}}, 400, "metadata"),
+        ({"text": "x", "colour": "red"}, 422, "colour"),
+        ({"items": [{"text": "fine"}, {"text": ""}]}, 400, "items[1].text"),
+        ({}, 400, "text"),
+    ],
+)
+def test_malformed_requests_change_nothing(
+    server: Server, body: dict[str, Any], status: int, field: str
+) -> None:
+    before = server.call("POST", "/v1/recall", server.bob, json={"query": "x", "k": 100}).json()
+    r = server.call("POST", "/v1/experiences", server.bob, json=body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["field"] == field
+    after = server.call("POST", "/v1/recall", server.bob, json={"query": "x", "k": 100}).json()
+    assert before == after
+
+
+def test_oversized_and_non_json_requests(server: Server) -> None:
+    big = server.call(
+        "POST",
+        "/v1/experiences",
+        server.bob,
+        content=json.dumps({"text": "x" * 70_000}),
+        headers={"Content-Type": "application/json"},
+    )
+    assert big.status_code == 413 and "error" in big.json()
+    junk = server.call(
+        "POST",
+        "/v1/recall",
+        server.bob,
+        content=b"{not json",
+        headers={"Content-Type": "application/json"},
+    )
+    assert junk.status_code == 422
+
+
+def test_openai_client_and_hot_swap(server: Server, tiny_model_dir: Path) -> None:
+    from openai import OpenAI
+
+    oa = OpenAI(base_url=server.url + "/v1", api_key=server.alice)
+    reply = oa.chat.completions.create(
+        model="reverie",
+        messages=[{"role": "user", "content": "Where is the boat?"}],
+        max_tokens=4,
+    )
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.usage is not None and reply.usage.completion_tokens <= 4
+    first = reply.model_extra["reverie"] if reply.model_extra else {}
+    assert first["adapter_version"] is None
+
+    # Another process (this test) consolidates and promotes; the server picks it up.
+    settings = load_settings(server.config)
+    buffer = Buffer(settings.data_dir / "buffer", dim=384, embedder_name="all-MiniLM-L6-v2")
+    buffer.add(
+        make_experience("The gym locker code is 4417.", tenant="alice", id="gym"),
+        np.ones(384, dtype=np.float32) / np.sqrt(384),
+    )
+    result = Consolidator(settings, buffer=buffer).run_cycle("alice")
+    buffer.close()
+    assert result.outcome == "promoted"
+    reply = oa.chat.completions.create(
+        model="reverie", messages=[{"role": "user", "content": "locker code?"}], max_tokens=4
+    )
+    assert reply.model_extra and reply.model_extra["reverie"]["adapter_version"] == result.version
+
+    chunks = list(
+        oa.chat.completions.create(
+            model="reverie", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+        )
+    )
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+    listing = server.call("GET", "/v1/adapters", server.alice).json()
+    assert listing["current"] == result.version
+    assert server.call("GET", "/v1/adapters", server.bob).json()["current"] is None
+    report = server.call("GET", "/v1/reports/retention?format=md", server.alice)
+    assert report.status_code == 200 and result.version in report.text
+
+
+def test_openapi_and_metrics(server: Server) -> None:
+    spec = httpx.get(server.url + "/openapi.json").json()
+    assert "/v1/chat/completions" in spec["paths"] and "/v1/experiences" in spec["paths"]
+    metrics = httpx.get(server.url + "/metrics").text
+    assert "reverie_http_requests_total" in metrics
