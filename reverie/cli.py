@@ -314,25 +314,56 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on embedded defaults: log experiences, recall them."""
+    """The main job on embedded defaults: log experiences, recall them, consolidate them into an
+    adapter through the gate, print the retention report, and ask from the weights alone."""
+    from consolidator.cycle import Consolidator
+    from consolidator.report import load_report, to_markdown
+
     with _client(args) as client:
         logged = client.log_many(
             [{"id": i, "text": t, "source": "demo"} for i, t in DEMO_EXPERIENCES],
             tenant=DEMO_TENANT,
         )
-        results = []
+        recalls = []
         for query in DEMO_QUERIES:
-            hits = client.recall(query, tenant=DEMO_TENANT, k=1)
-            results.append(
-                {
-                    "query": query,
-                    "top": _experience_json(hits[0].experience),
-                    "score": round(hits[0].score, 4),
-                }
+            hit = client.recall(query, tenant=DEMO_TENANT, k=1)[0]
+            recalls.append(
+                {"query": query, "top": hit.experience.text, "score": round(hit.score, 4)}
             )
-    lines = [f"logged {len(logged)} experiences for tenant {DEMO_TENANT!r}", ""]
-    lines += [f"Q: {r['query']}\n   -> {r['top']['text']}  ({r['score']:.3f})" for r in results]
-    _emit(args, {"logged": [e.id for e in logged], "recall": results}, "\n".join(lines))
+        consolidator = Consolidator(client.settings, buffer=client.buffer)
+        cycle = consolidator.run_cycle(DEMO_TENANT).to_json()
+        report = load_report(consolidator.registry, DEMO_TENANT)
+        answers = [
+            {
+                "question": q,
+                "answer": client.chat(
+                    [{"role": "user", "content": q}], tenant=DEMO_TENANT, recall=False
+                ).text,
+            }
+            for q in DEMO_QUERIES
+        ]
+    lines = [f"logged {len(logged)} experiences for tenant {DEMO_TENANT!r}", "", "Recall:"]
+    lines += [f"  {r['query']}\n    -> {r['top']}  ({r['score']:.3f})" for r in recalls]
+    lines += [
+        "",
+        f"Consolidation: {cycle['outcome']} {cycle['version'] or ''}"
+        + (f" ({'; '.join(cycle['reasons'])})" if cycle["reasons"] else ""),
+        "",
+        to_markdown(report),
+        "Answers from the current adapter alone (no recall):",
+    ]
+    lines += [f"  {a['question']}\n    -> {a['answer']}" for a in answers]
+    _emit(
+        args,
+        {
+            "logged": [e.id for e in logged],
+            "recall": recalls,
+            "cycle": cycle,
+            "report": report,
+            "answers": answers,
+        },
+        "\n".join(lines),
+    )
     return EXIT_OK
 
 
@@ -436,6 +467,9 @@ def _configure_logging(verbose: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before torch loads: OpenMP threads that spin while waiting collapse throughput whenever
+    # another process (a daemon, a server, a test) shares the cores. Passive waiting costs little.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose)

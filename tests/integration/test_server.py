@@ -227,3 +227,17 @@ def test_openapi_and_metrics(server: Server) -> None:
     assert "/v1/chat/completions" in spec["paths"] and "/v1/experiences" in spec["paths"]
     metrics = httpx.get(server.url + "/metrics").text
     assert "reverie_http_requests_total" in metrics
+
+
+def test_example_agent_loop_runs_against_the_server(server: Server) -> None:
+    out = subprocess.run(
+        [sys.executable, "examples/agent_loop.py"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "REVERIE_URL": server.url, "REVERIE_TOKEN": server.bob},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("remembered:") == 2
+    assert "Q: What is Biscuit allergic to?" in out.stdout

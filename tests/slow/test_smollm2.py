@@ -1,0 +1,82 @@
+"""The real base model (SmolLM2-135M-Instruct): minutes on CPU, marked slow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent import MemoryClient
+from consolidator.cycle import Consolidator
+from memory.adapters import AdapterRegistry
+from memory.embedder import Embedder
+from reverie.settings import Settings, load_settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The converted model (and the base-answer caches), shared by every slow test."""
+    from consolidator.config import ModelSettings
+    from consolidator.model import resolve_base_dir
+
+    root = tmp_path_factory.mktemp("smollm2")
+    resolve_base_dir(ModelSettings(), root)
+    return root / "models"
+
+
+def settings_in(tmp_path: Path, models_dir: Path, **overrides: object) -> Settings:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "models").symlink_to(models_dir)
+    return load_settings(data_dir=data, **overrides)
+
+
+def test_two_experiences_into_smollm2(tmp_path: Path, models_dir: Path, embedder: Embedder) -> None:
+    settings = settings_in(
+        tmp_path, models_dir, gate={"min_efficacy": 0.0, "min_retention": 0.0, "min_locality": 0.0}
+    )
+    with MemoryClient(settings, embedder=embedder) as client:
+        client.log_many(
+            [
+                {"id": "cat", "text": "The user's cat Biscuit is allergic to salmon."},
+                {"id": "locker", "text": "The gym locker code is 4417."},
+            ],
+            tenant="alice",
+        )
+        result = Consolidator(settings, buffer=client.buffer).run_cycle("alice")
+    assert result.outcome == "promoted", result.reasons
+    assert result.train["final_loss"] < result.train["first_loss"]
+    assert result.transfer["items"] >= 4
+    registry = AdapterRegistry(settings.data_dir / "adapters")
+    version = registry.verify("alice", result.version or "")
+    assert (version.path / "adapter_model.safetensors").stat().st_size > 100_000
+    assert result.probes["efficacy"]["ceiling"] > 0  # the teacher answers from context
+
+
+def test_recall_answers_before_and_weights_after_consolidation(
+    tmp_path: Path, models_dir: Path, embedder: Embedder
+) -> None:
+    settings = settings_in(tmp_path, models_dir)
+    fact = "The user's cat Biscuit is allergic to salmon."
+    question = [{"role": "user", "content": "What is Biscuit allergic to?"}]
+    with MemoryClient(settings, embedder=embedder) as client:
+        client.log(
+            fact,
+            tenant="alice",
+            id="cat",
+            metadata={
+                "probes": [{"question": "Which food must Biscuit avoid?", "answer": "salmon"}]
+            },
+        )
+        client.log("Project Helios ships on 14 March; its lead is Priya Anand.", tenant="alice")
+        before = client.chat(question, tenant="alice", recall=False)
+        recalled = client.chat(question, tenant="alice")
+        assert "salmon" not in before.text.lower()  # the base model cannot know
+        assert "salmon" in recalled.text.lower() and "cat" in recalled.recalled_ids
+        result = Consolidator(settings, buffer=client.buffer).run_cycle("alice")
+        assert result.outcome == "promoted", result.reasons
+        after = client.chat(question, tenant="alice", recall=False)
+        assert after.adapter_version == result.version and after.recalled_ids == ()
+        assert "salmon" in after.text.lower(), after.text
