@@ -157,6 +157,9 @@ class ConsolidationSettings(_Section):
         default=0.5, ge=0, description="Earlier cycles' items replayed per new training item."
     )
     retention_budget: int = Field(default=60, ge=0, description="Earlier probes per cycle.")
+    probe_max_new_tokens: int = Field(
+        default=24, ge=4, description="Answer length when probing (short answers suffice)."
+    )
     retry_epochs_factor: float = Field(
         default=1.5, ge=1, description="Epochs multiply by this on each retry of an experience."
     )

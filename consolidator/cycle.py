@@ -30,7 +30,7 @@ from typing import Any
 
 from consolidator.distill import teacher_targets
 from consolidator.gate import ProbeSummary, decide
-from consolidator.model import BaseModel, attach_adapter, load_base
+from consolidator.model import BaseModel, attach_adapter, load_base, merged
 from consolidator.probes import (
     DATA_DIR,
     ControlSet,
@@ -161,7 +161,11 @@ class Consolidator:
         if not self._controls.base_answers:
             cache = self.settings.data_dir / "models" / "cache" / self.base.name
             self._controls.base_answers = base_control_answers(
-                self.base, self.settings.model, self._controls, cache
+                self.base,
+                self.settings.model,
+                self._controls,
+                cache,
+                self.settings.consolidation.probe_max_new_tokens,
             )
         return self._controls
 
@@ -238,6 +242,7 @@ class Consolidator:
         if current is not None:
             self.registry.verify(tenant, current.version)
         base, fmt = self.base, s.model
+        probe_tokens = s.consolidation.probe_max_new_tokens
         controls = self.controls
         model = attach_adapter(
             base,
@@ -259,7 +264,10 @@ class Consolidator:
                     base, fmt, model, experiences, s.transfer, seed=recipe.seed
                 )
                 probes = self._probes(experiences, transfer)
-                before = run_probes(base, fmt, model, probes, ceiling=True)
+                with merged(model):
+                    before = run_probes(
+                        base, fmt, model, probes, ceiling=True, max_new_tokens=probe_tokens
+                    )
             lineage = self.registry.lineage(tenant) if current else []
             with timer("teacher"):
                 replay = self._replay(lineage, math.ceil(replay_ratio * len(transfer.items)), rng)
@@ -280,8 +288,15 @@ class Consolidator:
                     run_key=f"{transfer.digest()}:{current.version if current else ''}:{attempt}",
                     should_stop=should_stop,
                 )
-            with timer("probe"):
-                efficacy = run_probes(base, fmt, model, probes, foreign_answers=foreign(probes))
+            with timer("probe"), merged(model):
+                efficacy = run_probes(
+                    base,
+                    fmt,
+                    model,
+                    probes,
+                    foreign_answers=foreign(probes),
+                    max_new_tokens=probe_tokens,
+                )
                 efficacy = [
                     ProbeResult(
                         r.probe,
@@ -297,8 +312,10 @@ class Consolidator:
                 bank = sample_bank(
                     self._bank(lineage), s.consolidation.retention_budget, recipe.seed
                 )
-                retained = run_probes(base, fmt, model, bank)
-                locality = locality_report(base, fmt, model, controls, controls.base_answers)
+                retained = run_probes(base, fmt, model, bank, max_new_tokens=probe_tokens)
+                locality = locality_report(
+                    base, fmt, model, controls, controls.base_answers, max_new_tokens=probe_tokens
+                )
             report: dict[str, Any] = {
                 "efficacy": efficacy_report(efficacy),
                 "before": efficacy_report(before)

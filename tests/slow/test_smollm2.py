@@ -80,3 +80,38 @@ def test_recall_answers_before_and_weights_after_consolidation(
         after = client.chat(question, tenant="alice", recall=False)
         assert after.adapter_version == result.version and after.recalled_ids == ()
         assert "salmon" in after.text.lower(), after.text
+
+
+def test_a_harmful_cycle_is_rejected_and_changes_nothing(
+    tmp_path: Path, models_dir: Path, embedder: Embedder
+) -> None:
+    lenient = {"min_efficacy": 0.0, "min_retention": 0.0, "min_locality": 0.0}
+    settings = settings_in(tmp_path, models_dir, gate=lenient, train={"epochs": 1})
+    questions = [
+        "What is the capital of France?",
+        "Who wrote Romeo and Juliet?",
+        "What is Biscuit allergic to?",
+    ]
+    with MemoryClient(settings, embedder=embedder) as client:
+        client.log("The user's cat Biscuit is allergic to salmon.", tenant="alice")
+        first = Consolidator(settings, buffer=client.buffer).run_cycle("alice")
+        assert first.outcome == "promoted"
+        before = [
+            client.chat([{"role": "user", "content": q}], tenant="alice", recall=False).text
+            for q in questions
+        ]
+        client.log("Project Helios ships on 14 March; its lead is Priya Anand.", tenant="alice")
+        # The same deployment, but a learning rate 100x too high for this cycle.
+        harmful = load_settings(data_dir=settings.data_dir, train={"lr": 0.1, "epochs": 2})
+        result = Consolidator(harmful, buffer=client.buffer).run_cycle("alice")
+        assert result.outcome in ("rejected_locality", "rejected_retention"), result.reasons
+        assert result.probes["locality"]["ratio"] < 0.9
+        current = AdapterRegistry(settings.data_dir / "adapters").current("alice")
+        assert current is not None and current.version == first.version
+        after = [
+            client.chat([{"role": "user", "content": q}], tenant="alice", recall=False).text
+            for q in questions
+        ]
+        assert after == before
+        stored = client.get(client.buffer.experiences("alice")[-1].experience.id, tenant="alice")
+        assert stored.status == "buffered" and stored.attempts == 1  # kept for a retry

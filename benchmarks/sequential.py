@@ -1,0 +1,178 @@
+"""Sequential consolidation: 8 cycles of 5 fictional experiences into one tenant, with and
+without replay, through the real gate.
+
+    python -m benchmarks.sequential [--cycles 8] [--per-cycle 5] [--configs replay,no_replay]
+                                    [--json FILE]
+
+After every cycle, every earlier cycle's held-out questions are asked again without context
+(all of them, not the gate's sample), giving the efficacy/retention matrix: rows = cycle trained,
+columns = after cycle. Also printed: how many cycles the gate rejected and why, and locality per
+promoted version. Experiences: benchmarks/data/fictional.jsonl then fictional_dev.jsonl (40).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from agent import MemoryClient
+from benchmarks.common import REPO, environment, print_table, write_report
+from consolidator.cycle import Consolidator
+from consolidator.model import attach_adapter, load_base
+from consolidator.probes import Probe, run_probes
+from memory.adapters import AdapterRegistry
+from memory.embedder import SentenceTransformerEmbedder
+from reverie.settings import load_settings
+
+logger = logging.getLogger(__name__)
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "replay": {},
+    "no_replay": {"consolidation": {"replay_ratio": 0.0}},
+}
+
+
+def experiences() -> list[dict[str, Any]]:
+    rows = []
+    for name in ("fictional", "fictional_dev"):
+        path = REPO / "benchmarks" / "data" / f"{name}.jsonl"
+        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def run_config(
+    name: str,
+    overrides: dict[str, Any],
+    rows: list[dict[str, Any]],
+    cycles: int,
+    per_cycle: int,
+    base: Any,
+    embedder: Any,
+    root: Path,
+) -> dict[str, Any]:
+    data = root / name
+    data.mkdir(parents=True)
+    (data / "models").symlink_to(Path.home() / ".cache" / "reverie" / "models")
+    settings = load_settings(data_dir=data, **overrides)
+    registry = AdapterRegistry(data / "adapters")
+    probes_of: list[list[Probe]] = []
+    matrix: list[list[float | None]] = [[None] * cycles for _ in range(cycles)]
+    outcomes = []
+    with MemoryClient(settings, embedder=embedder) as client:
+        consolidator = Consolidator(settings, buffer=client.buffer, base=base)
+        for c in range(cycles):
+            batch = rows[c * per_cycle : (c + 1) * per_cycle]
+            client.log_many(
+                [
+                    {"id": r["id"], "text": r["text"], "metadata": {"probes": r["probes"]}}
+                    for r in batch
+                ],
+                tenant="seq",
+            )
+            probes_of.append(
+                [
+                    Probe(r["id"], p["question"], (p["answer"],), r["text"])
+                    for r in batch
+                    for p in r["probes"]
+                ]
+            )
+            result = consolidator.run_cycle("seq")
+            loc = result.probes.get("locality") or {}
+            outcomes.append(
+                {
+                    "cycle": c + 1,
+                    "outcome": result.outcome,
+                    "version": result.version,
+                    "reasons": list(result.reasons),
+                    "locality": loc.get("ratio"),
+                    "experiences": len(result.experience_ids),
+                    "seconds": round(sum(result.timings.values()), 1),
+                }
+            )
+            logger.info("%s cycle %d: %s %s", name, c + 1, result.outcome, result.reasons)
+            current = registry.current("seq")
+            model = attach_adapter(base, current.path) if current else base.model
+            try:
+                for r in range(c + 1):
+                    res = run_probes(base, settings.model, model, probes_of[r])
+                    matrix[r][c] = round(sum(x.correct for x in res) / len(res), 4)
+            finally:
+                if current:
+                    model.unload()
+    first_after = matrix[0][0] or 0.0
+    first_final = matrix[0][cycles - 1] or 0.0
+    promoted = [o for o in outcomes if o["outcome"] == "promoted"]
+    return {
+        "config": name,
+        "overrides": overrides,
+        "matrix": matrix,
+        "first_cycle_kept": round(first_final / first_after, 4) if first_after else None,
+        "mean_final_accuracy": round(
+            sum(matrix[r][cycles - 1] or 0 for r in range(cycles)) / cycles, 4
+        ),
+        "rejected": [o for o in outcomes if o["outcome"] != "promoted"],
+        "min_locality_promoted": min(
+            (o["locality"] for o in promoted if o["locality"]), default=None
+        ),
+        "cycles": outcomes,
+    }
+
+
+def print_matrix(result: dict[str, Any]) -> None:
+    n = len(result["matrix"])
+    print(f"\n{result['config']}: accuracy of cycle r's facts (rows) after cycle c (columns)")
+    rows = [
+        [f"cycle {r + 1}", *[("" if v is None else v) for v in result["matrix"][r]]]
+        for r in range(n)
+    ]
+    print_table(rows, ["trained", *[f"after {c + 1}" for c in range(n)]])
+    print(
+        f"first cycle kept {result['first_cycle_kept']} of its post-cycle score; "
+        f"rejected cycles: {len(result['rejected'])}; "
+        f"min locality of promoted versions: {result['min_locality_promoted']}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cycles", type=int, default=8)
+    parser.add_argument("--per-cycle", type=int, default=5)
+    parser.add_argument("--configs", default="replay,no_replay")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    rows = experiences()[: args.cycles * args.per_cycle]
+    report: dict[str, Any] = {
+        "benchmark": "sequential",
+        "environment": environment(),
+        "cycles": args.cycles,
+        "per_cycle": args.per_cycle,
+        "results": [],
+    }
+    base = load_base(load_settings().model, Path.home() / ".cache" / "reverie")
+    embedder = SentenceTransformerEmbedder()
+    with tempfile.TemporaryDirectory(prefix="reverie-sequential-") as tmp:
+        for name in args.configs.split(","):
+            report["results"].append(
+                run_config(
+                    name,
+                    CONFIGS[name],
+                    rows,
+                    args.cycles,
+                    args.per_cycle,
+                    base,
+                    embedder,
+                    Path(tmp),
+                )
+            )
+    write_report(report, args.json)
+    for result in report["results"]:
+        print_matrix(result)
+
+
+if __name__ == "__main__":
+    main()
