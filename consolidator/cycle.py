@@ -264,6 +264,7 @@ class Consolidator:
                     base, fmt, model, experiences, s.transfer, seed=recipe.seed
                 )
                 probes = self._probes(experiences, transfer)
+                transfer = transfer.without_questions(p.question for p in probes)
                 with merged(model):
                     before = run_probes(
                         base, fmt, model, probes, ceiling=True, max_new_tokens=probe_tokens

@@ -29,7 +29,7 @@ import json
 import logging
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -92,6 +92,16 @@ class TransferSet:
     items: list[TransferItem]
     probes: list[Probe]
     stats: dict[str, dict[str, int]]
+
+    def without_questions(self, questions: Iterable[str]) -> TransferSet:
+        """The same set minus items whose prompt is one of ``questions`` (held-out probes must
+        never be trained on, even when a rule happens to generate the same question)."""
+        held = {normalize(q) for q in questions}
+        items = [i for i in self.items if normalize(i.student) not in held]
+        dropped = len(self.items) - len(items)
+        if dropped:
+            logger.info("dropped %d transfer items identical to held-out probes", dropped)
+        return TransferSet(items, self.probes, self.stats)
 
     def digest(self) -> str:
         """Stable hash of the training items (names a training run for resume and lineage)."""

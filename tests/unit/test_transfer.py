@@ -1,0 +1,90 @@
+"""Transfer-set rules and filters (pure), and the builder on a tiny model."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from consolidator.config import ModelSettings, TransferSettings
+from consolidator.spans import grounding, sentences, spans
+from consolidator.transfer import (
+    TransferItem,
+    TransferSet,
+    _accept,
+    build_transfer_set,
+    rule_candidates,
+)
+from memory.experience import make_experience
+
+EXP = make_experience(
+    "My landlord is called Teodor Vasquez and rent is due on the 3rd. "
+    "Dr. Miriam Okafor is the user's dentist; her clinic is on Harbour Street.",
+    tenant="t",
+    id="e1",
+)
+
+
+def test_sentences_and_spans() -> None:
+    parts = sentences(EXP.text)
+    assert parts[1].startswith("Dr. Miriam Okafor")  # "Dr." does not end a sentence
+    found = [(s.text, s.kind) for s in spans(parts[0])]
+    assert ("Teodor Vasquez", "name") in found and ("3rd", "number") in found
+    assert [s.text for s in spans("Biscuit is allergic to salmon.")] == []  # lone first word
+
+
+def test_rules_build_prompts_and_hold_out_probes() -> None:
+    settings = TransferSettings(
+        strategies=["cloze", "echo", "recite", "verbatim"], probes_per_experience=2
+    )
+    items, probes = rule_candidates(EXP, settings, random.Random(0))
+    strategies = {i.strategy for i in items}
+    assert strategies == {"cloze", "echo", "recite", "verbatim"}
+    assert len(probes) == 2
+    held = {p.question for p in probes}
+    assert not held & {i.student for i in items}  # held-out questions are never trained on
+    assert all(p.answers[0] in EXP.text for p in probes)
+    assert all(i.teacher.startswith("Context: ") and EXP.text in i.teacher for i in items)
+    cloze = [i for i in items if i.strategy == "cloze"]
+    assert any(i.target == "Teodor Vasquez" for i in cloze)
+    assert any("my landlord" in i.student for i in items if i.strategy == "recite")
+    verbatim = [i for i in items if i.strategy == "verbatim"]
+    assert verbatim and all(i.answer == EXP.text for i in verbatim)
+
+
+def test_rules_are_deterministic() -> None:
+    settings = TransferSettings()
+    a = rule_candidates(EXP, settings, random.Random(3))
+    b = rule_candidates(EXP, settings, random.Random(3))
+    assert [i.student for i in a[0]] == [i.student for i in b[0]] and a[1] == b[1]
+
+
+def test_grounding_filter() -> None:
+    s = TransferSettings(min_grounding=0.75)
+    item = TransferItem("e1", "cloze", "q", "t", target="Teodor Vasquez")
+    item.answer = "My landlord is called Teodor Vasquez."
+    assert _accept(item, EXP.text, ended=True, settings=s)
+    assert not _accept(item, EXP.text, ended=False, settings=s)  # cut off mid-answer
+    item.answer = "My landlord is called Ferdinand Magellan."  # not in the text
+    assert not _accept(item, EXP.text, ended=True, settings=s)
+    item.answer = "The rent is due on the 3rd."  # grounded, but not the span asked for
+    assert not _accept(item, EXP.text, ended=True, settings=s)
+    assert grounding("", EXP.text) == 0.0
+
+
+def test_without_questions_drops_exact_matches() -> None:
+    items = [
+        TransferItem("e1", "echo", "Who is the dentist?", "t"),
+        TransferItem("e1", "echo", "Where is the clinic?", "t"),
+    ]
+    kept = TransferSet(items, [], {}).without_questions(["who is the dentist"])
+    assert [i.student for i in kept.items] == ["Where is the clinic?"]
+
+
+def test_builder_on_a_tiny_model_keeps_only_grounded_items(tiny_base: Any) -> None:
+    settings = TransferSettings(strategies=["cloze", "verbatim"], teacher_max_new_tokens=6)
+    ts = build_transfer_set(tiny_base, ModelSettings(), tiny_base.model, [EXP], settings)
+    # A random model's answers are not grounded in the text: only verbatim items survive.
+    assert {i.strategy for i in ts.items} == {"verbatim"}
+    assert ts.stats["cloze"]["produced"] > 0 and ts.stats["cloze"]["kept"] == 0
+    assert all(i.answer_ids[-1] == tiny_base.eos_id for i in ts.items)
+    assert len(ts.digest()) == 64
