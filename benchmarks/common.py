@@ -15,7 +15,26 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["environment", "latency", "percentiles", "print_table", "timed", "write_report"]
+__all__ = [
+    "METHODS",
+    "PLAN",
+    "environment",
+    "latency",
+    "percentiles",
+    "print_table",
+    "timed",
+    "write_report",
+]
+
+# The memory methods every knowledge benchmark compares: method -> (training, recall).
+PLAN = {
+    "none": ("none", False),
+    "rag": ("none", True),
+    "sft": ("sft", False),
+    "distill": ("distill", False),
+    "distill+rag": ("distill", True),
+}
+METHODS = tuple(PLAN)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -96,7 +96,11 @@ def bench_recall(client: MemoryClient, sizes: list[int], n_queries: int) -> dict
         build_s = time.perf_counter()
         client.recall("warm up the index", tenant=tenant)  # builds / loads the index once
         build_s = time.perf_counter() - build_s
-        lat = latency(lambda i, t=tenant: client.recall(queries[i], tenant=t, k=5), n_queries)
+
+        def recall_one(i: int, tenant: str = tenant) -> object:
+            return client.recall(queries[i], tenant=tenant, k=5)
+
+        lat = latency(recall_one, n_queries)
         search_only = []
         vectors = client.embedder.embed(queries[:n_queries])
         for v in vectors:

@@ -313,6 +313,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.suite import main as bench_main
+
+    return bench_main(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job on embedded defaults: log experiences, recall them, consolidate them into an
     adapter through the gate, print the retention report, and ask from the weights alone."""
@@ -447,6 +453,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("report", cmd_report, "retention report: per fact per version")
     p.add_argument("--format", choices=["md", "json"], default="md")
     p.add_argument("--plot", help="also write a forgetting-curve plot (PNG) here")
+
+    from benchmarks.suite import build_parser as bench_parser
+
+    p = sub.add_parser(
+        "bench",
+        help="run the benchmark suite (JSON + Markdown)",
+        description="run the benchmark suite (JSON + Markdown)",
+    )
+    p.set_defaults(func=cmd_bench)
+    bench_parser(p)
 
     command("demo", cmd_demo, "run the end-to-end demo on embedded defaults", tenant=False)
     return parser

@@ -1,0 +1,325 @@
+"""``reverie bench``: every benchmark in one reproducible run, one JSON document, one table.
+
+    reverie bench [--quick] [--only squad,entity_inferences,locomo,sequential,speed]
+                  [--json FILE] [--markdown FILE] [--readme README.md] [--data ../shared/data]
+
+Methods compared on the same base model: no memory, buffer recall only (RAG), fine-tuning on the
+transfer set, context distillation (Reverie), and distillation plus recall. The document holds
+the environment, model, settings, seeds, timings and every metric, and validates against
+``benchmarks/schema.json``. ``--readme`` rewrites the README's results section from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from benchmarks.common import METHODS, SHARED_DATA, environment, latency
+
+if TYPE_CHECKING:
+    from consolidator.model import BaseModel
+    from memory.embedder import Embedder
+
+__all__ = ["SCHEMA_PATH", "SIZES", "main", "run_suite", "to_markdown"]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema.json"
+TASKS = ("squad", "entity_inferences", "locomo", "sequential", "speed")
+SIZES = {
+    "quick": {
+        "squad_passages": 2,
+        "ei_entities": 4,
+        "locomo_conversations": 1,
+        "locomo_sessions": 1,
+        "seq_cycles": 2,
+        "seq_per_cycle": 2,
+        "speed_n": 30,
+    },
+    "full": {
+        "squad_passages": 10,
+        "ei_entities": 15,
+        "locomo_conversations": 1,
+        "locomo_sessions": 2,
+        "seq_cycles": 4,
+        "seq_per_cycle": 5,
+        "speed_n": 200,
+    },
+}
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _speed(
+    base: BaseModel,
+    embedder: Embedder,
+    n: int,
+    root: Path,
+    previous: dict[str, Any],
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
+    """Log/recall latency on the embedded stream, chat latency, consolidation throughput."""
+    from agent import MemoryClient
+    from agent.chat import Responder
+    from benchmarks.ingest import bench_embedder, bench_log, texts
+    from benchmarks.methods import shared_models_dir
+    from reverie.settings import load_settings
+
+    out: dict[str, Any] = {"embedder": bench_embedder(embedder, n, n * 4)}
+    settings = load_settings(data_dir=root / "speed", **overrides)
+    (root / "speed").mkdir(parents=True, exist_ok=True)
+    (root / "speed" / "models").symlink_to(shared_models_dir())
+    with MemoryClient(settings, embedder=embedder) as client:
+        out["log"] = bench_log(client, n, n * 4, batch=100)
+        queries = texts(n + 5, seed=9)
+        out["recall"] = latency(lambda i: client.recall(queries[i], tenant="bench-batch"), n)
+    responder = Responder(settings, base=base)
+    questions = ["What is the capital of France?", "Name a primary colour.", "What is 2 + 2?"]
+    out["chat_16_tokens"] = latency(
+        lambda i: responder.respond(
+            [{"role": "user", "content": questions[i % 3]}], tenant="speed", max_new_tokens=16
+        ),
+        max(5, n // 10),
+        warmup=2,
+    )
+    trained = [
+        m["consolidation"]
+        for task in previous.values()
+        if isinstance(task, dict)
+        for m in task.get("result", {}).get("methods", {}).values()
+        if isinstance(m, dict) and m.get("consolidation", {}).get("training_tokens_per_s")
+    ]
+    if trained:
+        out["consolidation"] = {
+            "training_tokens_per_s": max(c["training_tokens_per_s"] for c in trained),
+            "experiences_per_minute": max(c["experiences_per_minute"] or 0 for c in trained),
+        }
+    return out
+
+
+def run_suite(
+    tasks: list[str],
+    sizes: dict[str, int],
+    data: Path,
+    methods: list[str],
+    seed: int,
+    overrides: dict[str, Any],
+    quick: bool,
+) -> dict[str, Any]:
+    from benchmarks import knowledge, sequential
+    from benchmarks.methods import shared_models_dir
+    from consolidator.model import load_base
+    from memory.embedder import SentenceTransformerEmbedder
+    from reverie.settings import load_settings
+
+    overrides = {**overrides, "train": {**overrides.get("train", {}), "seed": seed}}
+    settings = load_settings(**overrides)
+    base = load_base(settings.model, shared_models_dir().parent)
+    embedder = SentenceTransformerEmbedder(settings.embedder)
+    report: dict[str, Any] = {
+        "schema": "reverie-bench/1",
+        "quick": quick,
+        "environment": environment(),
+        "model": base.name,
+        "embedder": embedder.name,
+        "seed": seed,
+        "methods": methods,
+        "sizes": sizes,
+        "settings": json.loads(settings.model_dump_json()),
+        "tasks": {},
+    }
+    runners: dict[str, Callable[[Path], dict[str, Any]]] = {
+        "squad": lambda root: knowledge.squad(
+            data, sizes["squad_passages"], methods, base, embedder, root, overrides
+        ),
+        "entity_inferences": lambda root: knowledge.entity_inferences(
+            data, sizes["ei_entities"], methods, base, embedder, root, overrides
+        ),
+        "locomo": lambda root: knowledge.locomo(
+            data,
+            sizes["locomo_conversations"],
+            sizes["locomo_sessions"],
+            methods,
+            base,
+            embedder,
+            root,
+            overrides,
+        ),
+        "sequential": lambda root: sequential.run_config(
+            "replay",
+            overrides,
+            sequential.experiences()[: sizes["seq_cycles"] * sizes["seq_per_cycle"]],
+            sizes["seq_cycles"],
+            sizes["seq_per_cycle"],
+            base,
+            embedder,
+            root,
+        ),
+        "speed": lambda root: _speed(
+            base, embedder, sizes["speed_n"], root, report["tasks"], overrides
+        ),
+    }
+    with tempfile.TemporaryDirectory(prefix="reverie-bench-") as tmp:
+        for name in tasks:
+            logger.info("=== %s ===", name)
+            start = time.perf_counter()
+            result = runners[name](Path(tmp) / name)
+            report["tasks"][name] = {
+                "seconds": round(time.perf_counter() - start, 1),
+                "result": result,
+            }
+    report["total_seconds"] = round(sum(t["seconds"] for t in report["tasks"].values()), 1)
+    return report
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}" if value < 10 else f"{value:.0f}"
+    return str(value)
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    tasks = report["tasks"]
+    env = report["environment"]
+    lines = [
+        f"Run {env['date'][:10]} on {env['cpu_count']} CPU cores ({env['platform']}), "
+        f"model {report['model']}, seed {report['seed']}, "
+        f"{'quick' if report['quick'] else 'full'} sizes {report['sizes']}; "
+        f"{report['total_seconds'] / 60:.0f} min. Command: `{env['command']}`.",
+        "",
+    ]
+    knowledge = [t for t in ("squad", "entity_inferences", "locomo") if t in tasks]
+    if knowledge:
+        header = ["method"]
+        if "squad" in tasks:
+            header += ["SQuAD no-context acc", "SQuAD F1"]
+        if "entity_inferences" in tasks:
+            header += ["EntityInf acc", "EntityInf specificity"]
+        if "locomo" in tasks:
+            header += ["LoCoMo F1", "LoCoMo EM"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for method in report["methods"]:
+            row = [method]
+            if "squad" in tasks:
+                m = tasks["squad"]["result"]["methods"].get(method, {})
+                row += [_cell(m.get("accuracy")), _cell(m.get("f1"))]
+            if "entity_inferences" in tasks:
+                m = tasks["entity_inferences"]["result"]["methods"].get(method, {})
+                row += [_cell(m.get("accuracy")), _cell(m.get("specificity"))]
+            if "locomo" in tasks:
+                m = tasks["locomo"]["result"]["methods"].get(method, {})
+                row += [_cell(m.get("f1")), _cell(m.get("exact"))]
+            lines.append("| " + " | ".join(row) + " |")
+        if "squad" in tasks and "ceiling" in tasks["squad"]["result"]:
+            c = tasks["squad"]["result"]["ceiling"]
+            lines += [
+                "",
+                f"SQuAD with the passage in context (the ceiling): accuracy "
+                f"{_cell(c['accuracy'])}, F1 {_cell(c['f1'])}.",
+            ]
+    if "sequential" in tasks:
+        s = tasks["sequential"]["result"]
+        lines += [
+            "",
+            f"Sequential ({len(s['matrix'])} cycles, replay): first cycle's facts keep "
+            f"{_cell(s['first_cycle_kept'])} of their post-cycle accuracy; final mean "
+            f"accuracy {_cell(s['mean_final_accuracy'])}; {len(s['rejected'])} cycles "
+            f"rejected; min locality of promoted versions "
+            f"{_cell(s['min_locality_promoted'])}.",
+        ]
+    if "speed" in tasks:
+        sp = tasks["speed"]["result"]
+        lines += [
+            "",
+            "| speed | p50 ms | p99 ms | throughput |",
+            "|---|---|---|---|",
+            f"| embed one text | {_cell(sp['embedder']['single']['p50_ms'])} | "
+            f"{_cell(sp['embedder']['single']['p99_ms'])} | "
+            f"{_cell(sp['embedder']['batched_texts_per_s'])} texts/s batched |",
+            f"| log (embedded stream) | {_cell(sp['log']['log']['p50_ms'])} | "
+            f"{_cell(sp['log']['log']['p99_ms'])} | "
+            f"{_cell(sp['log']['log_many_texts_per_s'])} texts/s log_many |",
+            f"| recall | {_cell(sp['recall']['p50_ms'])} | {_cell(sp['recall']['p99_ms'])} | - |",
+            f"| chat, 16 tokens | {_cell(sp['chat_16_tokens']['p50_ms'])} | "
+            f"{_cell(sp['chat_16_tokens']['p99_ms'])} | - |",
+        ]
+        if "consolidation" in sp:
+            c = sp["consolidation"]
+            lines += [
+                f"| consolidation | - | - | {_cell(c['experiences_per_minute'])} "
+                f"experiences/min, {_cell(c['training_tokens_per_s'])} training tokens/s |"
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(path: Path, markdown: str) -> None:
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{path} has no {README_START} ... {README_END} section")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(f"{head}{README_START}\n{markdown}{README_END}{tail}")
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(
+        prog="reverie bench", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="small samples (<= 10 minutes)")
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(TASKS)}")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--data", default=str(SHARED_DATA), help="the evaluation data folder")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--settings", default="{}", help="JSON overrides of settings sections")
+    for key in SIZES["full"]:
+        parser.add_argument(f"--{key.replace('_', '-')}", type=int, help="sample size")
+    parser.add_argument("--json", help="write the JSON document here")
+    parser.add_argument("--markdown", help="write the Markdown table here")
+    parser.add_argument("--readme", help="rewrite this README's results section")
+    return parser
+
+
+def main(args: argparse.Namespace | None = None) -> int:
+    args = args or build_parser().parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    tasks = args.only.split(",") if args.only else list(TASKS)
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {sorted(unknown)}; choose from {TASKS}")
+    sizes = dict(SIZES["quick" if args.quick else "full"])
+    for key in sizes:
+        value = getattr(args, key, None)
+        if value is not None:
+            sizes[key] = value
+    report = run_suite(
+        tasks,
+        sizes,
+        Path(args.data),
+        args.methods.split(","),
+        args.seed,
+        json.loads(args.settings),
+        args.quick,
+    )
+    markdown = to_markdown(report)
+    text = json.dumps(report, indent=2, default=str)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown)
+    if args.readme:
+        update_readme(Path(args.readme), markdown)
+    print(text)
+    print()
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

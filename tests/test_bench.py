@@ -1,0 +1,78 @@
+"""`reverie bench` end to end on a tiny model and tiny samples: the document validates against
+the checked-in schema and renders to Markdown and into a README section."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from benchmarks.suite import SCHEMA_PATH, build_parser, main, update_readme
+from tests.conftest import SHARED_DATA
+
+
+@pytest.mark.skipif(not SHARED_DATA.exists(), reason="needs ../shared/data")
+def test_suite_document_validates_and_renders(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = {
+        "model": {"base": str(tiny_model_dir), "max_new_tokens": 4},
+        "transfer": {"strategies": ["verbatim"], "max_items_per_experience": 2},
+        "train": {"epochs": 1, "lora_r": 2, "target_modules": ["q_proj"]},
+        "consolidation": {"anchor_ratio": 0.0, "probe_max_new_tokens": 4},
+    }
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\nrest\n")
+    args = build_parser().parse_args(
+        [
+            "--quick",
+            "--settings",
+            json.dumps(settings),
+            "--json",
+            str(tmp_path / "r.json"),
+            "--readme",
+            str(readme),
+            "--squad-passages",
+            "1",
+            "--ei-entities",
+            "1",
+            "--locomo-sessions",
+            "1",
+            "--seq-cycles",
+            "1",
+            "--seq-per-cycle",
+            "1",
+            "--speed-n",
+            "5",
+        ]
+    )
+    assert main(args) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    jsonschema.validate(report, json.loads(SCHEMA_PATH.read_text()))
+    assert set(report["tasks"]) == {"squad", "entity_inferences", "locomo", "sequential", "speed"}
+    assert set(report["tasks"]["squad"]["result"]["methods"]) == {
+        "none",
+        "rag",
+        "sft",
+        "distill",
+        "distill+rag",
+    }
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- bench:start -->\nRun ") and text.endswith("rest\n")
+    assert "| distill+rag |" in text and "old" not in text
+    assert "| method |" in capsys.readouterr().out
+
+
+def test_schema_rejects_a_broken_document() -> None:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"schema": "reverie-bench/1", "quick": "yes"}, schema)
+
+
+def test_readme_without_markers_is_refused(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit):
+        update_readme(readme, "x")
