@@ -64,7 +64,7 @@ class TrainSettings(_Section):
         default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         min_length=1,
     )
-    lr: float = Field(default=1e-3, gt=0, le=1.0)
+    lr: float = Field(default=2e-3, gt=0, le=1.0)
     epochs: int = Field(default=6, ge=1, le=100)
     batch_size: int = Field(default=8, ge=1)
     warmup: float = Field(default=0.05, ge=0, lt=1, description="Share of steps warming up.")
@@ -72,8 +72,8 @@ class TrainSettings(_Section):
     weight_decay: float = Field(default=0.0, ge=0)
     max_grad_norm: float = Field(default=1.0, gt=0)
     temperature: float = Field(default=1.0, gt=0, le=10)
-    ce_weight: float = Field(default=0.0, ge=0, description="Extra CE on the teacher's answer.")
-    top_k: int = Field(default=64, ge=1, description="Teacher tokens kept per position.")
+    ce_weight: float = Field(default=0.5, ge=0, description="Extra CE on the teacher's answer.")
+    top_k: int = Field(default=128, ge=1, description="Teacher tokens kept per position.")
     seed: int = 0
     checkpoint_every: int = Field(default=50, ge=1, description="Steps between checkpoints.")
 
@@ -81,10 +81,11 @@ class TrainSettings(_Section):
 class GeneratorSettings(_Section):
     """Who writes model-generated question-answer pairs (SELF-PARAM style)."""
 
-    kind: Literal["none", "base", "local", "openai"] = Field(
-        default="none",
-        description="none = rules only; base = the base model; local = another HF model "
-        "directory (path); openai = an OpenAI-compatible endpoint (url, model).",
+    kind: Literal["base", "local", "openai"] = Field(
+        default="base",
+        description="Who writes pairs for the 'generated' strategy: base = the base model; "
+        "local = another HF model directory (path); openai = an OpenAI-compatible endpoint "
+        "(url, model).",
     )
     path: str | None = Field(default=None, description="Model directory for kind=local.")
     url: str | None = Field(default=None, description="Base URL for kind=openai (…/v1).")
@@ -125,9 +126,14 @@ class TransferSettings(_Section):
     """How each experience's transfer set (what the student learns from) is built."""
 
     strategies: list[
-        Literal["cloze", "echo", "recite", "verbatim", "generated", "continuation", "split"]
-    ] = Field(default=["cloze", "echo", "recite"], min_length=1)
-    max_items_per_experience: int = Field(default=24, ge=1)
+        Literal["cloze", "echo", "qgen", "recite", "verbatim", "generated", "continuation", "split"]
+    ] = Field(default=["cloze", "echo", "qgen", "recite", "verbatim"], min_length=1)
+    max_items_per_experience: int = Field(
+        default=10, ge=1, description="Teacher-answered items kept per experience."
+    )
+    verbatim_per_experience: int = Field(
+        default=6, ge=0, description="Cue prompts answered with the experience text itself."
+    )
     cloze_every: int = Field(default=4, ge=1, description="A cloze prefix every N words too.")
     continuations: int = Field(default=2, ge=0, description="Sampled per experience.")
     min_grounding: float = Field(

@@ -30,6 +30,7 @@ from typing import Any
 
 from consolidator.distill import teacher_targets
 from consolidator.gate import ProbeSummary, decide
+from consolidator.generator import generate_pairs
 from consolidator.model import BaseModel, attach_adapter, load_base, merged
 from consolidator.probes import (
     DATA_DIR,
@@ -260,8 +261,21 @@ class Consolidator:
         )
         try:
             with timer("transfer"):
+                generated = (
+                    generate_pairs(
+                        experiences, s.transfer.generator, base=base, fmt=fmt, model=model
+                    )
+                    if "generated" in s.transfer.strategies
+                    else None
+                )
                 transfer = build_transfer_set(
-                    base, fmt, model, experiences, s.transfer, seed=recipe.seed
+                    base,
+                    fmt,
+                    model,
+                    experiences,
+                    s.transfer,
+                    seed=recipe.seed,
+                    generated=generated,
                 )
                 probes = self._probes(experiences, transfer)
                 transfer = transfer.without_questions(p.question for p in probes)

@@ -6,6 +6,7 @@ them well, so *something else asks and the teacher answers*. Strategies (``trans
 * ``cloze``    "Complete the sentence: <prefix> ..." for prefixes that stop before an answer-like
                span (name, number, date, ...) and every few words (rules, deterministic);
 * ``echo``     the sentence as a question, a span replaced by a wh-word (rules);
+* ``qgen``     grammatical wh-questions about each clause's subject (rules, ``questions.py``);
 * ``recite``   "What do you know about <entity>?" for the experience's names and possessive
                phrases ("my landlord"), answered freely by the teacher;
 * ``verbatim`` the same cue prompts with the experience text itself as the answer;
@@ -17,9 +18,10 @@ them well, so *something else asks and the teacher answers*. Strategies (``trans
                rest, the student only the rest.
 
 A grounding filter keeps an answer only if the teacher finished it, its content words come from
-the experience, it contains the span its prompt was built around, and the teacher was confident
-(checked once the teacher's distributions are computed). A few *echo* questions per experience are
-held out as probes: no training item is built on their spans' questions.
+the experience, and it carries something from the text that the question did not. Up to
+``max_items_per_experience`` answered items are kept per experience, round-robin over strategies,
+plus ``verbatim_per_experience`` verbatim items. A few *echo* questions per experience are held
+out as probes and never trained on.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from consolidator.metrics import normalize
 from consolidator.model import BaseModel
 from consolidator.probes import Probe
 from consolidator.prompts import context_prompt, encode, render_user
-from consolidator.spans import Span, grounding, sentences, spans
+from consolidator.questions import clause_subject, clauses, wh_questions
+from consolidator.spans import Span, content_words, grounding, key_spans, sentences, spans
 from memory.experience import Experience
 
 __all__ = ["TransferItem", "TransferSet", "build_transfer_set", "rule_candidates"]
@@ -137,12 +140,21 @@ def _cloze(prefix: str) -> str:
 
 
 def _cues(text: str) -> list[str]:
-    names = [s.text for sent in sentences(text) or [text] for s in spans(sent) if s.kind == "name"]
+    """What a user might ask about: generic possessive phrases first ("the user's cat", which
+    questions use without the name), then clause subjects, then names."""
+    parts = sentences(text) or [text]
+    names = [s.text for sent in parts for s in spans(sent) if s.kind == "name"]
     possessives = []
     for m in _POSSESSIVE.finditer(text):
         phrase = _VERBISH.split(m.group(0))[0]
         possessives.append(phrase[0].lower() + phrase[1:])
-    return list(dict.fromkeys(possessives + names))
+    subjects = [
+        subject
+        for sent in parts
+        for clause in clauses(sent)
+        if (subject := clause_subject(clause)) is not None
+    ]
+    return list(dict.fromkeys(possessives + subjects + names))
 
 
 def rule_candidates(
@@ -160,7 +172,8 @@ def rule_candidates(
     out: list[TransferItem] = []
 
     def add(strategy: str, student: str, target: str | None = None) -> None:
-        out.append(TransferItem(eid, strategy, student, context_prompt(text, student), target))
+        if student not in held_questions:
+            out.append(TransferItem(eid, strategy, student, context_prompt(text, student), target))
 
     for sentence in sentences(text) or [text]:
         sentence_spans = spans(sentence)
@@ -178,19 +191,21 @@ def rule_candidates(
                     add("cloze", _cloze(prefix), target)
         if "echo" in on:
             for sp in sentence_spans:
-                question = _echo(sentence, sp)
-                if question not in held_questions:
-                    add("echo", question, sp.text)
+                add("echo", _echo(sentence, sp), sp.text)
+        if "qgen" in on:
+            for question in wh_questions(sentence):
+                add("qgen", question)
     cues = _cues(text)
-    for cue in cues:
-        for template in _CUES[:2]:
-            if "recite" in on:
+    if "recite" in on:
+        for cue in cues:
+            for template in _CUES[:2]:
                 add("recite", template.format(c=cue))
     if "verbatim" in on:
+        # Cue-major order: every cue once before any repeats with another template.
         prompts = [t.format(c=c) for t in _CUES for c in cues] or [
             _CUES[0].format(c=" ".join(text.split()[:4]))
         ]
-        for prompt in prompts[:4]:
+        for prompt in prompts[: settings.verbatim_per_experience]:
             item = TransferItem(eid, "verbatim", prompt, context_prompt(text, prompt))
             item.answer = text
             out.append(item)
@@ -198,14 +213,26 @@ def rule_candidates(
 
 
 # -- teacher answers and filtering -----------------------------------------------------------
+def informative(answer: str, question: str, text: str) -> bool:
+    """The answer states a word of the text that the question did not already contain."""
+    source, asked = set(content_words(text)), set(content_words(question))
+    return any(w in source and w not in asked for w in content_words(answer))
+
+
 def _accept(item: TransferItem, text: str, ended: bool, settings: TransferSettings) -> bool:
+    """Grounding filter: the teacher finished its answer, the answer's content words come from
+    the text, and it carries something from the text: the span its prompt asked for, another
+    answer-like span of the experience, or a word of the text the question did not contain."""
     if item.strategy == "verbatim":
         return True
     if not ended or not item.answer.strip():
         return False
     if grounding(item.answer, text) < settings.min_grounding:
         return False
-    return item.target is None or normalize(item.target) in normalize(item.answer)
+    answer = normalize(item.answer)
+    if item.target is not None and normalize(item.target) in answer:
+        return True
+    return any(k in answer for k in key_spans(text)) or informative(item.answer, item.student, text)
 
 
 def _cap(items: list[TransferItem], limit: int, rng: random.Random) -> list[TransferItem]:
@@ -307,7 +334,9 @@ def build_transfer_set(
             stats[item.strategy] = {"produced": 0, "kept": 0}
         if item.raw:
             stats[item.strategy]["produced"] += 1
-    kept = _cap(_dedupe(accepted), settings.max_items_per_experience, rng)
+    verbatim = [c for c in accepted if c.strategy == "verbatim"]
+    answered = [c for c in accepted if c.strategy != "verbatim"]
+    kept = _cap(_dedupe(answered), settings.max_items_per_experience, rng) + verbatim
     for item in kept:
         stats[item.strategy]["kept"] += 1
     logger.info(

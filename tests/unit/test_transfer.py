@@ -34,11 +34,12 @@ def test_sentences_and_spans() -> None:
 
 def test_rules_build_prompts_and_hold_out_probes() -> None:
     settings = TransferSettings(
-        strategies=["cloze", "echo", "recite", "verbatim"], probes_per_experience=2
+        strategies=["cloze", "echo", "qgen", "recite", "verbatim"], probes_per_experience=2
     )
     items, probes = rule_candidates(EXP, settings, random.Random(0))
     strategies = {i.strategy for i in items}
-    assert strategies == {"cloze", "echo", "recite", "verbatim"}
+    assert strategies == {"cloze", "echo", "qgen", "recite", "verbatim"}
+    assert "What is the name of my landlord?" in {i.student for i in items}
     assert len(probes) == 2
     held = {p.question for p in probes}
     assert not held & {i.student for i in items}  # held-out questions are never trained on
@@ -66,8 +67,13 @@ def test_grounding_filter() -> None:
     assert not _accept(item, EXP.text, ended=False, settings=s)  # cut off mid-answer
     item.answer = "My landlord is called Ferdinand Magellan."  # not in the text
     assert not _accept(item, EXP.text, ended=True, settings=s)
-    item.answer = "The rent is due on the 3rd."  # grounded, but not the span asked for
+    item.answer = "The rent is due on the 3rd."  # another span of the experience: still useful
+    assert _accept(item, EXP.text, ended=True, settings=s)
+    item = TransferItem("e1", "recite", "What do you know about my landlord?", "t")
+    item.answer = "My landlord."  # grounded, but says nothing the question did not
     assert not _accept(item, EXP.text, ended=True, settings=s)
+    item.answer = "My landlord is Teodor."  # adds a word from the text
+    assert _accept(item, EXP.text, ended=True, settings=s)
     assert grounding("", EXP.text) == 0.0
 
 
