@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS experiences (
     UNIQUE (tenant, id)
 );
 CREATE INDEX IF NOT EXISTS experiences_tenant_status ON experiences (tenant, status, seq);
+CREATE INDEX IF NOT EXISTS experiences_tenant_seq ON experiences (tenant, seq);
 CREATE TABLE IF NOT EXISTS forgotten (
     tenant TEXT NOT NULL, id TEXT NOT NULL, forgotten_at TEXT NOT NULL,
     PRIMARY KEY (tenant, id)

@@ -56,6 +56,11 @@ class EmbedderSettings(_Section):
     )
     batch_size: int = Field(default=64, ge=1, description="Texts per embedding batch.")
     device: str = Field(default="cpu", description="Torch device for the embedder.")
+    single_thread_below: int = Field(
+        default=4,
+        ge=0,
+        description="Embed batches this small on one CPU thread (lower latency for queries).",
+    )
 
 
 class BufferSettings(_Section):
