@@ -104,6 +104,7 @@ def write_report(report: dict[str, Any], path: str | None) -> None:
     text = json.dumps(report, indent=2, default=str)
     print(text)
     if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text + "\n")
 
 
