@@ -159,6 +159,9 @@ class ConsolidationSettings(_Section):
         description="Anchor prompts (trained towards the base model's own answers) per new "
         "training item; grows with the data so it is never outweighed.",
     )
+    anchor_weight: float = Field(
+        default=1.0, gt=0, description="Loss weight of anchor tokens relative to fact tokens."
+    )
     replay_ratio: float = Field(
         default=0.5, ge=0, description="Earlier cycles' items replayed per new training item."
     )

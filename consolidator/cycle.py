@@ -506,7 +506,13 @@ class Consolidator:
             for p, i, t in zip(prompts(items, "student"), items, fact_targets, strict=True)
         ]
         examples += [
-            Example(p, list(a.answer_ids), t, kind="anchor")
+            Example(
+                p,
+                list(a.answer_ids),
+                t,
+                kind="anchor",
+                weight=self.settings.consolidation.anchor_weight,
+            )
             for p, a, t in zip(prompts(anchors, "student"), anchors, anchor_targets, strict=True)
         ]
         return examples
