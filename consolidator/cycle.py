@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from consolidator.distill import teacher_targets
@@ -52,6 +51,7 @@ from consolidator.transfer import TransferItem, TransferSet, build_transfer_set
 from memory.adapters import AdapterRegistry, VersionInfo
 from memory.buffer import Buffer, StoredExperience
 from memory.experience import Experience
+from memory.files import read_jsonl, write_jsonl
 from reverie.settings import Settings
 
 __all__ = ["Consolidator", "CycleResult"]
@@ -521,15 +521,7 @@ class Consolidator:
         self, lineage: Sequence[VersionInfo], n: int, rng: random.Random
     ) -> list[TransferItem]:
         """A sample of the transfer items of every promoted version in the lineage."""
-        pool: list[TransferItem] = []
-        for info in lineage:
-            path = info.path / "transfer.jsonl"
-            if info.outcome == "promoted" and path.exists():
-                pool += [
-                    TransferItem.from_json(json.loads(line))
-                    for line in path.read_text().splitlines()
-                    if line.strip()
-                ]
+        pool = [TransferItem.from_json(r) for r in _promoted_rows(lineage, "transfer.jsonl")]
         chosen = rng.sample(pool, min(n, len(pool)))
         for item in chosen:
             item.strategy = "replay"
@@ -537,16 +529,7 @@ class Consolidator:
 
     def _bank(self, lineage: Sequence[VersionInfo]) -> list[Probe]:
         """Probes of every promoted version in the lineage, with their score then."""
-        bank: list[Probe] = []
-        for info in lineage:
-            path = info.path / "probes.jsonl"
-            if info.outcome == "promoted" and path.exists():
-                bank += [
-                    Probe.from_json(json.loads(line))
-                    for line in path.read_text().splitlines()
-                    if line.strip()
-                ]
-        return bank
+        return [Probe.from_json(r) for r in _promoted_rows(lineage, "probes.jsonl")]
 
     def _commit(
         self,
@@ -571,7 +554,7 @@ class Consolidator:
         with self.registry.stage(tenant) as staging:
             model.save_pretrained(str(staging))
             (staging / "README.md").unlink(missing_ok=True)  # peft's model card template
-            _write_jsonl(staging / "transfer.jsonl", [i.to_json() for i in transfer.items])
+            write_jsonl(staging / "transfer.jsonl", [i.to_json() for i in transfer.items])
             version_probes = [
                 Probe(
                     r.probe.experience_id,
@@ -583,8 +566,8 @@ class Consolidator:
                 ).to_json()
                 for r in efficacy
             ]
-            _write_jsonl(staging / "probes.jsonl", version_probes)
-            _write_jsonl(
+            write_jsonl(staging / "probes.jsonl", version_probes)
+            write_jsonl(
                 staging / "results.jsonl",
                 [{"role": "efficacy", **r.to_json()} for r in efficacy]
                 + [
@@ -648,5 +631,11 @@ def _greedy(
     )
 
 
-def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+def _promoted_rows(lineage: Sequence[VersionInfo], name: str) -> list[dict[str, Any]]:
+    """The rows of file ``name`` of every promoted version of a lineage, oldest first."""
+    return [
+        row
+        for info in lineage
+        if info.outcome == "promoted"
+        for row in read_jsonl(info.path / name)
+    ]

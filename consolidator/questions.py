@@ -17,7 +17,7 @@ import re
 
 from consolidator.spans import STOP, spans
 
-__all__ = ["clause_subject", "clauses", "wh_questions"]
+__all__ = ["WH_BY_KIND", "clause_subject", "clauses", "wh_questions"]
 
 _BE = {"is", "are", "was", "were"}
 _AUX = _BE | {"has", "have", "had", "will", "can", "must", "should", "would", "could", "may"}
@@ -80,7 +80,7 @@ _PREPOSITIONS = {
 }
 _WHERE = {"in", "at", "under", "near", "behind", "on", "into"}
 _PRONOUNS = {"he", "she", "it", "they", "her", "his", "its", "their", "this", "that"}
-_WH_BY_KIND = {
+WH_BY_KIND = {
     "date": "when",
     "time": "at what time",
     "number": "how many",
@@ -171,7 +171,7 @@ def _wh_for(kind: str, text: str, before: str) -> str:
         return "who"
     if kind == "name" and re.search(r"\b(?:in|at|near|from)\s*$", before):
         return "where"
-    return _WH_BY_KIND[kind]
+    return WH_BY_KIND[kind]
 
 
 def clause_subject(clause: str) -> str | None:

@@ -7,21 +7,14 @@ report can be produced at any time, by any process, without a model. Building th
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from memory.adapters import AdapterRegistry, VersionInfo
+from memory.files import read_jsonl
 
 __all__ = ["build_report", "load_report", "plot_forgetting", "to_markdown"]
-
-
-def _results(info: VersionInfo) -> list[dict[str, Any]]:
-    path = info.path / "results.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def load_report(registry: AdapterRegistry, tenant: str) -> dict[str, Any]:
@@ -30,7 +23,7 @@ def load_report(registry: AdapterRegistry, tenant: str) -> dict[str, Any]:
     return build_report(
         tenant,
         versions,
-        {v.version: _results(v) for v in versions},
+        {v.version: read_jsonl(v.path / "results.jsonl") for v in versions},
         current.version if current else None,
     )
 

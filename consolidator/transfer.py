@@ -41,7 +41,7 @@ from consolidator.metrics import normalize
 from consolidator.model import BaseModel
 from consolidator.probes import Probe
 from consolidator.prompts import context_prompt, encode, render_user
-from consolidator.questions import clause_subject, clauses, wh_questions
+from consolidator.questions import WH_BY_KIND, clause_subject, clauses, wh_questions
 from consolidator.spans import Span, content_words, grounding, key_spans, sentences, spans
 from memory.experience import Experience
 
@@ -49,14 +49,6 @@ __all__ = ["TransferItem", "TransferSet", "build_transfer_set", "rule_candidates
 
 logger = logging.getLogger(__name__)
 
-_WH = {
-    "date": "when",
-    "time": "at what time",
-    "number": "how many",
-    "code": "what",
-    "quote": "what",
-    "name": "what",
-}
 _CUES = [
     "What do you know about {c}?",
     "Tell me about {c}.",
@@ -126,7 +118,7 @@ def _wh(span: Span, before: str) -> str:
         or span.text.startswith(("Dr.", "Mr.", "Mrs.", "Ms."))
     ):
         return "who"
-    return _WH[span.kind]
+    return WH_BY_KIND[span.kind]
 
 
 def _echo(sentence: str, span: Span) -> str:

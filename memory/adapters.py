@@ -39,6 +39,7 @@ from typing import Any
 
 from memory.errors import IntegrityError, InvalidInputError, NotFoundError
 from memory.experience import validate_tenant
+from memory.files import fsync_dir, write_durably
 
 __all__ = ["AdapterRegistry", "VersionInfo"]
 
@@ -48,27 +49,12 @@ MANIFEST = "manifest.json"
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_durably(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 @dataclass(frozen=True)
@@ -147,14 +133,14 @@ class AdapterRegistry:
                 "created_at": datetime.now(UTC).isoformat(),
                 "checksums": checksums,
             }
-            _write_durably(staging / MANIFEST, json.dumps(full, indent=2, sort_keys=True))
+            write_durably(staging / MANIFEST, json.dumps(full, indent=2, sort_keys=True))
             for p in staging.iterdir():
                 with open(p, "rb") as fh:
                     os.fsync(fh.fileno())
-            _fsync_dir(staging)
+            fsync_dir(staging)
             target = directory / "versions" / version
             os.rename(staging, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
             logger.info("registry: committed %s/%s (%s)", tenant, version, full.get("outcome"))
             return VersionInfo(tenant, version, target, full)
 
@@ -261,9 +247,9 @@ class AdapterRegistry:
         """The pointer move as separate durable steps (tests crash between each)."""
         tmp = directory / f".current.{uuid.uuid4().hex}.tmp"
         return [
-            lambda: _write_durably(tmp, json.dumps({"version": version})),
+            lambda: write_durably(tmp, json.dumps({"version": version})),
             lambda: os.replace(tmp, directory / "current.json"),
-            lambda: _fsync_dir(directory),
+            lambda: fsync_dir(directory),
         ]
 
     def rollback(self, tenant: str, version: str | None = None) -> VersionInfo:

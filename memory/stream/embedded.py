@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from memory.errors import ConfigError, StreamError
+from memory.files import atomic_write_text, fsync_dir
 from memory.stream.base import (
     Position,
     StreamMessage,
@@ -53,25 +54,6 @@ __all__ = ["EmbeddedConsumer", "EmbeddedStream"]
 logger = logging.getLogger(__name__)
 
 _SEGMENT_SUFFIX = ".log"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so a reader sees the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class _Partition:
@@ -127,7 +109,7 @@ class _Partition:
         bases = self._bases()
         if not bases:
             self._path(0).touch()
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             bases = [0]
         base = bases[-1]
         path = self._path(base)
@@ -181,7 +163,7 @@ class _Partition:
             if self._tail_pos >= self._segment_bytes:
                 self._tail_base, self._tail_pos = self._tail_next, 0
                 self._path(self._tail_base).touch()
-                _fsync_dir(self.dir)
+                fsync_dir(self.dir)
             first = self._tail_next
             with open(self._path(self._tail_base), "ab") as fh:
                 fh.write(data)
