@@ -419,35 +419,67 @@ class Consolidator:
         )
 
     def reconcile(self, tenant: str) -> None:
-        """Finish what a crash interrupted: sweep staging leftovers, roll forward a promotion that
-        was committed but never made current, and mark experiences the current lineage already
-        contains as consolidated (a crash between promotion and the buffer update)."""
+        """Finish what a crash interrupted and what a forget asked for:
+
+        * sweep staging leftovers;
+        * roll forward a promotion that was committed but never made current (unless that
+          version was current before: then it was rolled back from, on purpose);
+        * mark experiences the current lineage already contains as consolidated (a crash
+          between promotion and the buffer update);
+        * erasure: if an experience in the live lineage was forgotten, every version of the
+          lineage is erased (weights and texts deleted, so it can never be served or restored)
+          and the lineage's other experiences go back to the buffer to be consolidated afresh.
+        """
         self.registry.sweep(tenant)
         versions = self.registry.versions(tenant)
         current = self.registry.current(tenant)
         if versions:
             newest = versions[-1]
             expected_parent = current.version if current else None
+            ever_current = {h["version"] for h in self.registry.history(tenant)}
             if (
                 newest.outcome == "promoted"
                 and newest.parent == expected_parent
-                and (current is None or newest.version != current.version)
+                and newest.version not in ever_current
             ):
                 logger.warning(
                     "tenant %s: completing the interrupted promotion of %s", tenant, newest.version
                 )
                 current = self.registry.promote(tenant, newest.version, reason="recover")
-        for info in self.registry.lineage(tenant) if current else []:
-            ids = [e["id"] for e in info.manifest.get("experiences", [])]
-            stored = self.buffer.get_many(tenant, ids)
-            stale = [i for i, st in stored.items() if st.status != "consolidated"]
+        lineage = self.registry.lineage(tenant) if current else []
+        contained = {
+            e["id"]: info.version for info in lineage for e in info.manifest.get("experiences", [])
+        }
+        forgotten = sorted(i for i in contained if self.buffer.is_forgotten(tenant, i))
+        if forgotten:
+            self.registry.erase(
+                tenant, [v.version for v in lineage], reason=f"forgotten: {', '.join(forgotten)}"
+            )
+            keep = [i for i in contained if i not in forgotten]
+            self.buffer.mark(tenant, keep, "buffered")
+            logger.warning(
+                "tenant %s: erased %d versions holding %s; %d experiences will be "
+                "consolidated again",
+                tenant,
+                len(lineage),
+                forgotten,
+                len(keep),
+            )
+            return
+        stored = self.buffer.get_many(tenant, list(contained))
+        for version in dict.fromkeys(contained.values()):
+            stale = [
+                i
+                for i, st in stored.items()
+                if contained[i] == version and st.status != "consolidated"
+            ]
             if stale:
-                self.buffer.mark(tenant, stale, "consolidated", version=info.version)
+                self.buffer.mark(tenant, stale, "consolidated", version=version)
                 logger.warning(
                     "tenant %s: marked %d experiences of %s consolidated",
                     tenant,
                     len(stale),
-                    info.version,
+                    version,
                 )
 
     # -- stage helpers ---------------------------------------------------------------------

@@ -165,6 +165,11 @@ class Daemon:
                     self.tracker.track(msg.partition, msg.offset, key)
             self.commit()
             self._trigger_full_buffers()
+            # A forgotten experience may live in an adapter: its tenant's next cycle erases
+            # that lineage and rebuilds it without the experience, so run one soon.
+            for tenant in {m.record.tenant for m in good if m.record and m.record.kind == "forget"}:
+                if self.stream.partition_for(tenant) in self._assigned:
+                    self._queue(tenant, "an experience was forgotten")
             self._last_poll = time.time()
         except Exception:  # a failed poll must not kill the loop: log it, try again next tick
             logger.exception("poll failed")
@@ -206,15 +211,17 @@ class Daemon:
         trigger = self.settings.daemon.buffer_trigger
         for tenant in self.owned_tenants():
             if self.buffer.stats()[tenant]["buffered"] >= trigger and self._running != tenant:
-                try:
-                    self.scheduler.add_job(
-                        self.cycle, args=[tenant], id=f"cycle:{tenant}", executor="cycles"
-                    )
-                    logger.info(
-                        "tenant %s passed %d buffered experiences: cycle queued", tenant, trigger
-                    )
-                except ConflictingIdError:
-                    pass  # already queued
+                self._queue(tenant, f"passed {trigger} buffered experiences")
+
+    def _queue(self, tenant: str, why: str) -> None:
+        """Run a cycle for ``tenant`` soon (once: a queued one is not queued again)."""
+        try:
+            self.scheduler.add_job(
+                self.cycle, args=[tenant], id=f"cycle:{tenant}", executor="cycles"
+            )
+            logger.info("tenant %s %s: cycle queued", tenant, why)
+        except ConflictingIdError:
+            pass  # already queued
 
     def consolidate_all(self) -> None:
         for tenant in self.owned_tenants():

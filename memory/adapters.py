@@ -252,6 +252,34 @@ class AdapterRegistry:
             lambda: fsync_dir(directory),
         ]
 
+    def erase(self, tenant: str, versions: list[str], *, reason: str) -> None:
+        """Delete the weights and every file holding experience text of ``versions``, keeping
+        only their manifests (marked erased) for the record; a current one stops being current.
+        Erased versions fail verification, so they can never be promoted or rolled back to."""
+        with self._locked(tenant) as directory:
+            current = self.current(tenant)
+            if current is not None and current.version in versions:
+                (directory / "current.json").unlink()
+                fsync_dir(directory)
+            for version in versions:
+                info = self.get(tenant, version)
+                for path in info.path.iterdir():
+                    if path.name != MANIFEST:
+                        path.unlink()
+                manifest = {
+                    **info.manifest,
+                    "erased": {"at": datetime.now(UTC).isoformat(), "reason": reason},
+                }
+                write_durably(
+                    info.path / f".{MANIFEST}.tmp", json.dumps(manifest, indent=2, sort_keys=True)
+                )
+                os.replace(info.path / f".{MANIFEST}.tmp", info.path / MANIFEST)
+            self._append_history(
+                directory,
+                {"action": "erase", "version": None, "erased": versions, "reason": reason},
+            )
+            logger.warning("registry: erased %s/%s (%s)", tenant, ",".join(versions), reason)
+
     def rollback(self, tenant: str, version: str | None = None) -> VersionInfo:
         """Make ``version`` current, default the current version's promoted parent."""
         if version is None:

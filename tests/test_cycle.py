@@ -12,6 +12,7 @@ import pytest
 from consolidator.cycle import Consolidator
 from memory.adapters import AdapterRegistry
 from memory.buffer import Buffer
+from memory.errors import IntegrityError
 from memory.experience import make_experience
 from reverie.settings import Settings, load_settings
 
@@ -136,3 +137,25 @@ def test_results_are_recorded_per_fact(
     rows = [json.loads(line) for line in (version.path / "results.jsonl").read_text().splitlines()]
     assert {r["experience_id"] for r in rows if r["role"] == "efficacy"} == {"landlord", "cat"}
     assert all("prediction" in r and "ceiling_correct" in r for r in rows)
+
+
+def test_forgetting_a_consolidated_experience_erases_and_rebuilds(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
+) -> None:
+    c = consolidator(settings_for(tmp_path, tiny_model_dir), buffer, tiny_base)
+    first = c.run_cycle("alice")
+    assert first.outcome == "promoted"
+    registry = AdapterRegistry(tmp_path / "data" / "adapters")
+    buffer.delete("alice", "cat")  # what a forget record does to the buffer
+    second = c.run_cycle("alice")
+    # the lineage holding "cat" is erased: its weights and texts are gone for good ...
+    v1 = registry.get("alice", "v0001")
+    assert "erased" in v1.manifest and {p.name for p in v1.path.iterdir()} == {"manifest.json"}
+    with pytest.raises(IntegrityError):
+        registry.promote("alice", "v0001")
+    # ... and the rest is consolidated again from scratch, without it
+    assert second.outcome == "promoted" and second.experience_ids == ("landlord",)
+    current = registry.current("alice")
+    assert current is not None and current.version == second.version and current.parent is None
+    assert [e["id"] for e in current.manifest["experiences"]] == ["landlord"]
+    assert "Biscuit" not in (current.path / "transfer.jsonl").read_text()

@@ -311,3 +311,21 @@ def test_sigterm_during_training_checkpoints_and_exits_within_grace(
     d.start()
     d.wait(lambda: d.promoted(["frank"]), 300, "the resumed cycle to promote")
     assert "resuming training" in d.logs[1].read_text()
+
+
+def test_forgetting_a_consolidated_experience_rebuilds_the_adapter_without_it(
+    deployment: Callable[..., Deployment],
+) -> None:
+    d = deployment()
+    log_facts(d, ["gina"], per_tenant=2)
+    d.start()
+    d.wait(lambda: d.promoted(["gina"]), 240, "the first promotion")
+    with d.client() as client:
+        client.forget("gina-0", tenant="gina")
+    d.wait(
+        lambda: set(d.consolidated_ids("gina")) == {"gina-1"},
+        240,
+        "a rebuilt adapter without the forgotten experience",
+    )
+    first = d.registry().get("gina", "v0001")
+    assert "erased" in first.manifest
