@@ -27,7 +27,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from consolidator.distill import teacher_targets
+from consolidator.distill import answer_confidence, teacher_targets
 from consolidator.gate import ProbeSummary, decide
 from consolidator.generator import generate_pairs
 from consolidator.model import BaseModel, attach_adapter, load_base, merged
@@ -147,6 +147,7 @@ class Consolidator:
         self._base = base
         self._controls = controls
         self._work = settings.data_dir / "work"
+        self.low_confidence = 0  # items the last cycle's confidence filter dropped
 
     # -- lazily loaded parts ---------------------------------------------------------------
     @property
@@ -414,6 +415,7 @@ class Consolidator:
                 "items": len(transfer.items),
                 "replay": len(replay),
                 "anchors": len(anchors),
+                "low_confidence": self.low_confidence,
             },
             stats.summary(),
         )
@@ -533,10 +535,21 @@ class Consolidator:
                 top_k=k,
                 device=base.device,
             )
+        # The teacher must give each answer with high probability (its own greedy answers
+        # usually do; a forced verbatim text or a replayed answer may not any more).
+        floor = self.settings.transfer.min_confidence
         examples = [
             Example(p, list(i.answer_ids), t, kind="replay" if i.strategy == "replay" else "fact")
             for p, i, t in zip(prompts(items, "student"), items, fact_targets, strict=True)
+            if answer_confidence(t, i.answer_ids) >= floor
         ]
+        self.low_confidence = len(items) - len(examples)
+        if self.low_confidence:
+            logger.info(
+                "dropped %d items the teacher gives with mean probability < %.2f",
+                self.low_confidence,
+                floor,
+            )
         examples += [
             Example(
                 p,
@@ -626,6 +639,7 @@ class Consolidator:
                     "items": len(transfer.items),
                     "replay": len(replay),
                     "anchors": len(anchors),
+                    "low_confidence": self.low_confidence,
                 },
                 "settings": {
                     "model": s.model.model_dump(),

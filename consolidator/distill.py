@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "TeacherTargets",
+    "answer_confidence",
     "answer_positions",
     "distill_loss",
     "kl_to_reference",
@@ -91,6 +92,20 @@ class TeacherTargets:
 
     ids: torch.Tensor  # [A, k] int32
     logp: torch.Tensor  # [A, k] float16
+
+
+def answer_confidence(targets: TeacherTargets, answer_ids: Sequence[int]) -> float:
+    """The teacher's mean probability of each answer token (0 where it is outside the top-k).
+
+    Example: top-2 ids [[5, 7], [9, 5]] with probabilities [[.8, .1], [.6, .3]] and answer
+    [5, 5] -> (0.8 + 0.3) / 2 = 0.55.
+    """
+    if not answer_ids:
+        return 0.0
+    answer = torch.tensor(list(answer_ids), dtype=targets.ids.dtype)[:, None]
+    hit = targets.ids == answer
+    probs = (targets.logp.float().exp() * hit).sum(-1)
+    return float(probs.mean())
 
 
 def answer_positions(prompt_len: int, answer_len: int) -> torch.Tensor:

@@ -19,7 +19,11 @@ def test_suite_document_validates_and_renders(
 ) -> None:
     settings = {
         "model": {"base": str(tiny_model_dir), "max_new_tokens": 4},
-        "transfer": {"strategies": ["verbatim"], "max_items_per_experience": 2},
+        "transfer": {
+            "strategies": ["verbatim"],
+            "max_items_per_experience": 2,
+            "min_confidence": 0.0,
+        },
         "train": {"epochs": 1, "lora_r": 2, "target_modules": ["q_proj"]},
         "consolidation": {"anchor_ratio": 0.0, "probe_max_new_tokens": 4},
     }

@@ -30,6 +30,7 @@ def settings_for(tmp_path: Path, tiny_model_dir: Path, **gate: float) -> Setting
             "strategies": ["cloze", "verbatim"],
             "teacher_max_new_tokens": 6,
             "min_grounding": 0.0,
+            "min_confidence": 0.0,
             "max_items_per_experience": 6,
         },
         train={"epochs": 2, "batch_size": 4, "lora_r": 4, "target_modules": ["q_proj", "v_proj"]},

@@ -36,6 +36,7 @@ max_new_tokens = 6
 [transfer]
 strategies = ["cloze", "verbatim"]
 min_grounding = 0.0
+min_confidence = 0.0
 max_items_per_experience = 4
 teacher_max_new_tokens = 4
 probes_per_experience = 1
@@ -269,15 +270,28 @@ def test_poison_message_goes_to_dead_letters_and_does_not_block(
 
 def test_two_daemons_split_the_tenants(deployment: Callable[..., Deployment]) -> None:
     d = deployment()
-    settings = d.settings()
     with d.client() as client:
         partition = client.stream.partition_for
         tenants = [f"t{i}" for i in range(40)]
         # two tenants on each of the four partitions
         chosen = [t for p in range(4) for t in [x for x in tenants if partition(x) == p][:2]]
-    log_facts(d, chosen, per_tenant=1)
+    ports = [d.port, free_port()]
     d.start()
-    d.start(port=free_port())
+    d.start(port=ports[1])
+
+    def owned(port: int) -> set[int]:
+        try:
+            return set(json.loads(get(f"http://127.0.0.1:{port}/healthz"))["partitions"])
+        except OSError:
+            return set()
+
+    # Both members hold a share before any work arrives (else the first could take it all).
+    d.wait(
+        lambda: all(owned(p) for p in ports) and not owned(ports[0]) & owned(ports[1]),
+        240,
+        "both daemons to own partitions",
+    )
+    log_facts(d, chosen, per_tenant=1)
     d.wait(lambda: d.promoted(chosen), 400, "every tenant promoted")
     by_daemon = []
     for log in d.logs:
@@ -290,7 +304,6 @@ def test_two_daemons_split_the_tenants(deployment: Callable[..., Deployment]) ->
     assert by_daemon[0] and by_daemon[1], by_daemon
     assert not by_daemon[0] & by_daemon[1], "a tenant was consolidated by both daemons"
     assert by_daemon[0] | by_daemon[1] == set(chosen)
-    assert settings.daemon.group == "reverie-consolidator"
 
 
 def test_sigterm_during_training_checkpoints_and_exits_within_grace(

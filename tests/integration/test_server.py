@@ -31,6 +31,7 @@ max_new_tokens = 8
 [transfer]
 strategies = ["verbatim"]
 max_items_per_experience = 2
+min_confidence = 0.0
 [train]
 epochs = 1
 lora_r = 2

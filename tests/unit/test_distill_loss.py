@@ -97,3 +97,15 @@ def test_kl_to_reference_closed_form() -> None:
 
 def test_answer_positions() -> None:
     assert answer_positions(3, 2).tolist() == [2, 3]
+
+
+def test_answer_confidence_worked_example() -> None:
+    from consolidator.distill import TeacherTargets, answer_confidence
+
+    targets = TeacherTargets(
+        torch.tensor([[5, 7], [9, 5]], dtype=torch.int32),
+        torch.tensor([[0.8, 0.1], [0.6, 0.3]]).log().to(torch.float16),
+    )
+    assert answer_confidence(targets, [5, 5]) == pytest.approx(0.55, abs=1e-3)
+    assert answer_confidence(targets, [3, 3]) == 0.0
+    assert answer_confidence(targets, []) == 0.0
