@@ -140,7 +140,11 @@ class TransferSettings(_Section):
         default=0.75, ge=0, le=1, description="Share of an answer's content words in the text."
     )
     min_confidence: float = Field(
-        default=0.3, ge=0, le=1, description="Teacher's mean probability of its answer tokens."
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Drop items whose answer the teacher gives with a lower mean token "
+        "probability. Off by default: answers are the teacher's own greedy tokens already.",
     )
     teacher_max_new_tokens: int = Field(default=40, ge=4)
     probes_per_experience: int = Field(
