@@ -27,6 +27,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
+from consolidator.config import TrainSettings
 from consolidator.distill import answer_confidence, teacher_targets
 from consolidator.gate import ProbeSummary, decide
 from consolidator.generator import generate_pairs
@@ -218,7 +219,11 @@ class Consolidator:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return CycleResult(tenant, "busy", reasons=("another cycle is running",))
-            return self._cycle(tenant, should_stop)
+            try:
+                return self._cycle(tenant, should_stop)
+            except Exception as err:  # recorded, and the experiences stay buffered for later
+                logger.exception("cycle failed for tenant %s", tenant)
+                return CycleResult(tenant, "failed", reasons=(f"{type(err).__name__}: {err}",))
 
     def _cycle(self, tenant: str, should_stop: Callable[[], bool] | None) -> CycleResult:
         s = self.settings
@@ -232,6 +237,7 @@ class Consolidator:
             return CycleResult(tenant, "nothing_to_do")
         experiences = [p.experience for p in pending]
         ids = tuple(e.id for e in experiences)
+        # A retry (the gate rejected these before) trains longer and replays more.
         attempt = max(p.attempts for p in pending)
         recipe = s.train.model_copy(
             update={
@@ -243,109 +249,56 @@ class Consolidator:
         current = self.registry.current(tenant)
         if current is not None:
             self.registry.verify(tenant, current.version)
-        base, fmt = self.base, s.model
-        probe_tokens = s.consolidation.probe_max_new_tokens
+        lineage = self.registry.lineage(tenant) if current else []
         controls = self.controls
-        model = attach_adapter(
-            base,
-            current.path if current else None,
-            trainable=True,
-            seed=recipe.seed,
-            lora=None
-            if current
-            else {
-                "r": recipe.lora_r,
-                "lora_alpha": recipe.lora_alpha,
-                "lora_dropout": recipe.lora_dropout,
-                "target_modules": recipe.target_modules,
-            },
-        )
+        model = self._student(current, recipe)
+
+        def stop_point(stage: str) -> None:
+            if should_stop is not None and should_stop():
+                raise TrainingInterrupted(0, f"stopped before {stage}")
+
         try:
             with timer("transfer"):
-                generated = (
-                    generate_pairs(
-                        experiences, s.transfer.generator, base=base, fmt=fmt, model=model
-                    )
-                    if "generated" in s.transfer.strategies
-                    else None
-                )
-                transfer = build_transfer_set(
-                    base,
-                    fmt,
-                    model,
-                    experiences,
-                    s.transfer,
-                    seed=recipe.seed,
-                    generated=generated,
-                )
-                probes = self._probes(experiences, transfer)
-                transfer = transfer.without_questions(p.question for p in probes)
-                with merged(model):
-                    before = run_probes(
-                        base, fmt, model, probes, ceiling=True, max_new_tokens=probe_tokens
-                    )
-            lineage = self.registry.lineage(tenant) if current else []
+                transfer, probes, before = self._transfer(model, experiences, recipe.seed)
+            stop_point("the teacher")
             with timer("teacher"):
                 replay = self._replay(lineage, math.ceil(replay_ratio * len(transfer.items)), rng)
-                anchors = self.anchor_items(
-                    round(s.consolidation.anchor_ratio * (len(transfer.items) + len(replay))),
-                    rng,
-                    model,
+                n_anchors = round(
+                    s.consolidation.anchor_ratio * (len(transfer.items) + len(replay))
                 )
+                anchors = self.anchor_items(n_anchors, rng, model)
                 examples = self._examples(model, transfer.items + replay, anchors)
+            stop_point("training")
             with timer("train"):
                 stats = train(
                     model,
                     examples,
                     recipe,
-                    pad_id=base.pad_id,
-                    device=base.device,
+                    pad_id=self.base.pad_id,
+                    device=self.base.device,
                     checkpoint=self._work / tenant / "checkpoint.pt",
                     run_key=f"{transfer.digest()}:{current.version if current else ''}:{attempt}",
                     should_stop=should_stop,
                 )
-            with timer("probe"), merged(model):
-                efficacy = run_probes(
-                    base,
-                    fmt,
-                    model,
-                    probes,
-                    foreign_answers=foreign(probes),
-                    max_new_tokens=probe_tokens,
+            with timer("probe"):
+                efficacy, retained, report = self._probe(
+                    model, probes, before, lineage, controls, recipe.seed
                 )
-                efficacy = [
-                    ProbeResult(
-                        r.probe,
-                        r.prediction,
-                        r.correct,
-                        r.f1,
-                        b.ceiling_prediction,
-                        b.ceiling_correct,
-                        r.bleed,
-                    )
-                    for r, b in zip(efficacy, before, strict=True)
-                ]
-                bank = sample_bank(
-                    self._bank(lineage), s.consolidation.retention_budget, recipe.seed
-                )
-                retained = run_probes(base, fmt, model, bank, max_new_tokens=probe_tokens)
-                locality = locality_report(
-                    base, fmt, model, controls, controls.base_answers, max_new_tokens=probe_tokens
-                )
-            report: dict[str, Any] = {
-                "efficacy": efficacy_report(efficacy),
-                "before": efficacy_report(before)
-                | {"accuracy": round(sum(r.correct for r in before) / max(1, len(before)), 4)},
-                "retention": retention_report(retained),
-                "locality": locality,
-            }
             summary = ProbeSummary(
                 efficacy=report["efficacy"]["accuracy"],
                 ceiling=report["efficacy"]["ceiling"],
-                locality=locality["ratio"],
+                locality=report["locality"]["ratio"],
                 retention=report["retention"]["ratio"] if report["retention"] else None,
             )
             decision = decide(summary, s.gate)
+            transfer_info = {
+                "digest": transfer.digest(),
+                "stats": transfer.stats,
+                "items": len(transfer.items),
+                "replay": len(replay),
+                "anchors": len(anchors),
+                "low_confidence": self.low_confidence,
+            }
             with timer("commit"):
                 info = self._commit(
                     tenant,
@@ -353,8 +306,7 @@ class Consolidator:
                     current,
                     pending,
                     transfer,
-                    replay,
-                    anchors,
+                    transfer_info,
                     efficacy,
                     retained,
                     report,
@@ -365,23 +317,7 @@ class Consolidator:
                     timer.seconds,
                     attempt,
                 )
-                if decision.promoted:
-                    self.registry.promote(tenant, info.version)
-                    self.buffer.mark(tenant, ids, "consolidated", version=info.version)
-                else:
-                    gave_up = self.buffer.record_rejection(
-                        tenant,
-                        ids,
-                        "; ".join(decision.reasons),
-                        max_attempts=s.gate.max_attempts,
-                    )
-                    if gave_up:
-                        logger.warning(
-                            "tenant %s: %d experiences marked unconsolidated after %d attempts",
-                            tenant,
-                            len(gave_up),
-                            s.gate.max_attempts,
-                        )
+                self._settle(tenant, ids, info.version, decision.promoted, decision.reasons)
         except TrainingInterrupted as stop:
             return CycleResult(
                 tenant,
@@ -409,16 +345,119 @@ class Consolidator:
             tuple(decision.reasons),
             report,
             dict(timer.seconds),
-            {
-                "digest": transfer.digest(),
-                "stats": transfer.stats,
-                "items": len(transfer.items),
-                "replay": len(replay),
-                "anchors": len(anchors),
-                "low_confidence": self.low_confidence,
-            },
+            transfer_info,
             stats.summary(),
         )
+
+    # -- stages ----------------------------------------------------------------------------
+    def _student(self, current: VersionInfo | None, recipe: TrainSettings) -> Any:
+        """The tenant's current adapter, trainable, or a fresh one before its first version."""
+        lora = (
+            None
+            if current
+            else {
+                "r": recipe.lora_r,
+                "lora_alpha": recipe.lora_alpha,
+                "lora_dropout": recipe.lora_dropout,
+                "target_modules": recipe.target_modules,
+            }
+        )
+        return attach_adapter(
+            self.base,
+            current.path if current else None,
+            trainable=True,
+            seed=recipe.seed,
+            lora=lora,
+        )
+
+    def _transfer(
+        self, model: Any, experiences: Sequence[Experience], seed: int
+    ) -> tuple[TransferSet, list[Probe], list[ProbeResult]]:
+        """The transfer set, the held-out probes (never trained on), and how the model does on
+        them before training: without context, and with it (the ceiling)."""
+        s, base = self.settings, self.base
+        generated = (
+            generate_pairs(experiences, s.transfer.generator, base=base, fmt=s.model, model=model)
+            if "generated" in s.transfer.strategies
+            else None
+        )
+        transfer = build_transfer_set(
+            base, s.model, model, experiences, s.transfer, seed=seed, generated=generated
+        )
+        probes = self._probes(experiences, transfer)
+        transfer = transfer.without_questions(p.question for p in probes)
+        with merged(model):
+            before = run_probes(
+                base,
+                s.model,
+                model,
+                probes,
+                ceiling=True,
+                max_new_tokens=s.consolidation.probe_max_new_tokens,
+            )
+        return transfer, probes, before
+
+    def _probe(
+        self,
+        model: Any,
+        probes: Sequence[Probe],
+        before: Sequence[ProbeResult],
+        lineage: Sequence[VersionInfo],
+        controls: ControlSet,
+        seed: int,
+    ) -> tuple[list[ProbeResult], list[ProbeResult], dict[str, Any]]:
+        """Efficacy on this cycle's probes, retention on earlier ones, locality on controls."""
+        s, base = self.settings, self.base
+        tokens = s.consolidation.probe_max_new_tokens
+        with merged(model):
+            after = run_probes(
+                base, s.model, model, probes, foreign_answers=foreign(probes), max_new_tokens=tokens
+            )
+            efficacy = [
+                ProbeResult(
+                    r.probe,
+                    r.prediction,
+                    r.correct,
+                    r.f1,
+                    b.ceiling_prediction,
+                    b.ceiling_correct,
+                    r.bleed,
+                )
+                for r, b in zip(after, before, strict=True)
+            ]
+            bank = sample_bank(self._bank(lineage), s.consolidation.retention_budget, seed)
+            retained = run_probes(base, s.model, model, bank, max_new_tokens=tokens)
+            locality = locality_report(
+                base, s.model, model, controls, controls.base_answers, max_new_tokens=tokens
+            )
+        report: dict[str, Any] = {
+            "efficacy": efficacy_report(efficacy),
+            "before": efficacy_report(before)
+            | {"accuracy": round(sum(r.correct for r in before) / max(1, len(before)), 4)},
+            "retention": retention_report(retained),
+            "locality": locality,
+        }
+        return efficacy, retained, report
+
+    def _settle(
+        self, tenant: str, ids: Sequence[str], version: str, promoted: bool, reasons: Sequence[str]
+    ) -> None:
+        """Promote and mark consolidated, or count the rejection against each experience."""
+        if promoted:
+            self.registry.promote(tenant, version)
+            self.buffer.mark(tenant, ids, "consolidated", version=version)
+            return
+        max_attempts = self.settings.gate.max_attempts
+        gave_up = self.buffer.record_rejection(
+            tenant, ids, "; ".join(reasons), max_attempts=max_attempts
+        )
+        if gave_up:
+            logger.warning(
+                "tenant %s: %d experiences marked unconsolidated after %d attempts",
+                tenant,
+                len(gave_up),
+                max_attempts,
+            )
 
     def reconcile(self, tenant: str) -> None:
         """Finish what a crash interrupted and what a forget asked for:
@@ -583,14 +622,13 @@ class Consolidator:
         current: VersionInfo | None,
         pending: Sequence[StoredExperience],
         transfer: TransferSet,
-        replay: Sequence[TransferItem],
-        anchors: Sequence[TransferItem],
+        transfer_info: dict[str, Any],
         efficacy: Sequence[ProbeResult],
         retained: Sequence[ProbeResult],
         report: dict[str, Any],
         outcome: str,
         reasons: list[str],
-        recipe: Any,
+        recipe: TrainSettings,
         train_stats: dict[str, Any],
         timings: dict[str, float],
         attempt: int,
@@ -633,14 +671,7 @@ class Consolidator:
                     }
                     for p in pending
                 ],
-                "transfer": {
-                    "digest": transfer.digest(),
-                    "stats": transfer.stats,
-                    "items": len(transfer.items),
-                    "replay": len(replay),
-                    "anchors": len(anchors),
-                    "low_confidence": self.low_confidence,
-                },
+                "transfer": transfer_info,
                 "settings": {
                     "model": s.model.model_dump(),
                     "transfer": s.transfer.model_dump(),

@@ -48,9 +48,11 @@ logger = logging.getLogger(__name__)
 class TrainingInterrupted(Exception):
     """Raised when ``should_stop`` asked training to stop; a checkpoint was saved first."""
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, message: str | None = None) -> None:
         self.step = step
-        super().__init__(f"training stopped at step {step}; it resumes from the checkpoint")
+        super().__init__(
+            message or f"training stopped at step {step}; it resumes from the checkpoint"
+        )
 
 
 @dataclass
