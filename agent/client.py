@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any
 
 from agent.chat import Reply, Responder, validate_messages
+from memory.adapters import AdapterRegistry
 from memory.buffer import Buffer, Hit, StoredExperience
 from memory.embedder import Embedder, SentenceTransformerEmbedder
 from memory.errors import ConflictError, InvalidInputError, NotFoundError
@@ -214,16 +215,23 @@ class MemoryClient:
         return stored
 
     def status(self) -> dict[str, Any]:
-        """Counts per tenant and the stream's end offsets."""
+        """Counts per tenant (with each tenant's live adapter version), the stream's end offsets
+        and how many messages sit in its dead-letter queue."""
+        registry = AdapterRegistry(self.settings.data_dir / "adapters")
+        tenants: dict[str, dict[str, Any]] = {}
+        for tenant, counts in self.buffer.stats().items():
+            current = registry.current(tenant)
+            tenants[tenant] = {**counts, "adapter": current.version if current else None}
         return {
             "data_dir": str(self.settings.data_dir),
             "stream": {
                 "name": self._stream.name,
                 "partitions": self._stream.partitions,
                 "end_offsets": self._stream.end_offsets(),
+                "dead_letters": len(self._stream.dead_letters()),
             },
             "embedder": self._embedder.name,
-            "tenants": self.buffer.stats(),
+            "tenants": tenants,
         }
 
     # -- recovery --------------------------------------------------------------------------

@@ -108,9 +108,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.tenant:
         status["tenants"] = {t: c for t, c in status["tenants"].items() if t == args.tenant}
     lines = [f"data dir: {status['data_dir']}", f"stream:   {status['stream']['name']}"]
-    lines.append(f"{'tenant':<24}{'total':>8}{'buffered':>10}{'consolidated':>14}")
+    lines.append(f"dead letters: {status['stream']['dead_letters']}")
+    lines.append(f"{'tenant':<24}{'total':>8}{'buffered':>10}{'consolidated':>14}  adapter")
     for tenant, c in status["tenants"].items():
-        lines.append(f"{tenant:<24}{c['total']:>8}{c['buffered']:>10}{c['consolidated']:>14}")
+        lines.append(
+            f"{tenant:<24}{c['total']:>8}{c['buffered']:>10}{c['consolidated']:>14}  "
+            f"{c['adapter'] or '-'}"
+        )
     _emit(args, status, "\n".join(lines))
     return EXIT_OK
 
