@@ -193,7 +193,9 @@ class Consolidator:
             answers.update(zip(missing, generated, strict=True))
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps({"key": key, "answers": answers}))
-        tok, eos = self.base.tokenizer, self.base.eos_id
+        # An answer cut at 32 tokens is kept: the KL along its first 32 tokens still holds the
+        # adapter to the base model there (most generic answers run longer than that).
+        tok = self.base.tokenizer
         return [
             TransferItem(
                 "",
@@ -204,7 +206,7 @@ class Consolidator:
                 answer_ids=list(answers[p]),
             )
             for p in chosen
-            if answers[p] and answers[p][-1] == eos  # only finished answers
+            if answers[p]
         ]
 
     # -- the cycle -------------------------------------------------------------------------
