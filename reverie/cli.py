@@ -492,7 +492,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
+    # Long-running commands report progress by default; the rest stay quiet unless -v.
+    long_running = args.command in ("bench", "consolidate", "daemon", "serve", "demo")
+    _configure_logging(args.verbose + (1 if long_running else 0))
     try:
         code: int = args.func(args)
         return code
