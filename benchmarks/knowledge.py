@@ -152,12 +152,14 @@ def entity_inferences(
     return out
 
 
-def _sessions(conv: dict[str, Any], limit: int) -> list[list[dict[str, Any]]]:
+def _sessions(conv: dict[str, Any], limit: int, turns_limit: int) -> list[list[dict[str, Any]]]:
+    """The first ``limit`` sessions, each cut to its first ``turns_limit`` turns (0: all)."""
     out = []
     for s in range(1, limit + 1):
         turns = conv.get(f"session_{s}")
         if not turns:
             break
+        turns = turns[:turns_limit] if turns_limit else turns
         when = conv.get(f"session_{s}_date_time", "")
         out.append(
             [
@@ -175,6 +177,7 @@ def locomo(
     data: Path,
     conversations: int,
     sessions: int,
+    turns: int,
     methods: Sequence[str],
     base: BaseModel,
     embedder: Embedder,
@@ -182,7 +185,12 @@ def locomo(
     overrides: dict[str, Any],
 ) -> dict[str, Any]:
     files = sorted((data / "locomo").glob("*.json"))[:conversations]
-    out: dict[str, Any] = {"conversations": len(files), "sessions": sessions, "methods": {}}
+    out: dict[str, Any] = {
+        "conversations": len(files),
+        "sessions": sessions,
+        "turns_per_session": turns or None,
+        "methods": {},
+    }
     per_method: dict[str, dict[int, list[dict[str, float]]]] = defaultdict(
         lambda: defaultdict(list)
     )
@@ -190,7 +198,7 @@ def locomo(
     n_questions = 0
     for f in files:
         conv = json.loads(f.read_text())
-        chunks = _sessions(conv, sessions)
+        chunks = _sessions(conv, sessions, turns)
         seen = {t["id"] for chunk in chunks for t in chunk}
         qa = [
             q

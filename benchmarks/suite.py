@@ -34,19 +34,21 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "schema.json"
 TASKS = ("squad", "entity_inferences", "locomo", "sequential", "speed")
 SIZES = {
     "quick": {
-        "squad_passages": 2,
-        "ei_entities": 4,
+        "squad_passages": 1,
+        "ei_entities": 2,
         "locomo_conversations": 1,
         "locomo_sessions": 1,
+        "locomo_turns": 6,
         "seq_cycles": 2,
-        "seq_per_cycle": 2,
-        "speed_n": 30,
+        "seq_per_cycle": 1,
+        "speed_n": 20,
     },
     "full": {
         "squad_passages": 10,
         "ei_entities": 15,
         "locomo_conversations": 1,
         "locomo_sessions": 2,
+        "locomo_turns": 0,
         "seq_cycles": 4,
         "seq_per_cycle": 5,
         "speed_n": 200,
@@ -144,6 +146,7 @@ def run_suite(
             data,
             sizes["locomo_conversations"],
             sizes["locomo_sessions"],
+            sizes["locomo_turns"],
             methods,
             base,
             embedder,
