@@ -64,7 +64,7 @@ class TrainSettings(_Section):
         default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         min_length=1,
     )
-    lr: float = Field(default=2e-3, gt=0, le=1.0)
+    lr: float = Field(default=1.5e-3, gt=0, le=1.0)
     epochs: int = Field(default=6, ge=1, le=100)
     batch_size: int = Field(default=8, ge=1)
     warmup: float = Field(default=0.05, ge=0, lt=1, description="Share of steps warming up.")
@@ -72,7 +72,7 @@ class TrainSettings(_Section):
     weight_decay: float = Field(default=0.0, ge=0)
     max_grad_norm: float = Field(default=1.0, gt=0)
     temperature: float = Field(default=1.0, gt=0, le=10)
-    ce_weight: float = Field(default=0.5, ge=0, description="Extra CE on the teacher's answer.")
+    ce_weight: float = Field(default=0.25, ge=0, description="Extra CE on the teacher's answer.")
     top_k: int = Field(default=128, ge=1, description="Teacher tokens kept per position.")
     seed: int = 0
     checkpoint_every: int = Field(default=50, ge=1, description="Steps between checkpoints.")
@@ -158,7 +158,7 @@ class ConsolidationSettings(_Section):
 
     max_experiences: int = Field(default=32, ge=1, description="Per cycle and tenant.")
     anchor_ratio: float = Field(
-        default=0.5,
+        default=1.0,
         ge=0,
         description="Anchor prompts (trained towards the base model's own answers) per new "
         "training item; grows with the data so it is never outweighed.",
