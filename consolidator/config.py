@@ -163,6 +163,12 @@ class ConsolidationSettings(_Section):
         description="Anchor prompts (trained towards the base model's own answers) per new "
         "training item; grows with the data so it is never outweighed.",
     )
+    min_anchors: int = Field(
+        default=0,
+        ge=0,
+        description="Anchors per cycle at least (capped by the anchor prompts available), "
+        "whatever the cycle's size.",
+    )
     anchor_weight: float = Field(
         default=1.0, gt=0, description="Loss weight of anchor tokens relative to fact tokens."
     )

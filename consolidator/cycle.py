@@ -265,8 +265,9 @@ class Consolidator:
             stop_point("the teacher")
             with timer("teacher"):
                 replay = self._replay(lineage, math.ceil(replay_ratio * len(transfer.items)), rng)
-                n_anchors = round(
-                    s.consolidation.anchor_ratio * (len(transfer.items) + len(replay))
+                n_anchors = max(
+                    s.consolidation.min_anchors,
+                    round(s.consolidation.anchor_ratio * (len(transfer.items) + len(replay))),
                 )
                 anchors = self.anchor_items(n_anchors, rng, model)
                 examples = self._examples(model, transfer.items + replay, anchors)
