@@ -58,9 +58,10 @@ def test_two_experiences_into_smollm2(tmp_path: Path, models_dir: Path, embedder
 def test_recall_answers_before_and_weights_after_consolidation(
     tmp_path: Path, models_dir: Path, embedder: Embedder
 ) -> None:
-    # This test is about serving the promoted weights; the locality gate has its own test below,
-    # and on two facts one lost control question moves the ratio by 0.02.
-    settings = settings_in(tmp_path, models_dir, gate={"min_locality": 0.0})
+    # This test is about serving the promoted weights, so the gate is opened; the gate has its
+    # own test below. (On two facts its probes are coarse: one of four held-out probes is 0.25.)
+    lenient = {"min_efficacy": 0.0, "min_retention": 0.0, "min_locality": 0.0}
+    settings = settings_in(tmp_path, models_dir, gate=lenient)
     fact = "The user's cat Biscuit is allergic to salmon."
     question = [{"role": "user", "content": "What is Biscuit allergic to?"}]
     with MemoryClient(settings, embedder=embedder) as client:
