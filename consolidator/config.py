@@ -182,6 +182,13 @@ class ConsolidationSettings(_Section):
     retry_epochs_factor: float = Field(
         default=1.5, ge=1, description="Epochs multiply by this on each retry of an experience."
     )
+    retry_lr_factor: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="After a locality rejection the learning rate multiplies by this (and "
+        "anchors by retry_replay_factor) instead of training longer.",
+    )
     retry_replay_factor: float = Field(
         default=2.0, ge=1, description="Replay multiplies by this on each retry."
     )

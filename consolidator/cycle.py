@@ -10,8 +10,9 @@
                 the current pointer if promoted, then mark the experiences in the buffer
 
 The stages live in their own modules; this one only wires them. A rejected cycle leaves its
-experiences buffered and recallable; the next cycle retries them with a stronger recipe (more
-epochs, more replay) until ``gate.max_attempts``, after which they are marked unconsolidated.
+experiences buffered and recallable; the next cycle retries them (gentler after a locality
+rejection, longer after any other: :mod:`consolidator.retry`) until ``gate.max_attempts``, after
+which they are marked unconsolidated.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from consolidator.probes import (
     sample_bank,
 )
 from consolidator.prompts import encode, render_user
+from consolidator.retry import retry_plan
 from consolidator.train import Example, TrainingInterrupted, train
 from consolidator.transfer import TransferItem, TransferSet, build_transfer_set
 from memory.adapters import AdapterRegistry, VersionInfo
@@ -239,14 +241,16 @@ class Consolidator:
             return CycleResult(tenant, "nothing_to_do")
         experiences = [p.experience for p in pending]
         ids = tuple(e.id for e in experiences)
-        # A retry (the gate rejected these before) trains longer and replays more.
+        # A retry (the gate rejected these before): gentler after a locality rejection,
+        # longer with more replay after any other.
         attempt = max(p.attempts for p in pending)
-        recipe = s.train.model_copy(
-            update={
-                "epochs": math.ceil(s.train.epochs * s.consolidation.retry_epochs_factor**attempt)
-            }
+        plan = retry_plan(
+            s.train,
+            s.consolidation,
+            attempt,
+            locality_failed=any("locality" in (p.note or "") for p in pending if p.attempts),
         )
-        replay_ratio = s.consolidation.replay_ratio * s.consolidation.retry_replay_factor**attempt
+        recipe, replay_ratio = plan.train, plan.replay_ratio
         rng = random.Random(f"{recipe.seed}:{tenant}:{ids[0]}:{attempt}")
         current = self.registry.current(tenant)
         if current is not None:
@@ -267,7 +271,7 @@ class Consolidator:
                 replay = self._replay(lineage, math.ceil(replay_ratio * len(transfer.items)), rng)
                 n_anchors = max(
                     s.consolidation.min_anchors,
-                    round(s.consolidation.anchor_ratio * (len(transfer.items) + len(replay))),
+                    round(plan.anchor_ratio * (len(transfer.items) + len(replay))),
                 )
                 anchors = self.anchor_items(n_anchors, rng, model)
                 examples = self._examples(model, transfer.items + replay, anchors)

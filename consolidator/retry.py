@@ -1,0 +1,46 @@
+"""How a rejected cycle is retried: a pure function from the attempt and the last rejection
+to the recipe of the next try.
+
+A cycle the gate rejected for *locality* (unrelated answers changed) is retried gentler: a
+lower learning rate and more anchors, the same epochs. A cycle rejected for *efficacy* or
+*retention* is retried stronger: more epochs and more replay. Training longer after a locality
+rejection would only move the adapter further from the base model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from consolidator.config import ConsolidationSettings, TrainSettings
+
+__all__ = ["RetryPlan", "retry_plan"]
+
+
+@dataclass(frozen=True)
+class RetryPlan:
+    train: TrainSettings
+    replay_ratio: float
+    anchor_ratio: float
+
+
+def retry_plan(
+    train: TrainSettings,
+    consolidation: ConsolidationSettings,
+    attempt: int,
+    *,
+    locality_failed: bool,
+) -> RetryPlan:
+    """The recipe for try number ``attempt + 1`` (``attempt`` = rejections so far)."""
+    c = consolidation
+    if attempt <= 0:
+        return RetryPlan(train, c.replay_ratio, c.anchor_ratio)
+    if locality_failed:
+        gentler = train.model_copy(update={"lr": train.lr * c.retry_lr_factor**attempt})
+        return RetryPlan(gentler, c.replay_ratio, c.anchor_ratio * c.retry_replay_factor**attempt)
+    epochs = math.ceil(train.epochs * c.retry_epochs_factor**attempt)
+    return RetryPlan(
+        train.model_copy(update={"epochs": epochs}),
+        c.replay_ratio * c.retry_replay_factor**attempt,
+        c.anchor_ratio,
+    )
