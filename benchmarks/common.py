@@ -99,13 +99,18 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def write_report(report: dict[str, Any], path: str | None) -> None:
-    """Print the JSON document; also save it when ``path`` is given."""
-    text = json.dumps(report, indent=2, default=str)
-    print(text)
+def save_report(report: dict[str, Any], path: str | None) -> None:
+    """Save the JSON document when ``path`` is given (also mid-run: a stopped run keeps what
+    it finished)."""
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text + "\n")
+        Path(path).write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+def write_report(report: dict[str, Any], path: str | None) -> None:
+    """Print the JSON document; also save it when ``path`` is given."""
+    print(json.dumps(report, indent=2, default=str))
+    save_report(report, path)
 
 
 def median(values: Sequence[float]) -> float:

@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from agent import MemoryClient
-from benchmarks.common import REPO, SHARED_DATA, environment, print_table, write_report
+from benchmarks.common import (
+    REPO,
+    SHARED_DATA,
+    environment,
+    print_table,
+    save_report,
+    write_report,
+)
 from consolidator.cycle import Consolidator
 from consolidator.model import BaseModel, load_base
 from memory.embedder import SentenceTransformerEmbedder
@@ -202,6 +209,7 @@ def main() -> None:
                     report["results"][dataset].append(
                         run_one(rows, method, seed, base, embedder, run_dir, overrides)
                     )
+                    save_report(report, args.json)
     write_report(report, args.json)
     table(report)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import MemoryClient
-from benchmarks.common import REPO, environment, print_table, write_report
+from benchmarks.common import REPO, environment, print_table, save_report, write_report
 from consolidator.cycle import Consolidator
 from consolidator.model import attach_adapter, load_base
 from consolidator.probes import Probe, run_probes
@@ -169,6 +169,7 @@ def main() -> None:
                     Path(tmp),
                 )
             )
+            save_report(report, args.json)
     write_report(report, args.json)
     for result in report["results"]:
         print_matrix(result)
