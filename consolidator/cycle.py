@@ -150,7 +150,6 @@ class Consolidator:
         self._base = base
         self._controls = controls
         self._work = settings.data_dir / "work"
-        self.low_confidence = 0  # items the last cycle's confidence filter dropped
 
     # -- lazily loaded parts ---------------------------------------------------------------
     @property
@@ -304,7 +303,8 @@ class Consolidator:
                 "items": len(transfer.items),
                 "replay": len(replay),
                 "anchors": len(anchors),
-                "low_confidence": self.low_confidence,
+                # the confidence filter drops fact and replay items, never anchors
+                "low_confidence": len(transfer.items) + len(replay) + len(anchors) - len(examples),
             }
             with timer("commit"):
                 info = self._commit(
@@ -589,11 +589,10 @@ class Consolidator:
             for p, i, t in zip(prompts(items, "student"), items, fact_targets, strict=True)
             if answer_confidence(t, i.answer_ids) >= floor
         ]
-        self.low_confidence = len(items) - len(examples)
-        if self.low_confidence:
+        if len(examples) < len(items):
             logger.info(
                 "dropped %d items the teacher gives with mean probability < %.2f",
-                self.low_confidence,
+                len(items) - len(examples),
                 floor,
             )
         examples += [

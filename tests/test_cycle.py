@@ -80,6 +80,7 @@ def test_promoted_cycle_writes_a_version_and_marks_the_buffer(
     manifest = current.manifest
     assert [e["id"] for e in manifest["experiences"]] == ["landlord", "cat"]
     assert manifest["transfer"]["stats"]["verbatim"]["kept"] > 0
+    assert manifest["transfer"]["low_confidence"] == 0  # the filter is off by default
     assert manifest["train"]["steps"] > 0
     assert set(manifest["timings"]) >= {"drain", "transfer", "teacher", "train", "probe"}
     # caller-supplied probes were used, one per experience
@@ -160,3 +161,18 @@ def test_forgetting_a_consolidated_experience_erases_and_rebuilds(
     assert current is not None and current.version == second.version and current.parent is None
     assert [e["id"] for e in current.manifest["experiences"]] == ["landlord"]
     assert "Biscuit" not in (current.path / "transfer.jsonl").read_text()
+
+
+def test_confidence_filter_drops_fact_items_and_counts_them(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
+) -> None:
+    settings = settings_for(tmp_path, tiny_model_dir)
+    settings = settings.model_copy(
+        update={"transfer": settings.transfer.model_copy(update={"min_confidence": 1.0})}
+    )
+    result = consolidator(settings, buffer, tiny_base).run_cycle("alice")
+    # a random model gives no answer with probability 1: every fact item is dropped, the
+    # anchors (held to the base model) are trained on alone
+    assert result.transfer["items"] > 0 and result.transfer["anchors"] > 0
+    assert result.transfer["low_confidence"] == result.transfer["items"]
+    assert result.train["steps"] > 0
