@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
+import os
 import tempfile
 import time
-from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +55,13 @@ SIZES = {
         "seq_per_cycle": 5,
         "speed_n": 200,
     },
+}
+# --quick also trains and probes less per cycle (the table is a smoke check of the whole
+# pipeline, not a result): half the epochs, a 10-question locality sample, a small retention
+# sample. The JSON records these under "quick_settings"; a full run uses the defaults.
+QUICK_SETTINGS: dict[str, Any] = {
+    "train": {"epochs": 3},
+    "consolidation": {"control_budget": 10, "retention_budget": 10},
 }
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
@@ -104,45 +113,49 @@ def _speed(
     return out
 
 
-def run_suite(
-    tasks: list[str],
-    sizes: dict[str, int],
-    data: Path,
-    methods: list[str],
-    seed: int,
-    overrides: dict[str, Any],
-    quick: bool,
-) -> dict[str, Any]:
-    from benchmarks import knowledge, sequential
+_MODELS: dict[str, tuple[BaseModel, Embedder]] = {}
+
+
+def _models(overrides: dict[str, Any]) -> tuple[BaseModel, Embedder]:
+    """The base model and embedder the settings name, loaded once per process."""
     from benchmarks.methods import shared_models_dir
     from consolidator.model import load_base
     from memory.embedder import SentenceTransformerEmbedder
     from reverie.settings import load_settings
 
-    overrides = {**overrides, "train": {**overrides.get("train", {}), "seed": seed}}
     settings = load_settings(**overrides)
-    base = load_base(settings.model, shared_models_dir().parent)
-    embedder = SentenceTransformerEmbedder(settings.embedder)
-    report: dict[str, Any] = {
-        "schema": "reverie-bench/1",
-        "quick": quick,
-        "environment": environment(),
-        "model": base.name,
-        "embedder": embedder.name,
-        "seed": seed,
-        "methods": methods,
-        "sizes": sizes,
-        "settings": json.loads(settings.model_dump_json()),
-        "tasks": {},
-    }
-    runners: dict[str, Callable[[Path], dict[str, Any]]] = {
-        "squad": lambda root: knowledge.squad(
+    key = settings.model.model_dump_json() + settings.embedder.model_dump_json()
+    if key not in _MODELS:
+        base = load_base(settings.model, shared_models_dir().parent)
+        _MODELS[key] = (base, SentenceTransformerEmbedder(settings.embedder))
+    return _MODELS[key]
+
+
+def run_task(
+    name: str,
+    sizes: dict[str, int],
+    data: Path,
+    methods: list[str],
+    overrides: dict[str, Any],
+    root: Path,
+    previous: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One benchmark task in its own directory ``root``; returns its seconds and result."""
+    from benchmarks import knowledge, sequential
+
+    base, embedder = _models(overrides)
+    logger.info("=== %s ===", name)
+    start = time.perf_counter()
+    if name == "squad":
+        result = knowledge.squad(
             data, sizes["squad_passages"], methods, base, embedder, root, overrides
-        ),
-        "entity_inferences": lambda root: knowledge.entity_inferences(
+        )
+    elif name == "entity_inferences":
+        result = knowledge.entity_inferences(
             data, sizes["ei_entities"], methods, base, embedder, root, overrides
-        ),
-        "locomo": lambda root: knowledge.locomo(
+        )
+    elif name == "locomo":
+        result = knowledge.locomo(
             data,
             sizes["locomo_conversations"],
             sizes["locomo_sessions"],
@@ -152,32 +165,96 @@ def run_suite(
             embedder,
             root,
             overrides,
-        ),
-        "sequential": lambda root: sequential.run_config(
+        )
+    elif name == "sequential":
+        n = sizes["seq_cycles"] * sizes["seq_per_cycle"]
+        result = sequential.run_config(
             "replay",
             overrides,
-            sequential.experiences()[: sizes["seq_cycles"] * sizes["seq_per_cycle"]],
+            sequential.experiences()[:n],
             sizes["seq_cycles"],
             sizes["seq_per_cycle"],
             base,
             embedder,
             root,
-        ),
-        "speed": lambda root: _speed(
-            base, embedder, sizes["speed_n"], root, report["tasks"], overrides
-        ),
+        )
+    elif name == "speed":
+        result = _speed(base, embedder, sizes["speed_n"], root, previous or {}, overrides)
+    else:
+        raise ValueError(f"unknown benchmark {name!r}; choose from {TASKS}")
+    return {"seconds": round(time.perf_counter() - start, 1), "result": result}
+
+
+def _worker(args: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:
+    """A task in a worker process: one torch thread, so ``jobs`` workers share the cores."""
+    import torch
+
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{args[0]}] %(name)s: %(message)s")
+    return args[0], run_task(*args)
+
+
+def run_suite(
+    tasks: list[str],
+    sizes: dict[str, int],
+    data: Path,
+    methods: list[str],
+    seed: int,
+    overrides: dict[str, Any],
+    quick: bool,
+    jobs: int = 1,
+) -> dict[str, Any]:
+    """Every task of ``tasks``; with ``jobs`` > 1 the training tasks run in that many worker
+    processes (one torch thread each) and the speed task runs last, alone, in this process."""
+    from reverie.settings import load_settings
+
+    if quick:
+        overrides = _merge(QUICK_SETTINGS, overrides)
+    overrides = _merge(overrides, {"train": {"seed": seed}})
+    settings = load_settings(**overrides)
+    base, embedder = _models(overrides)
+    report: dict[str, Any] = {
+        "schema": "reverie-bench/1",
+        "quick": quick,
+        "quick_settings": QUICK_SETTINGS if quick else {},
+        "environment": environment() | {"jobs": jobs},
+        "model": base.name,
+        "embedder": embedder.name,
+        "seed": seed,
+        "methods": methods,
+        "sizes": sizes,
+        "settings": json.loads(settings.model_dump_json()),
+        "tasks": {},
     }
+    start = time.perf_counter()
+    trained = [t for t in tasks if t != "speed"]
     with tempfile.TemporaryDirectory(prefix="reverie-bench-") as tmp:
-        for name in tasks:
-            logger.info("=== %s ===", name)
-            start = time.perf_counter()
-            result = runners[name](Path(tmp) / name)
-            report["tasks"][name] = {
-                "seconds": round(time.perf_counter() - start, 1),
-                "result": result,
-            }
-    report["total_seconds"] = round(sum(t["seconds"] for t in report["tasks"].values()), 1)
+        work = [(t, sizes, data, methods, overrides, Path(tmp) / t) for t in trained]
+        if jobs > 1 and len(work) > 1:
+            # spawn, not fork: the parent already holds torch's thread pools
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(jobs, len(work)), mp_context=ctx) as pool:
+                done = dict(pool.map(_worker, work))
+        else:
+            done = {w[0]: run_task(*w) for w in work}
+        report["tasks"] = {t: done[t] for t in trained}
+        if "speed" in tasks:
+            report["tasks"]["speed"] = run_task(
+                "speed", sizes, data, methods, overrides, Path(tmp) / "speed", report["tasks"]
+            )
+    report["total_seconds"] = round(time.perf_counter() - start, 1)
     return report
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` laid over it, section by section (extra wins)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _cell(value: Any) -> str:
@@ -280,6 +357,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--data", default=str(SHARED_DATA), help="the evaluation data folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes for the training tasks, one torch thread each (default: one "
+        "per core); the speed task always runs last and alone",
+    )
     parser.add_argument("--settings", default="{}", help="JSON overrides of settings sections")
     for key in SIZES["full"]:
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, help="sample size")
@@ -309,6 +393,7 @@ def main(args: argparse.Namespace | None = None) -> int:
         args.seed,
         json.loads(args.settings),
         args.quick,
+        args.jobs,
     )
     markdown = to_markdown(report)
     text = json.dumps(report, indent=2, default=str)

@@ -176,6 +176,12 @@ class ConsolidationSettings(_Section):
         default=0.5, ge=0, description="Earlier cycles' items replayed per new training item."
     )
     retention_budget: int = Field(default=60, ge=0, description="Earlier probes per cycle.")
+    control_budget: int = Field(
+        default=0,
+        ge=0,
+        description="Control questions (and texts) probed for locality per cycle, a fixed "
+        "seeded sample; 0 probes all of them. Fewer is cheaper and noisier.",
+    )
     probe_max_new_tokens: int = Field(
         default=24, ge=4, description="Answer length when probing (short answers suffice)."
     )

@@ -255,7 +255,7 @@ class Consolidator:
         if current is not None:
             self.registry.verify(tenant, current.version)
         lineage = self.registry.lineage(tenant) if current else []
-        controls = self.controls
+        controls = self.controls.sample(s.consolidation.control_budget, recipe.seed)
         model = self._student(current, recipe)
 
         def stop_point(stage: str) -> None:

@@ -206,6 +206,20 @@ class ControlSet:
     texts: list[str]
     base_answers: list[str] = field(default_factory=list)
 
+    def sample(self, budget: int, seed: int) -> ControlSet:
+        """At most ``budget`` questions (with their base answers) and as many texts, the same
+        ones for every call with the same seed, so versions stay comparable. 0 keeps all."""
+        if budget <= 0 or budget >= len(self.questions):
+            return self
+        rng = random.Random(f"controls:{seed}")
+        keep = sorted(rng.sample(range(len(self.questions)), budget))
+        texts = sorted(rng.sample(range(len(self.texts)), min(budget, len(self.texts))))
+        return ControlSet(
+            [self.questions[i] for i in keep],
+            [self.texts[i] for i in texts],
+            [self.base_answers[i] for i in keep] if self.base_answers else [],
+        )
+
 
 def load_controls(path: Path | None = None) -> ControlSet:
     """The shipped control set (``consolidator/data/controls.json``) or one at ``path``."""

@@ -55,6 +55,11 @@ def test_suite_document_validates_and_renders(
     assert main(args) == 0
     report = json.loads((tmp_path / "r.json").read_text())
     jsonschema.validate(report, json.loads(SCHEMA_PATH.read_text()))
+    # --quick's lighter recipe sits under the caller's settings: the caller wins per field
+    assert report["quick_settings"]["train"]["epochs"] == 3
+    assert report["settings"]["train"]["epochs"] == 1
+    assert report["settings"]["consolidation"]["control_budget"] == 10
+    assert report["settings"]["consolidation"]["anchor_ratio"] == 0.0
     assert set(report["tasks"]) == {"squad", "entity_inferences", "locomo", "sequential", "speed"}
     assert set(report["tasks"]["squad"]["result"]["methods"]) == {
         "none",

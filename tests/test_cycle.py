@@ -176,3 +176,15 @@ def test_confidence_filter_drops_fact_items_and_counts_them(
     assert result.transfer["items"] > 0 and result.transfer["anchors"] > 0
     assert result.transfer["low_confidence"] == result.transfer["items"]
     assert result.train["steps"] > 0
+
+
+def test_control_budget_probes_a_fixed_sample_of_the_controls(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
+) -> None:
+    settings = settings_for(tmp_path, tiny_model_dir)
+    settings = settings.model_copy(
+        update={"consolidation": settings.consolidation.model_copy(update={"control_budget": 5})}
+    )
+    result = consolidator(settings, buffer, tiny_base).run_cycle("alice")
+    assert result.outcome == "promoted", result.reasons
+    assert result.probes["locality"]["n"] == 5

@@ -1,0 +1,38 @@
+"""The locality control sample: seeded, aligned with the base answers, 0 keeps all."""
+
+from __future__ import annotations
+
+from consolidator.probes import ControlSet, load_controls
+
+
+def controls() -> ControlSet:
+    return ControlSet(
+        [(f"q{i}?", f"a{i}") for i in range(10)],
+        [f"text {i}" for i in range(4)],
+        [f"base a{i}" for i in range(10)],
+    )
+
+
+def test_sample_keeps_questions_aligned_with_their_base_answers() -> None:
+    sample = controls().sample(3, seed=0)
+    assert len(sample.questions) == 3 and len(sample.texts) == 3
+    for (q, gold), base in zip(sample.questions, sample.base_answers, strict=True):
+        assert gold == q.rstrip("?").replace("q", "a") and base == f"base {gold}"
+
+
+def test_sample_is_the_same_for_a_seed_and_differs_across_seeds() -> None:
+    assert controls().sample(4, seed=1).questions == controls().sample(4, seed=1).questions
+    picks = {tuple(controls().sample(4, seed=s).questions) for s in range(5)}
+    assert len(picks) > 1
+
+
+def test_budget_zero_or_larger_than_the_set_keeps_everything() -> None:
+    full = controls()
+    assert full.sample(0, seed=0) is full
+    assert full.sample(99, seed=0) is full
+
+
+def test_sample_works_before_base_answers_are_recorded() -> None:
+    shipped = load_controls()
+    sample = shipped.sample(5, seed=0)
+    assert len(sample.questions) == 5 and sample.base_answers == []
