@@ -33,8 +33,8 @@ test: lint  ## lint, then every test tier (unit, kafka, slow)
 test-fast: install  ## skip the slow SmolLM2 tests
 	$(BIN)/pytest -m "not slow"
 
-bench: install
-	$(BIN)/python -m benchmarks.ingest
+bench: install  ## every benchmark at small sizes (about 10 minutes on 2 cores)
+	$(BIN)/reverie bench --quick
 
 clean:
 	rm -rf $(VENV) .reverie .pytest_cache .mypy_cache .ruff_cache

@@ -34,23 +34,24 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema.json"
 TASKS = ("squad", "entity_inferences", "locomo", "sequential", "speed")
+COST_ORDER = ("squad", "sequential", "locomo", "entity_inferences")  # slowest first
 SIZES = {
     "quick": {
         "squad_passages": 1,
         "ei_entities": 2,
         "locomo_conversations": 1,
         "locomo_sessions": 1,
-        "locomo_turns": 6,
+        "locomo_turns": 4,
         "seq_cycles": 2,
         "seq_per_cycle": 1,
         "speed_n": 20,
     },
     "full": {
-        "squad_passages": 10,
-        "ei_entities": 15,
+        "squad_passages": 5,
+        "ei_entities": 10,
         "locomo_conversations": 1,
         "locomo_sessions": 2,
-        "locomo_turns": 0,
+        "locomo_turns": 8,
         "seq_cycles": 4,
         "seq_per_cycle": 5,
         "speed_n": 200,
@@ -229,7 +230,9 @@ def run_suite(
     start = time.perf_counter()
     trained = [t for t in tasks if t != "speed"]
     with tempfile.TemporaryDirectory(prefix="reverie-bench-") as tmp:
-        work = [(t, sizes, data, methods, overrides, Path(tmp) / t) for t in trained]
+        # longest first, so the workers finish close together
+        order = sorted(trained, key=lambda t: COST_ORDER.index(t))
+        work = [(t, sizes, data, methods, overrides, Path(tmp) / t) for t in order]
         if jobs > 1 and len(work) > 1:
             # spawn, not fork: the parent already holds torch's thread pools
             ctx = multiprocessing.get_context("spawn")
