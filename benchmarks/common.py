@@ -18,6 +18,7 @@ import numpy as np
 __all__ = [
     "METHODS",
     "PLAN",
+    "command",
     "environment",
     "latency",
     "percentiles",
@@ -79,8 +80,20 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "command": command(),
     }
+
+
+def command() -> str:
+    """The command line as a user types it: ``python -m benchmarks.x ...`` for a module of
+    this repository, ``reverie bench ...`` for the entry point (no local paths)."""
+    script = Path(sys.argv[0]).resolve()
+    if script.suffix == ".py" and REPO in script.parents:
+        module = ".".join(script.relative_to(REPO).with_suffix("").parts)
+        head = ["python", "-m", module]
+    else:
+        head = [script.name]
+    return " ".join([*head, *sys.argv[1:]])
 
 
 def print_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> None:
