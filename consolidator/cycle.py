@@ -30,7 +30,7 @@ from typing import Any
 
 from consolidator.config import TrainSettings
 from consolidator.distill import answer_confidence, teacher_targets
-from consolidator.gate import ProbeSummary, decide
+from consolidator.gate import decide
 from consolidator.generator import generate_pairs
 from consolidator.model import BaseModel, attach_adapter, load_base, merged
 from consolidator.probes import (
@@ -46,6 +46,7 @@ from consolidator.probes import (
     retention_report,
     run_probes,
     sample_bank,
+    summarize,
 )
 from consolidator.prompts import encode, render_user
 from consolidator.retry import retry_plan
@@ -290,12 +291,7 @@ class Consolidator:
                 efficacy, retained, report = self._probe(
                     model, probes, before, lineage, controls, recipe.seed
                 )
-            summary = ProbeSummary(
-                efficacy=report["efficacy"]["accuracy"],
-                ceiling=report["efficacy"]["ceiling"],
-                locality=report["locality"]["ratio"],
-                retention=report["retention"]["ratio"] if report["retention"] else None,
-            )
+            summary = summarize(efficacy, retained, report["locality"]["ratio"])
             decision = decide(summary, s.gate)
             transfer_info = {
                 "digest": transfer.digest(),

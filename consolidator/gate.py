@@ -82,24 +82,30 @@ class GateDecision:
         return self.outcome is Outcome.PROMOTED
 
 
+def _below(value: float, threshold: float) -> bool:
+    """A value equal to its threshold passes, also when float division put it a hair under
+    (5/15 over 10/15 is exactly the 0.5 it looks like)."""
+    return value < threshold - 1e-9
+
+
 def decide(summary: ProbeSummary, settings: GateSettings) -> GateDecision:
     """Promote only if locality, retention and efficacy all meet their thresholds."""
     failures: list[tuple[Outcome, str]] = []
-    if summary.locality < settings.min_locality:
+    if _below(summary.locality, settings.min_locality):
         failures.append(
             (
                 Outcome.REJECTED_LOCALITY,
                 f"locality {summary.locality:.2f} < {settings.min_locality:.2f}",
             )
         )
-    if summary.retention is not None and summary.retention < settings.min_retention:
+    if summary.retention is not None and _below(summary.retention, settings.min_retention):
         failures.append(
             (
                 Outcome.REJECTED_RETENTION,
                 f"retention {summary.retention:.2f} < {settings.min_retention:.2f}",
             )
         )
-    if summary.efficacy_ratio < settings.min_efficacy:
+    if _below(summary.efficacy_ratio, settings.min_efficacy):
         failures.append(
             (
                 Outcome.REJECTED_EFFICACY,

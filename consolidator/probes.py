@@ -24,6 +24,7 @@ import torch
 
 from consolidator.config import ModelSettings
 from consolidator.distill import kl_to_reference
+from consolidator.gate import ProbeSummary
 from consolidator.generate import answer
 from consolidator.metrics import best, normalize
 from consolidator.model import BaseModel
@@ -160,6 +161,24 @@ def efficacy_report(results: Sequence[ProbeResult]) -> dict[str, Any]:
         "f1": round(sum(r.f1 for r in results) / n, 4),
         "bleed": round(sum(r.bleed for r in wrong) / len(wrong), 4) if wrong else 0.0,
     }
+
+
+def summarize(
+    efficacy: Sequence[ProbeResult], retained: Sequence[ProbeResult], locality: float
+) -> ProbeSummary:
+    """The gate's inputs from the raw results (the reports round to 4 places for display;
+    a ratio of rounded numbers can fall under a threshold the counts meet exactly)."""
+    n = len(efficacy)
+    scored = [r for r in retained if r.probe.score_then is not None]
+    then = sum(float(r.probe.score_then or 0.0) for r in scored)
+    return ProbeSummary(
+        efficacy=sum(r.correct for r in efficacy) / n if n else 0.0,
+        ceiling=sum(bool(r.ceiling_correct) for r in efficacy) / n if n else 0.0,
+        locality=locality,
+        retention=(min(1.0, sum(r.correct for r in scored) / then) if then else 1.0)
+        if scored
+        else None,
+    )
 
 
 def retention_report(results: Sequence[ProbeResult]) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from consolidator.gate import GateSettings, Outcome, ProbeSummary, decide
+from consolidator.probes import Probe, ProbeResult, summarize
 
 T = GateSettings(min_efficacy=0.5, min_retention=0.8, min_locality=0.9)
 
@@ -41,3 +42,29 @@ def test_efficacy_ratio_is_capped_at_one() -> None:
 def test_thresholds_are_validated() -> None:
     with pytest.raises(ValueError, match="min_locality"):
         GateSettings(min_locality=1.5)
+
+
+def test_a_ratio_exactly_at_the_threshold_passes() -> None:
+    # 5 of 15 probes right without context, 10 of 15 with it: exactly half the ceiling
+    assert decide(ProbeSummary(5 / 15, 10 / 15, 0.9), T).promoted
+    # the same numbers rounded for display are a hair under 0.5; the gate must not see them
+    assert not decide(ProbeSummary(0.3333, 0.6667, 0.9), T).promoted
+
+
+def _result(correct: bool, ceiling: bool | None = None, then: float | None = None) -> ProbeResult:
+    probe = Probe("e", "q?", ("a",), "ctx", score_then=then)
+    return ProbeResult(probe, "a" if correct else "b", correct, float(correct), None, ceiling)
+
+
+def test_summary_is_computed_from_counts_not_rounded_reports() -> None:
+    efficacy = [_result(i < 5, ceiling=i < 10) for i in range(15)]
+    retained = [_result(i < 4, then=1.0) for i in range(5)] + [_result(False, then=0.0)]
+    summary = summarize(efficacy, retained, 0.95)
+    assert summary.efficacy == 5 / 15 and summary.ceiling == 10 / 15
+    assert summary.retention == 4 / 5
+    assert decide(summary, T).promoted
+
+
+def test_summary_without_earlier_probes_has_no_retention() -> None:
+    summary = summarize([_result(True, ceiling=True)], [], 1.0)
+    assert summary.retention is None and summary.efficacy_ratio == 1.0
