@@ -52,7 +52,7 @@ SIZES = {
         "locomo_conversations": 1,
         "locomo_sessions": 2,
         "locomo_turns": 8,
-        "seq_cycles": 4,
+        "seq_cycles": 3,
         "seq_per_cycle": 5,
         "speed_n": 200,
     },
