@@ -58,10 +58,12 @@ SIZES = {
     },
 }
 # --quick also trains and probes less per cycle (the table is a smoke check of the whole
-# pipeline, not a result): half the epochs, a 10-question locality sample, a small retention
-# sample. The JSON records these under "quick_settings"; a full run uses the defaults.
+# pipeline, not a result): half the epochs, at most 16 teacher-answered candidates per
+# experience with shorter answers, a 10-question locality sample, a small retention sample.
+# The JSON records these under "quick_settings"; a full run uses the defaults.
 QUICK_SETTINGS: dict[str, Any] = {
     "train": {"epochs": 3},
+    "transfer": {"max_candidates_per_experience": 16, "teacher_max_new_tokens": 24},
     "consolidation": {"control_budget": 10, "retention_budget": 10},
 }
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"

@@ -131,6 +131,12 @@ class TransferSettings(_Section):
     max_items_per_experience: int = Field(
         default=10, ge=1, description="Teacher-answered items kept per experience."
     )
+    max_candidates_per_experience: int = Field(
+        default=0,
+        ge=0,
+        description="Teacher-answered candidates generated per experience before filtering, "
+        "a seeded sample (0: all). Long texts give many; fewer makes the transfer stage cheaper.",
+    )
     verbatim_per_experience: int = Field(
         default=6, ge=0, description="Cue prompts answered with the experience text itself."
     )

@@ -278,7 +278,7 @@ def build_transfer_set(
     probes: list[Probe] = []
     for exp in experiences:
         items, held = rule_candidates(exp, settings, rng)
-        candidates += items
+        candidates += _sample_candidates(items, settings.max_candidates_per_experience, rng)
         probes += held
     if "generated" in settings.strategies:
         for eid, pairs in (generated or {}).items():
@@ -336,6 +336,18 @@ def build_transfer_set(
         ", ".join(f"{k} {v['kept']}/{v['produced']}" for k, v in sorted(stats.items())),
     )
     return TransferSet(kept, probes, stats)
+
+
+def _sample_candidates(
+    items: list[TransferItem], budget: int, rng: random.Random
+) -> list[TransferItem]:
+    """At most ``budget`` of the items the teacher must answer (a seeded sample, in their
+    order); verbatim items need no teacher and are all kept. 0 keeps everything."""
+    ask = [i for i, item in enumerate(items) if item.strategy != "verbatim"]
+    if budget <= 0 or len(ask) <= budget:
+        return items
+    drop = set(ask) - set(rng.sample(ask, budget))
+    return [item for i, item in enumerate(items) if i not in drop]
 
 
 def raw_items(

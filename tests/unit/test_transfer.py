@@ -11,6 +11,7 @@ from consolidator.transfer import (
     TransferItem,
     TransferSet,
     _accept,
+    _sample_candidates,
     build_transfer_set,
     rule_candidates,
 )
@@ -94,3 +95,26 @@ def test_builder_on_a_tiny_model_keeps_only_grounded_items(tiny_base: Any) -> No
     assert ts.stats["cloze"]["produced"] > 0 and ts.stats["cloze"]["kept"] == 0
     assert all(i.answer_ids[-1] == tiny_base.eos_id for i in ts.items)
     assert len(ts.digest()) == 64
+
+
+def test_candidate_budget_samples_teacher_items_and_keeps_verbatim() -> None:
+    settings = TransferSettings(strategies=["cloze", "qgen", "recite", "verbatim"])
+    items, _ = rule_candidates(EXP, settings, random.Random(0))
+    asked = [i for i in items if i.strategy != "verbatim"]
+    assert len(asked) > 4
+    kept = _sample_candidates(items, 4, random.Random(0))
+    assert len([i for i in kept if i.strategy != "verbatim"]) == 4
+    assert [i for i in kept if i.strategy == "verbatim"] == [
+        i for i in items if i.strategy == "verbatim"
+    ]
+    assert [items.index(i) for i in kept] == sorted(items.index(i) for i in kept)  # order kept
+    assert _sample_candidates(items, 4, random.Random(0)) == kept  # seeded
+    assert _sample_candidates(items, 0, random.Random(0)) is items
+
+
+def test_builder_counts_only_the_sampled_candidates(tiny_base: Any) -> None:
+    settings = TransferSettings(
+        strategies=["cloze", "verbatim"], teacher_max_new_tokens=4, max_candidates_per_experience=3
+    )
+    ts = build_transfer_set(tiny_base, ModelSettings(), tiny_base.model, [EXP], settings)
+    assert ts.stats["cloze"]["produced"] == 3
