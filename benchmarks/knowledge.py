@@ -23,6 +23,7 @@ from typing import Any
 from benchmarks.methods import MethodRun, trainings
 from consolidator.metrics import best
 from consolidator.model import BaseModel
+from consolidator.prompts import context_prompt
 from memory.embedder import Embedder
 
 __all__ = ["entity_inferences", "locomo", "squad"]
@@ -81,7 +82,7 @@ def squad(
                 }
             if training == "none":  # the in-context ceiling, once
                 run.use("none")
-                ceiling = run.answer([f"Context: {c}\nQuestion: {q}" for q, _, c in questions])
+                ceiling = run.answer([context_prompt(c, q) for q, _, c in questions])
                 out["ceiling"] = _score_answers(ceiling, golds)
         finally:
             run.close()
