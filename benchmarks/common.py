@@ -90,7 +90,7 @@ def command() -> str:
     script = Path(sys.argv[0]).resolve()
     if script.suffix == ".py" and REPO in script.parents:
         module = ".".join(script.relative_to(REPO).with_suffix("").parts)
-        head = ["python", "-m", module]
+        head = ["reverie"] if module == "reverie.cli" else ["python", "-m", module]
     else:
         head = [script.name]
     return " ".join([*head, *sys.argv[1:]])
