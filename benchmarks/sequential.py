@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,10 @@ def run_config(
     base: Any,
     embedder: Any,
     root: Path,
+    on_cycle: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
+    """Run the cycles of config ``name``; ``on_cycle`` gets the result so far after each one
+    (cycles not run yet have empty columns), so a stopped run keeps what it measured."""
     data = root / name
     data.mkdir(parents=True)
     (data / "models").symlink_to(Path.home() / ".cache" / "reverie" / "models")
@@ -103,17 +107,30 @@ def run_config(
             finally:
                 if current:
                     model.unload()
+            if on_cycle is not None:
+                on_cycle(summarize(name, overrides, matrix, outcomes, c + 1))
+    return summarize(name, overrides, matrix, outcomes, cycles)
+
+
+def summarize(
+    name: str,
+    overrides: dict[str, Any],
+    matrix: list[list[float | None]],
+    outcomes: list[dict[str, Any]],
+    done: int,
+) -> dict[str, Any]:
+    """The result after ``done`` cycles: the matrix, how much of its post-cycle accuracy the
+    first cycle's facts keep, the final mean accuracy, rejections, locality of promotions."""
     first_after = matrix[0][0] or 0.0
-    first_final = matrix[0][cycles - 1] or 0.0
+    first_final = matrix[0][done - 1] or 0.0
     promoted = [o for o in outcomes if o["outcome"] == "promoted"]
     return {
         "config": name,
         "overrides": overrides,
+        "cycles_done": done,
         "matrix": matrix,
         "first_cycle_kept": round(first_final / first_after, 4) if first_after else None,
-        "mean_final_accuracy": round(
-            sum(matrix[r][cycles - 1] or 0 for r in range(cycles)) / cycles, 4
-        ),
+        "mean_final_accuracy": round(sum(matrix[r][done - 1] or 0 for r in range(done)) / done, 4),
         "rejected": [o for o in outcomes if o["outcome"] != "promoted"],
         "min_locality_promoted": min(
             (o["locality"] for o in promoted if o["locality"]), default=None
@@ -157,18 +174,24 @@ def main() -> None:
     embedder = SentenceTransformerEmbedder()
     with tempfile.TemporaryDirectory(prefix="reverie-sequential-") as tmp:
         for name in args.configs.split(","):
-            report["results"].append(
-                run_config(
-                    name,
-                    CONFIGS[name],
-                    rows,
-                    args.cycles,
-                    args.per_cycle,
-                    base,
-                    embedder,
-                    Path(tmp),
-                )
+            done = list(report["results"])
+
+            def save_partial(partial: dict[str, Any], done: list[Any] = done) -> None:
+                report["results"] = [*done, partial]
+                save_report(report, args.json)
+
+            result = run_config(
+                name,
+                CONFIGS[name],
+                rows,
+                args.cycles,
+                args.per_cycle,
+                base,
+                embedder,
+                Path(tmp),
+                on_cycle=save_partial,
             )
+            report["results"] = [*done, result]
             save_report(report, args.json)
     write_report(report, args.json)
     for result in report["results"]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from benchmarks.sequential import summarize
 from benchmarks.suite import SCHEMA_PATH, build_parser, main, update_readme
 from tests.conftest import SHARED_DATA
 
@@ -85,3 +86,18 @@ def test_readme_without_markers_is_refused(tmp_path: Path) -> None:
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit):
         update_readme(readme, "x")
+
+
+def test_sequential_summary_after_some_cycles() -> None:
+    matrix: list[list[float | None]] = [[0.6, 0.5, None], [None, 0.4, None], [None, None, None]]
+    outcomes = [
+        {"cycle": 1, "outcome": "promoted", "locality": 0.95},
+        {"cycle": 2, "outcome": "rejected_locality", "locality": 0.8},
+    ]
+    s = summarize("replay", {}, matrix, outcomes, done=2)
+    assert s["cycles_done"] == 2
+    assert s["first_cycle_kept"] == round(0.5 / 0.6, 4)
+    assert s["mean_final_accuracy"] == 0.45  # column 2 over the 2 cycles run
+    assert [o["cycle"] for o in s["rejected"]] == [2]
+    assert s["min_locality_promoted"] == 0.95  # rejected versions do not count
+    assert summarize("x", {}, [[0.0]], [], done=1)["first_cycle_kept"] is None
