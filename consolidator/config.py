@@ -132,10 +132,11 @@ class TransferSettings(_Section):
         default=10, ge=1, description="Teacher-answered items kept per experience."
     )
     max_candidates_per_experience: int = Field(
-        default=0,
+        default=32,
         ge=0,
-        description="Teacher-answered candidates generated per experience before filtering, "
-        "a seeded sample (0: all). Long texts give many; fewer makes the transfer stage cheaper.",
+        description="Teacher-answered candidates per experience before filtering, a seeded "
+        "sample (0: all). A fact of a sentence or two gives about a dozen; a long passage over "
+        "a hundred, of which at most max_items_per_experience are kept.",
     )
     verbatim_per_experience: int = Field(
         default=6, ge=0, description="Cue prompts answered with the experience text itself."
