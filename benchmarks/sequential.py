@@ -120,8 +120,14 @@ def summarize(
     done: int,
 ) -> dict[str, Any]:
     """The result after ``done`` cycles: the matrix, how much of its post-cycle accuracy the
-    first cycle's facts keep, the final mean accuracy, rejections, locality of promotions."""
-    first_after = matrix[0][0] or 0.0
+    first cycle's facts keep, the final mean accuracy, rejections, locality of promotions.
+
+    The first cycle's post-cycle accuracy is taken after the first promoted cycle: a rejected
+    cycle's facts stay buffered and are consolidated by the next promoted one."""
+    first_promoted = next(
+        (i for i, o in enumerate(outcomes[:done]) if o["outcome"] == "promoted"), None
+    )
+    first_after = matrix[0][first_promoted] or 0.0 if first_promoted is not None else 0.0
     first_final = matrix[0][done - 1] or 0.0
     promoted = [o for o in outcomes if o["outcome"] == "promoted"]
     return {

@@ -101,3 +101,16 @@ def test_sequential_summary_after_some_cycles() -> None:
     assert [o["cycle"] for o in s["rejected"]] == [2]
     assert s["min_locality_promoted"] == 0.95  # rejected versions do not count
     assert summarize("x", {}, [[0.0]], [], done=1)["first_cycle_kept"] is None
+
+
+def test_first_cycle_kept_counts_from_the_cycle_that_promoted_its_facts() -> None:
+    # cycle 1 rejected (its facts stay buffered), cycle 2 promotes them with its own
+    matrix: list[list[float | None]] = [[0.0, 0.6, 0.3], [None, 0.5, 0.5], [None, None, 0.2]]
+    outcomes = [
+        {"cycle": 1, "outcome": "rejected_locality", "locality": 0.8},
+        {"cycle": 2, "outcome": "promoted", "locality": 0.93},
+        {"cycle": 3, "outcome": "promoted", "locality": 0.91},
+    ]
+    assert summarize("replay", {}, matrix, outcomes, done=3)["first_cycle_kept"] == 0.5
+    rejected = [{**o, "outcome": "rejected_efficacy"} for o in outcomes]
+    assert summarize("replay", {}, matrix, rejected, done=3)["first_cycle_kept"] is None
