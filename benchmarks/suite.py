@@ -193,7 +193,9 @@ def _worker(args: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:
     import torch
 
     torch.set_num_threads(1)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{args[0]}] %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s [{args[0]}] %(name)s: %(message)s", force=True
+    )  # force: a worker runs several tasks, and its lines name the current one
     return args[0], run_task(*args)
 
 
