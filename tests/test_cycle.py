@@ -22,7 +22,16 @@ FACTS = [
 ]
 
 
-def settings_for(tmp_path: Path, tiny_model_dir: Path, **gate: float) -> Settings:
+def settings_for(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    *,
+    gate: dict[str, float] | None = None,
+    transfer: dict[str, Any] | None = None,
+    consolidation: dict[str, Any] | None = None,
+) -> Settings:
+    """A small, fast recipe on the tiny model with the gate open; each section's fields can
+    be overridden."""
     return load_settings(
         data_dir=tmp_path / "data",
         model={"base": str(tiny_model_dir), "max_new_tokens": 8},
@@ -32,10 +41,11 @@ def settings_for(tmp_path: Path, tiny_model_dir: Path, **gate: float) -> Setting
             "min_grounding": 0.0,
             "min_confidence": 0.0,
             "max_items_per_experience": 6,
+            **(transfer or {}),
         },
         train={"epochs": 2, "batch_size": 4, "lora_r": 4, "target_modules": ["q_proj", "v_proj"]},
-        consolidation={"anchor_ratio": 0.5, "retention_budget": 10},
-        gate={"min_efficacy": 0.0, "min_retention": 0.0, "min_locality": 0.0, **gate},
+        consolidation={"anchor_ratio": 0.5, "retention_budget": 10, **(consolidation or {})},
+        gate={"min_efficacy": 0.0, "min_retention": 0.0, "min_locality": 0.0, **(gate or {})},
     )
 
 
@@ -112,7 +122,7 @@ def test_second_cycle_replays_and_probes_retention(
 def test_rejected_cycle_keeps_experiences_buffered_then_gives_up(
     tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
 ) -> None:
-    settings = settings_for(tmp_path, tiny_model_dir, min_efficacy=1.0, max_attempts=2)
+    settings = settings_for(tmp_path, tiny_model_dir, gate={"min_efficacy": 1.0, "max_attempts": 2})
     c = consolidator(settings, buffer, tiny_base)
     first = c.run_cycle("alice")
     assert first.outcome == "rejected_efficacy"
@@ -166,10 +176,7 @@ def test_forgetting_a_consolidated_experience_erases_and_rebuilds(
 def test_confidence_filter_drops_fact_items_and_counts_them(
     tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
 ) -> None:
-    settings = settings_for(tmp_path, tiny_model_dir)
-    settings = settings.model_copy(
-        update={"transfer": settings.transfer.model_copy(update={"min_confidence": 1.0})}
-    )
+    settings = settings_for(tmp_path, tiny_model_dir, transfer={"min_confidence": 1.0})
     result = consolidator(settings, buffer, tiny_base).run_cycle("alice")
     # a random model gives no answer with probability 1: every fact item is dropped, the
     # anchors (held to the base model) are trained on alone
@@ -181,10 +188,7 @@ def test_confidence_filter_drops_fact_items_and_counts_them(
 def test_control_budget_probes_a_fixed_sample_of_the_controls(
     tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
 ) -> None:
-    settings = settings_for(tmp_path, tiny_model_dir)
-    settings = settings.model_copy(
-        update={"consolidation": settings.consolidation.model_copy(update={"control_budget": 5})}
-    )
+    settings = settings_for(tmp_path, tiny_model_dir, consolidation={"control_budget": 5})
     result = consolidator(settings, buffer, tiny_base).run_cycle("alice")
     assert result.outcome == "promoted", result.reasons
     assert result.probes["locality"]["n"] == 5
