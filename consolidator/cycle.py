@@ -291,7 +291,7 @@ class Consolidator:
                 efficacy, retained, report = self._probe(
                     model, probes, before, lineage, controls, recipe.seed
                 )
-            summary = summarize(efficacy, retained, report["locality"]["ratio"])
+            summary = summarize(efficacy, retained, report["locality"])
             decision = decide(summary, s.gate)
             transfer_info = {
                 "digest": transfer.digest(),

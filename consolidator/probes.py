@@ -146,54 +146,65 @@ def foreign(probes: Sequence[Probe]) -> dict[str, set[str]]:
     }
 
 
+def _share(flags: Sequence[object]) -> float:
+    return sum(bool(f) for f in flags) / len(flags) if flags else 0.0
+
+
+def _capped(num: float, den: float, empty: float) -> float:
+    """``num / den`` capped at 1; ``empty`` when there is nothing to compare against."""
+    return min(1.0, num / den) if den else empty
+
+
+def _then_now(results: Sequence[ProbeResult]) -> tuple[int, float, int]:
+    """Probes with a score from their own cycle: how many, their sum then, correct now."""
+    scored = [r for r in results if r.probe.score_then is not None]
+    then = sum(float(r.probe.score_then or 0.0) for r in scored)
+    return len(scored), then, sum(r.correct for r in scored)
+
+
 def efficacy_report(results: Sequence[ProbeResult]) -> dict[str, Any]:
     n = len(results)
     if not n:
         return {"n": 0, "accuracy": 0.0, "ceiling": 0.0, "ratio": 0.0, "f1": 0.0, "bleed": 0.0}
-    acc = sum(r.correct for r in results) / n
-    ceiling = sum(bool(r.ceiling_correct) for r in results) / n
+    acc = _share([r.correct for r in results])
+    ceiling = _share([r.ceiling_correct for r in results])
     wrong = [r for r in results if not r.correct]
     return {
         "n": n,
         "accuracy": round(acc, 4),
         "ceiling": round(ceiling, 4),
-        "ratio": round(min(1.0, acc / ceiling), 4) if ceiling else 0.0,
+        "ratio": round(_capped(acc, ceiling, 0.0), 4),
         "f1": round(sum(r.f1 for r in results) / n, 4),
         "bleed": round(sum(r.bleed for r in wrong) / len(wrong), 4) if wrong else 0.0,
     }
 
 
-def summarize(
-    efficacy: Sequence[ProbeResult], retained: Sequence[ProbeResult], locality: float
-) -> ProbeSummary:
-    """The gate's inputs from the raw results (the reports round to 4 places for display;
-    a ratio of rounded numbers can fall under a threshold the counts meet exactly)."""
-    n = len(efficacy)
-    scored = [r for r in retained if r.probe.score_then is not None]
-    then = sum(float(r.probe.score_then or 0.0) for r in scored)
-    return ProbeSummary(
-        efficacy=sum(r.correct for r in efficacy) / n if n else 0.0,
-        ceiling=sum(bool(r.ceiling_correct) for r in efficacy) / n if n else 0.0,
-        locality=locality,
-        retention=(min(1.0, sum(r.correct for r in scored) / then) if then else 1.0)
-        if scored
-        else None,
-    )
-
-
 def retention_report(results: Sequence[ProbeResult]) -> dict[str, Any] | None:
     """Accuracy now over accuracy right after each probe's own cycle (None: nothing earlier)."""
-    scored = [r for r in results if r.probe.score_then is not None]
-    if not scored:
+    n, then, now = _then_now(results)
+    if not n:
         return None
-    then = sum(float(r.probe.score_then or 0.0) for r in scored)
-    now = sum(r.correct for r in scored)
     return {
-        "n": len(scored),
-        "accuracy_then": round(then / len(scored), 4),
-        "accuracy_now": round(now / len(scored), 4),
-        "ratio": round(min(1.0, now / then), 4) if then else 1.0,
+        "n": n,
+        "accuracy_then": round(then / n, 4),
+        "accuracy_now": round(now / n, 4),
+        "ratio": round(_capped(now, then, 1.0), 4),
     }
+
+
+def summarize(
+    efficacy: Sequence[ProbeResult], retained: Sequence[ProbeResult], locality: dict[str, Any]
+) -> ProbeSummary:
+    """The gate's inputs, unrounded (the reports round to 4 places for display, and a ratio
+    of rounded numbers can fall under a threshold the counts meet exactly). ``locality`` is
+    a :func:`locality_report`."""
+    n, then, now = _then_now(retained)
+    return ProbeSummary(
+        efficacy=_share([r.correct for r in efficacy]),
+        ceiling=_share([r.ceiling_correct for r in efficacy]),
+        locality=_capped(locality["correct"], locality["base_correct"], 1.0),
+        retention=_capped(now, then, 1.0) if n else None,
+    )
 
 
 def sample_bank(bank: Sequence[Probe], budget: int, seed: int) -> list[Probe]:
@@ -301,9 +312,11 @@ def locality_report(
     n = len(golds)
     return {
         "n": n,
+        "correct": acc,
+        "base_correct": base_acc,
         "accuracy": round(acc / n, 4),
         "base_accuracy": round(base_acc / n, 4),
-        "ratio": round(min(1.0, acc / base_acc), 4) if base_acc else 1.0,
+        "ratio": round(_capped(acc, base_acc, 1.0), 4),
         "unchanged": round(unchanged / n, 4),
         "mean_kl": round(text_kl(base, model, controls.texts), 5),
         "changed": [

@@ -59,12 +59,13 @@ def _result(correct: bool, ceiling: bool | None = None, then: float | None = Non
 def test_summary_is_computed_from_counts_not_rounded_reports() -> None:
     efficacy = [_result(i < 5, ceiling=i < 10) for i in range(15)]
     retained = [_result(i < 4, then=1.0) for i in range(5)] + [_result(False, then=0.0)]
-    summary = summarize(efficacy, retained, 0.95)
+    summary = summarize(efficacy, retained, {"correct": 37, "base_correct": 41})
     assert summary.efficacy == 5 / 15 and summary.ceiling == 10 / 15
-    assert summary.retention == 4 / 5
+    assert summary.retention == 4 / 5 and summary.locality == 37 / 41
     assert decide(summary, T).promoted
 
 
 def test_summary_without_earlier_probes_has_no_retention() -> None:
-    summary = summarize([_result(True, ceiling=True)], [], 1.0)
+    summary = summarize([_result(True, ceiling=True)], [], {"correct": 5, "base_correct": 0})
     assert summary.retention is None and summary.efficacy_ratio == 1.0
+    assert summary.locality == 1.0  # the base model knew none: nothing to lose
