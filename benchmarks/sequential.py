@@ -198,7 +198,6 @@ def main() -> None:
                 on_cycle=save_partial,
             )
             report["results"] = [*done, result]
-            save_report(report, args.json)
     write_report(report, args.json)
     for result in report["results"]:
         print_matrix(result)
