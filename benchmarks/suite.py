@@ -313,13 +313,14 @@ def to_markdown(report: dict[str, Any]) -> str:
             ]
     if "sequential" in tasks:
         s = tasks["sequential"]["result"]
+        outcomes = ", ".join(f"cycle {c['cycle']} {c['outcome']}" for c in s["rejected"])
         lines += [
             "",
             f"Sequential ({len(s['matrix'])} cycles, replay): first cycle's facts keep "
             f"{_cell(s['first_cycle_kept'])} of their post-cycle accuracy; final mean "
-            f"accuracy {_cell(s['mean_final_accuracy'])}; {len(s['rejected'])} cycles "
-            f"rejected; min locality of promoted versions "
-            f"{_cell(s['min_locality_promoted'])}.",
+            f"accuracy {_cell(s['mean_final_accuracy'])}; rejected {len(s['rejected'])} of "
+            f"{len(s['matrix'])} cycles{f' ({outcomes})' if outcomes else ''}; min locality "
+            f"of promoted versions {_cell(s['min_locality_promoted'])}.",
         ]
     if "speed" in tasks:
         sp = tasks["speed"]["result"]

@@ -10,7 +10,15 @@ import jsonschema
 import pytest
 
 from benchmarks.sequential import summarize
-from benchmarks.suite import SCHEMA_PATH, build_parser, main, update_readme
+from benchmarks.suite import (
+    README_END,
+    README_START,
+    SCHEMA_PATH,
+    build_parser,
+    main,
+    to_markdown,
+    update_readme,
+)
 from tests.conftest import SHARED_DATA
 
 
@@ -86,6 +94,24 @@ def test_readme_without_markers_is_refused(tmp_path: Path) -> None:
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit):
         update_readme(readme, "x")
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+@pytest.mark.parametrize("name", ["bench.json", "bench_quick.json"])
+def test_checked_in_results_validate(name: str) -> None:
+    report = json.loads((RESULTS / name).read_text())
+    jsonschema.validate(report, json.loads(SCHEMA_PATH.read_text()))
+
+
+def test_readme_section_is_the_checked_in_full_run() -> None:
+    """The README's results section is exactly what bench.json renders to."""
+    report = json.loads((RESULTS / "bench.json").read_text())
+    assert report["quick"] is False
+    readme = (RESULTS.parents[1] / "README.md").read_text()
+    section = readme.split(README_START, 1)[1].split(README_END, 1)[0]
+    assert section == "\n" + to_markdown(report)
 
 
 def test_sequential_summary_after_some_cycles() -> None:
