@@ -127,7 +127,7 @@ def summarize(
     first_promoted = next(
         (i for i, o in enumerate(outcomes[:done]) if o["outcome"] == "promoted"), None
     )
-    first_after = matrix[0][first_promoted] or 0.0 if first_promoted is not None else 0.0
+    first_after = (matrix[0][first_promoted] or 0.0) if first_promoted is not None else 0.0
     first_final = matrix[0][done - 1] or 0.0
     promoted = [o for o in outcomes if o["outcome"] == "promoted"]
     return {
