@@ -64,6 +64,12 @@ class TrainSettings(_Section):
         default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         min_length=1,
     )
+    lora_layers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Adapt only the last N decoder layers (None = all). Backpropagation stops "
+        "below the lowest adapted layer, so fewer layers train faster.",
+    )
     lr: float = Field(default=1.5e-3, gt=0, le=1.0)
     epochs: int = Field(default=6, ge=1, le=100)
     batch_size: int = Field(default=8, ge=1)

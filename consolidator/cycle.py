@@ -32,7 +32,7 @@ from consolidator.config import TrainSettings
 from consolidator.distill import answer_confidence, teacher_targets
 from consolidator.gate import decide
 from consolidator.generator import generate_pairs
-from consolidator.model import BaseModel, attach_adapter, load_base, merged
+from consolidator.model import BaseModel, attach_adapter, last_layers, load_base, merged
 from consolidator.probes import (
     DATA_DIR,
     ControlSet,
@@ -363,6 +363,7 @@ class Consolidator:
                 "lora_alpha": recipe.lora_alpha,
                 "lora_dropout": recipe.lora_dropout,
                 "target_modules": recipe.target_modules,
+                **last_layers(self.base, recipe.lora_layers),
             }
         )
         return attach_adapter(

@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_BASE",
     "BaseModel",
     "attach_adapter",
+    "last_layers",
     "load_base",
     "merged",
     "resolve_base_dir",
@@ -166,6 +167,17 @@ def load_base(settings: ModelSettings, data_dir: Path) -> BaseModel:
     )
     name = settings.base if settings.base == DEFAULT_BASE else path.name
     return BaseModel(model, tokenizer, name, path, device, dtype)
+
+
+def last_layers(base: BaseModel, n: int | None) -> dict[str, Any]:
+    """``peft.LoraConfig`` arguments that adapt only the last ``n`` decoder layers ({} for all).
+
+    Example: a 30-layer model and ``n=12`` -> ``{"layers_to_transform": [18, ..., 29]}``.
+    """
+    total = int(base.model.config.num_hidden_layers)
+    if n is None or n >= total:
+        return {}
+    return {"layers_to_transform": list(range(total - n, total))}
 
 
 def attach_adapter(

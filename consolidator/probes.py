@@ -309,6 +309,11 @@ def locality_report(
     acc = sum(bool(best(a, [g])["contains"]) for a, g in zip(answers, golds, strict=True))
     base_acc = sum(bool(best(a, [g])["contains"]) for a, g in zip(base_answers, golds, strict=True))
     unchanged = sum(a == b for a, b in zip(answers, base_answers, strict=True))
+    regressions = [
+        {"question": q, "gold": g, "base": b, "now": a}
+        for (q, g), a, b in zip(controls.questions, answers, base_answers, strict=True)
+        if best(b, [g])["contains"] and not best(a, [g])["contains"]
+    ]
     n = len(golds)
     return {
         "n": n,
@@ -324,4 +329,5 @@ def locality_report(
             for (q, _), a, b in zip(controls.questions, answers, base_answers, strict=True)
             if a != b
         ][:20],
+        "regressions": regressions,
     }

@@ -166,3 +166,27 @@ def test_lr_schedule() -> None:
     assert lr_factor(9, 100, 0.1, "cosine") == pytest.approx(1.0)
     assert lr_factor(99, 100, 0.1, "cosine") < 0.01
     assert lr_factor(50, 100, 0.0, "constant") == 1.0
+
+
+def test_lora_layers_adapts_only_the_last_layers_and_still_learns(tiny_base: Any) -> None:
+    from consolidator.model import attach_adapter, last_layers
+
+    assert last_layers(tiny_base, None) == {} and last_layers(tiny_base, 5) == {}
+    assert last_layers(tiny_base, 1) == {"layers_to_transform": [1]}
+    model = attach_adapter(
+        tiny_base,
+        None,
+        trainable=True,
+        lora={"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "up_proj"]}
+        | last_layers(tiny_base, 1),
+    )
+    trained = {
+        n.split(".layers.")[1].split(".")[0] for n, p in model.named_parameters() if p.requires_grad
+    }
+    assert trained == {"1"}
+    exs = examples(tiny_base, model)
+    settings = TrainSettings(lr=5e-3, epochs=2, batch_size=4)
+    before = mean_loss(model, exs, settings, pad_id=tiny_base.pad_id)
+    train(model, exs, settings, pad_id=tiny_base.pad_id)
+    assert mean_loss(model, exs, settings, pad_id=tiny_base.pad_id) < before
+    model.unload()
