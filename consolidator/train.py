@@ -35,6 +35,7 @@ __all__ = [
     "Example",
     "TrainStats",
     "TrainingInterrupted",
+    "autocast_dtype",
     "batch_loss",
     "batches",
     "lr_factor",
@@ -154,6 +155,11 @@ def _load_checkpoint(path: Path, model: Any, optimizer: Any, key: str) -> int:
     return int(state["step"])
 
 
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype for training matmuls under ``precision`` (None = plain float32)."""
+    return torch.bfloat16 if precision == "bfloat16" else None
+
+
 def batch_loss(
     model: Any,
     batch: Sequence[Example],
@@ -168,8 +174,10 @@ def batch_loss(
     ids, mask = right_padded([e.prompt_ids + e.answer_ids for e in batch], pad_id)
     rows = torch.cat([torch.full((len(e.answer_ids),), r) for r, e in enumerate(batch)])
     cols = torch.cat([answer_positions(len(e.prompt_ids), len(e.answer_ids)) for e in batch])
-    hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-    logits = head(hidden[rows.to(device), cols.to(device)])  # the LM head at answer positions only
+    dtype = autocast_dtype(settings.precision)
+    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        logits = head(hidden[rows.to(device), cols.to(device)])  # the LM head at answer positions
     distill = settings.method == "distill"
     loss, parts = distill_loss(
         logits,

@@ -190,3 +190,21 @@ def test_lora_layers_adapts_only_the_last_layers_and_still_learns(tiny_base: Any
     train(model, exs, settings, pad_id=tiny_base.pad_id)
     assert mean_loss(model, exs, settings, pad_id=tiny_base.pad_id) < before
     model.unload()
+
+
+def test_autocast_dtype_follows_the_setting() -> None:
+    from consolidator.train import autocast_dtype
+
+    assert autocast_dtype("float32") is None
+    assert autocast_dtype("bfloat16") is torch.bfloat16
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_training_lowers_the_loss_in_either_precision(tiny_base: Any, precision: str) -> None:
+    model = lora(tiny_base)
+    exs = examples(tiny_base, model)
+    settings = TrainSettings(lr=5e-3, epochs=2, batch_size=4, precision=precision)
+    reference = TrainSettings(precision="float32")  # the loss is judged the same way both times
+    before = mean_loss(model, exs, reference, pad_id=tiny_base.pad_id)
+    train(model, exs, settings, pad_id=tiny_base.pad_id)
+    assert mean_loss(model, exs, reference, pad_id=tiny_base.pad_id) < before
