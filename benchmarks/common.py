@@ -21,6 +21,7 @@ __all__ = [
     "command",
     "environment",
     "latency",
+    "merge_settings",
     "percentiles",
     "print_table",
     "timed",
@@ -39,6 +40,19 @@ METHODS = tuple(PLAN)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def merge_settings(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` settings overrides with ``extra`` laid over them, section by section (extra
+    wins). Example: ``{"train": {"lr": 1}}`` + ``{"train": {"epochs": 2}}`` ->
+    ``{"train": {"lr": 1, "epochs": 2}}``."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_settings(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def percentiles(samples_s: Sequence[float]) -> dict[str, float]:

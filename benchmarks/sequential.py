@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from agent import MemoryClient
-from benchmarks.common import REPO, environment, print_table, save_report, write_report
+from benchmarks.common import (
+    REPO,
+    environment,
+    merge_settings,
+    print_table,
+    save_report,
+    write_report,
+)
 from consolidator.cycle import Consolidator
 from consolidator.model import attach_adapter, load_base
 from consolidator.probes import Probe, run_probes
@@ -165,8 +172,15 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=8)
     parser.add_argument("--per-cycle", type=int, default=5)
     parser.add_argument("--configs", default="replay,no_replay")
+    parser.add_argument(
+        "--settings",
+        default="{}",
+        help="JSON overrides of settings sections laid over every config, e.g. "
+        '\'{"train": {"epochs": 8}}\'',
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
+    extra = json.loads(args.settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     rows = experiences()[: args.cycles * args.per_cycle]
     report: dict[str, Any] = {
@@ -174,6 +188,7 @@ def main() -> None:
         "environment": environment(),
         "cycles": args.cycles,
         "per_cycle": args.per_cycle,
+        "settings_overrides": extra,
         "results": [],
     }
     base = load_base(load_settings().model, Path.home() / ".cache" / "reverie")
@@ -188,7 +203,7 @@ def main() -> None:
 
             result = run_config(
                 name,
-                CONFIGS[name],
+                merge_settings(CONFIGS[name], extra),
                 rows,
                 args.cycles,
                 args.per_cycle,

@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.common import METHODS, SHARED_DATA, environment, latency
+from benchmarks.common import METHODS, SHARED_DATA, environment, latency, merge_settings
 
 if TYPE_CHECKING:
     from consolidator.model import BaseModel
@@ -214,8 +214,8 @@ def run_suite(
     from reverie.settings import load_settings
 
     if quick:
-        overrides = _merge(QUICK_SETTINGS, overrides)
-    overrides = _merge(overrides, {"train": {"seed": seed}})
+        overrides = merge_settings(QUICK_SETTINGS, overrides)
+    overrides = merge_settings(overrides, {"train": {"seed": seed}})
     settings = load_settings(**overrides)
     base, embedder = _models(overrides)
     report: dict[str, Any] = {
@@ -251,17 +251,6 @@ def run_suite(
             )
     report["total_seconds"] = round(time.perf_counter() - start, 1)
     return report
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``extra`` laid over it, section by section (extra wins)."""
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _cell(value: Any) -> str:

@@ -36,3 +36,15 @@ def test_sample_works_before_base_answers_are_recorded() -> None:
     shipped = load_controls()
     sample = shipped.sample(5, seed=0)
     assert len(sample.questions) == 5 and sample.base_answers == []
+
+
+def test_anchor_prompts_never_include_a_control_question() -> None:
+    import json
+
+    from consolidator.probes import DATA_DIR
+
+    anchors = json.loads((DATA_DIR / "anchors.json").read_text())["prompts"]
+    controls = json.loads((DATA_DIR / "controls.json").read_text())["questions"]
+    norm = {" ".join(p.lower().split()) for p in anchors}
+    assert len(norm) == len(anchors), "duplicate anchor prompts"
+    assert not norm & {" ".join(c["question"].lower().split()) for c in controls}
