@@ -174,13 +174,23 @@ class Consolidator:
             )
         return self._controls
 
+    def warm_up(self) -> float:
+        """Fill the per-base-model caches a cycle reads (the base model's answers to every
+        control question and anchor prompt), so the first cycle costs what later ones do.
+        Returns the seconds it took (about a minute for SmolLM2 on one core, once per base
+        model and prompt format; nothing when the caches exist)."""
+        start = time.perf_counter()
+        self.controls  # noqa: B018 (the property computes and caches the base answers)
+        self.anchor_items(len(_anchor_prompts()), random.Random(0))
+        return time.perf_counter() - start
+
     def anchor_items(self, n: int, rng: random.Random, model: Any = None) -> list[TransferItem]:
         """``n`` anchor prompts with the base model's own answers. Answers are cached per base
         model and prompt format, and generated only for prompts not seen before (by ``model``
         with its adapter switched off, when one is attached)."""
         if n <= 0:
             return []
-        prompts = json.loads((DATA_DIR / "anchors.json").read_text())["prompts"]
+        prompts = _anchor_prompts()
         chosen = rng.sample(prompts, min(n, len(prompts)))
         fmt = self.settings.model
         cache = self.settings.data_dir / "models" / "cache" / self.base.name / "anchors.json"
@@ -385,12 +395,12 @@ class Consolidator:
             if "generated" in s.transfer.strategies
             else None
         )
-        transfer = build_transfer_set(
-            base, s.model, model, experiences, s.transfer, seed=seed, generated=generated
-        )
-        probes = self._probes(experiences, transfer)
-        transfer = transfer.without_questions(p.question for p in probes)
-        with merged(model):
+        with merged(model):  # the teacher generates: the current adapter folded in, faster
+            transfer = build_transfer_set(
+                base, s.model, model, experiences, s.transfer, seed=seed, generated=generated
+            )
+            probes = self._probes(experiences, transfer)
+            transfer = transfer.without_questions(p.question for p in probes)
             before = run_probes(
                 base,
                 s.model,
@@ -561,14 +571,15 @@ class Consolidator:
         for item in items:
             if item.raw and not item.answer_ids:
                 item.answer_ids = encode(tok, item.answer)
-        fact_targets = teacher_targets(
-            model,
-            prompts(items, "teacher"),
-            [i.answer_ids for i in items],
-            pad_id=base.pad_id,
-            top_k=k,
-            device=base.device,
-        )
+        with merged(model):
+            fact_targets = teacher_targets(
+                model,
+                prompts(items, "teacher"),
+                [i.answer_ids for i in items],
+                pad_id=base.pad_id,
+                top_k=k,
+                device=base.device,
+            )
         with model.disable_adapter():
             anchor_targets = teacher_targets(
                 model,
@@ -692,6 +703,11 @@ class Consolidator:
             # lineage, so the probe files are versioned with the weights they describe.
             info = self.registry.commit(tenant, staging, manifest)
         return info
+
+
+def _anchor_prompts() -> list[str]:
+    prompts: list[str] = json.loads((DATA_DIR / "anchors.json").read_text())["prompts"]
+    return prompts
 
 
 def _greedy(

@@ -1,8 +1,9 @@
 """Answer scoring shared by probes, reports and benchmarks (pure functions).
 
-SQuAD-style normalisation (lowercase, drop punctuation and articles, squeeze spaces), then:
-exact match, "contains" (the normalised gold appears in the normalised answer: the headline
-accuracy, since chat models answer in sentences) and token F1.
+SQuAD-style normalisation (lowercase, drop punctuation and articles, squeeze spaces), then, for
+scoring only, number words as digits ("eight" = "8", "third" = "3rd"), then: exact match,
+"contains" (the normalised gold appears in the normalised answer: the headline accuracy, since
+chat models answer in sentences) and token F1.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 
-__all__ = ["best", "contains", "exact_match", "normalize", "token_f1"]
+__all__ = ["best", "contains", "exact_match", "normalize", "scored", "token_f1"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation) | {"‘", "’", "“", "”", "–", "—"}
@@ -27,18 +28,41 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
+_CARDINALS = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+    "fifteen sixteen seventeen eighteen nineteen twenty"
+).split()
+_ORDINALS = (
+    "zeroth first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth "
+    "thirteenth fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth"
+).split()
+_SUFFIX = {1: "st", 2: "nd", 3: "rd"}
+_NUMBERS = {w: str(i) for i, w in enumerate(_CARDINALS)} | {
+    w: f"{i}{'th' if 10 <= i % 100 <= 20 else _SUFFIX.get(i % 10, 'th')}"
+    for i, w in enumerate(_ORDINALS)
+}
+
+
+def scored(text: str) -> str:
+    """The form answers are compared in: normalised, number words as digits.
+
+    Example: "A spider has Eight legs." -> "spider has 8 legs"; "the third" -> "3rd".
+    """
+    return " ".join(_NUMBERS.get(w, w) for w in normalize(text).split())
+
+
 def exact_match(prediction: str, gold: str) -> bool:
-    return normalize(prediction) == normalize(gold)
+    return scored(prediction) == scored(gold)
 
 
 def contains(prediction: str, gold: str) -> bool:
     """True when the normalised gold answer appears, as whole words, in the prediction."""
-    g = normalize(gold)
-    return bool(g) and f" {g} " in f" {normalize(prediction)} "
+    g = scored(gold)
+    return bool(g) and f" {g} " in f" {scored(prediction)} "
 
 
 def token_f1(prediction: str, gold: str) -> float:
-    p, g = normalize(prediction).split(), normalize(gold).split()
+    p, g = scored(prediction).split(), scored(gold).split()
     if not p or not g:
         return float(p == g)
     common = sum((Counter(p) & Counter(g)).values())

@@ -192,3 +192,27 @@ def test_control_budget_probes_a_fixed_sample_of_the_controls(
     result = consolidator(settings, buffer, tiny_base).run_cycle("alice")
     assert result.outcome == "promoted", result.reasons
     assert result.probes["locality"]["n"] == 5
+
+
+def test_warm_up_caches_every_anchor_and_control_answer(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
+) -> None:
+    import json
+
+    from consolidator.probes import DATA_DIR
+
+    settings = settings_for(tmp_path, tiny_model_dir)
+    consolidator(settings, buffer, tiny_base).warm_up()
+    cache = settings.data_dir / "models" / "cache" / tiny_base.name
+    anchors = json.loads((cache / "anchors.json").read_text())["answers"]
+    prompts = json.loads((DATA_DIR / "anchors.json").read_text())["prompts"]
+    assert set(anchors) == set(prompts)
+    # a fresh consolidator (a restarted daemon) reads the caches instead of generating
+    fresh = consolidator(settings, buffer, tiny_base)
+    generate = tiny_base.model.generate
+    tiny_base.model.generate = None  # any generation now fails loudly
+    try:
+        fresh.warm_up()
+    finally:
+        tiny_base.model.generate = generate
+    assert fresh.controls.base_answers
