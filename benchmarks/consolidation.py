@@ -114,7 +114,7 @@ def run_one(
         "control_accuracy": {"before": loc["base_accuracy"], "after": loc["accuracy"]},
         "control_unchanged": loc["unchanged"],
         "control_mean_kl": loc["mean_kl"],
-        "control_regressions": loc.get("regressions", []),
+        "control_regressions": loc["regressions"],
         "transfer": result.transfer,
         "train": result.train,
         "stage_seconds": result.timings,

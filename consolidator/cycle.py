@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from consolidator.config import TrainSettings
-from consolidator.distill import answer_confidence, teacher_targets
+from consolidator.distill import TeacherTargets, answer_confidence, teacher_targets
 from consolidator.gate import decide
 from consolidator.generator import generate_pairs
 from consolidator.model import BaseModel, attach_adapter, last_layers, load_base, merged
@@ -177,8 +177,8 @@ class Consolidator:
     def warm_up(self) -> float:
         """Fill the per-base-model caches a cycle reads (the base model's answers to every
         control question and anchor prompt), so the first cycle costs what later ones do.
-        Returns the seconds it took (about a minute for SmolLM2 on one core, once per base
-        model and prompt format; nothing when the caches exist)."""
+        Returns the seconds it took (work is done once per base model and prompt format;
+        nothing when the caches exist)."""
         start = time.perf_counter()
         self.controls  # noqa: B018 (the property computes and caches the base answers)
         self.anchor_items(len(_anchor_prompts()), random.Random(0))
@@ -571,24 +571,21 @@ class Consolidator:
         for item in items:
             if item.raw and not item.answer_ids:
                 item.answer_ids = encode(tok, item.answer)
-        with merged(model):
-            fact_targets = teacher_targets(
+
+        def targets(group: Sequence[TransferItem]) -> list[TeacherTargets]:
+            return teacher_targets(
                 model,
-                prompts(items, "teacher"),
-                [i.answer_ids for i in items],
+                prompts(group, "teacher"),
+                [i.answer_ids for i in group],
                 pad_id=base.pad_id,
                 top_k=k,
                 device=base.device,
             )
-        with model.disable_adapter():
-            anchor_targets = teacher_targets(
-                model,
-                prompts(anchors, "teacher"),
-                [a.answer_ids for a in anchors],
-                pad_id=base.pad_id,
-                top_k=k,
-                device=base.device,
-            )
+
+        with merged(model):  # facts: the current adapter, folded in
+            fact_targets = targets(items)
+        with model.disable_adapter():  # anchors: the base model
+            anchor_targets = targets(anchors)
         # The teacher must give each answer with high probability (its own greedy answers
         # usually do; a forced verbatim text or a replayed answer may not any more).
         floor = self.settings.transfer.min_confidence

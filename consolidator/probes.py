@@ -26,7 +26,7 @@ from consolidator.config import ModelSettings
 from consolidator.distill import kl_to_reference
 from consolidator.gate import ProbeSummary
 from consolidator.generate import answer
-from consolidator.metrics import best, normalize
+from consolidator.metrics import best, contains, normalize
 from consolidator.model import BaseModel
 from consolidator.prompts import context_prompt, encode
 
@@ -306,13 +306,16 @@ def locality_report(
         base, fmt, [q for q, _ in controls.questions], model=model, max_new_tokens=max_new_tokens
     )
     golds = [g for _, g in controls.questions]
-    acc = sum(bool(best(a, [g])["contains"]) for a, g in zip(answers, golds, strict=True))
-    base_acc = sum(bool(best(a, [g])["contains"]) for a, g in zip(base_answers, golds, strict=True))
+    now_ok = [contains(a, g) for a, g in zip(answers, golds, strict=True)]
+    base_ok = [contains(b, g) for b, g in zip(base_answers, golds, strict=True)]
+    acc, base_acc = sum(now_ok), sum(base_ok)
     unchanged = sum(a == b for a, b in zip(answers, base_answers, strict=True))
     regressions = [
         {"question": q, "gold": g, "base": b, "now": a}
-        for (q, g), a, b in zip(controls.questions, answers, base_answers, strict=True)
-        if best(b, [g])["contains"] and not best(a, [g])["contains"]
+        for (q, g), a, b, ok, was_ok in zip(
+            controls.questions, answers, base_answers, now_ok, base_ok, strict=True
+        )
+        if was_ok and not ok
     ]
     n = len(golds)
     return {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from consolidator.probes import ControlSet, load_controls
 
 
@@ -48,3 +50,18 @@ def test_anchor_prompts_never_include_a_control_question() -> None:
     norm = {" ".join(p.lower().split()) for p in anchors}
     assert len(norm) == len(anchors), "duplicate anchor prompts"
     assert not norm & {" ".join(c["question"].lower().split()) for c in controls}
+
+
+def test_locality_report_lists_only_answers_the_base_had_right(tiny_base: Any) -> None:
+    from consolidator.config import ModelSettings
+    from consolidator.probes import locality_report
+
+    controls = ControlSet([("Name the word?", "zqxv"), ("Another word?", "vxqz")], ["some text"])
+    # the base answered the first correctly, the second wrongly; the random tiny model gets
+    # neither, so only the first is a regression
+    report = locality_report(
+        tiny_base, ModelSettings(max_new_tokens=4), tiny_base.model, controls, ["zqxv", "no"]
+    )
+    assert (report["base_correct"], report["correct"]) == (1, 0)
+    assert [r["question"] for r in report["regressions"]] == ["Name the word?"]
+    assert report["regressions"][0]["base"] == "zqxv"
