@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo lint test test-fast bench clean
+.PHONY: install demo lint test test-fast test-integration bench clean
 
 install: $(VENV)/.installed
 
@@ -30,8 +30,11 @@ lint: install
 test: lint  ## lint, then every test tier (unit, kafka, slow)
 	$(BIN)/pytest
 
-test-fast: install  ## skip the slow SmolLM2 tests
-	$(BIN)/pytest -m "not slow"
+test-fast: install  ## the unit tier only (about a minute)
+	$(BIN)/pytest -m unit
+
+test-integration: install  ## everything but the unit tier and the slow SmolLM2 tests
+	$(BIN)/pytest -m integration
 
 bench: install  ## every benchmark at small sizes (about 10 minutes on 2 cores)
 	$(BIN)/reverie bench --quick

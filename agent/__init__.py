@@ -1,7 +1,7 @@
 """The agent-facing side of Reverie: ``from agent import MemoryClient``."""
 
-from agent.client import LogItem, MemoryClient
-from memory.buffer import Hit, StoredExperience
-from memory.experience import Experience
+from reverie.agent.client import LogItem, MemoryClient
+from reverie.memory.buffer import Hit, StoredExperience
+from reverie.memory.experience import Experience
 
 __all__ = ["Experience", "Hit", "LogItem", "MemoryClient", "StoredExperience"]

@@ -10,8 +10,8 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
-from memory.errors import NotFoundError
-from memory.experience import validate_tenant
+from reverie.memory.errors import NotFoundError
+from reverie.memory.experience import validate_tenant
 
 __all__ = ["TokenStore"]
 

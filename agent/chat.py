@@ -18,17 +18,16 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from consolidator.generate import generate_ids
-from consolidator.model import BaseModel, load_base
-from consolidator.prompts import Message, context_prompt, encode, render
-from memory.adapters import AdapterRegistry
-from memory.errors import InvalidInputError
-from memory.experience import Experience
+from reverie.memory.adapters import AdapterRegistry
+from reverie.memory.errors import InvalidInputError
+from reverie.memory.experience import Experience
+from reverie.model.prompts import Message, context_prompt, encode, render
 from reverie.settings import Settings
+
+if TYPE_CHECKING:
+    from reverie.model.base import BaseModel
 
 __all__ = ["Reply", "Responder", "build_messages"]
 
@@ -98,6 +97,8 @@ class Responder:
     def base(self) -> BaseModel:
         with self._lock:
             if self._base is None:
+                from reverie.model.base import load_base  # torch loads here, on first use
+
                 self._base = load_base(self.settings.model, self.settings.data_dir)
             return self._base
 
@@ -166,14 +167,15 @@ class Responder:
         )
 
     def _generate(self, model: Any, prompt: list[int], limit: int) -> list[int]:
+        from reverie.model.generate import generate_ids
+
         base = self.base
-        with torch.no_grad():
-            return generate_ids(
-                model,
-                [prompt],
-                eos_id=base.eos_id,
-                pad_id=base.pad_id,
-                max_new_tokens=limit,
-                batch_size=1,
-                device=base.device,
-            )[0]
+        return generate_ids(
+            model,
+            [prompt],
+            eos_id=base.eos_id,
+            pad_id=base.pad_id,
+            max_new_tokens=limit,
+            batch_size=1,
+            device=base.device,
+        )[0]

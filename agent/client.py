@@ -13,14 +13,15 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from agent.chat import Reply, Responder, validate_messages
-from memory.adapters import AdapterRegistry
-from memory.buffer import Buffer, Hit, StoredExperience
-from memory.embedder import Embedder, SentenceTransformerEmbedder
-from memory.errors import ConflictError, InvalidInputError, NotFoundError
-from memory.experience import Experience, make_experience, validate_tenant
-from memory.stream import ExperienceStream, StreamRecord, open_stream
-from memory.sync import sync_buffer
+from reverie.agent.chat import Reply, Responder, validate_messages
+from reverie.memory.adapters import AdapterRegistry
+from reverie.memory.buffer import Buffer, Hit, StoredExperience
+from reverie.memory.embedder import Embedder, SentenceTransformerEmbedder
+from reverie.memory.errors import ConflictError, InvalidInputError, NotFoundError
+from reverie.memory.experience import Experience, make_experience, validate_tenant
+from reverie.memory.ingest import Ingest, classify, refusal
+from reverie.memory.stream import ExperienceStream, StreamRecord, open_stream
+from reverie.memory.sync import sync_buffer
 from reverie.settings import Settings, load_settings
 
 __all__ = ["LogItem", "MemoryClient"]
@@ -126,30 +127,31 @@ class MemoryClient:
                     "content; give each experience its own id"
                 )
         stored = self.buffer.get_many(tenant, list(unique))
-        for id_, exp in unique.items():
-            if id_ in stored and stored[id_].experience.content_key() != exp.content_key():
-                raise ConflictError(
-                    f"experience {id_!r} of tenant {tenant!r} already exists with different "
-                    "content; use a new id, or forget the old one first"
-                )
-            if id_ not in stored and self.buffer.is_forgotten(tenant, id_):
-                raise ConflictError(
-                    f"experience {id_!r} of tenant {tenant!r} was forgotten; ids are not reused, "
-                    "log it under a new id"
-                )
-        new = [exp for id_, exp in unique.items() if id_ not in stored]
+        verdicts = {
+            id_: classify(
+                exp,
+                stored.get(id_),
+                forgotten=id_ not in stored and self.buffer.is_forgotten(tenant, id_),
+            )
+            for id_, exp in unique.items()
+        }
+        for id_, verdict in verdicts.items():
+            if (error := refusal(verdict, unique[id_])) is not None:
+                raise error
+        new = [unique[id_] for id_, v in verdicts.items() if v is Ingest.NEW]
         if new:
             vectors = self._embedder.embed([exp.text for exp in new])
             positions = self._stream.append([StreamRecord.logged(exp) for exp in new])
             inserted = self.buffer.add_many(new, vectors, positions)
             for exp, was_new in zip(new, inserted, strict=True):
-                # Lost a race with another process logging the same id: same rule as above.
-                raced = None if was_new else self.buffer.get(tenant, exp.id)
-                if raced is not None and raced.experience.content_key() != exp.content_key():
-                    raise ConflictError(
-                        f"experience {exp.id!r} of tenant {tenant!r} was logged concurrently with "
-                        "different content; use a new id"
-                    )
+                # Lost a race with another process logging the same id: the same rule applies.
+                if not was_new:
+                    raced = classify(exp, self.buffer.get(tenant, exp.id), forgotten=False)
+                    if raced is Ingest.CONFLICT:
+                        raise ConflictError(
+                            f"experience {exp.id!r} of tenant {tenant!r} was logged concurrently "
+                            "with different content; use a new id"
+                        )
             logger.debug("logged %d experiences for tenant %s", len(new), tenant)
         result = {**{k: v.experience for k, v in stored.items()}, **{e.id: e for e in new}}
         return [result[exp.id] for exp in experiences]

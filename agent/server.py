@@ -22,11 +22,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from agent.auth import TokenStore
-from agent.client import MemoryClient
-from consolidator.report import load_report, to_markdown
-from memory.adapters import AdapterRegistry
-from memory.errors import (
+from reverie.agent.auth import TokenStore
+from reverie.agent.client import MemoryClient
+from reverie.consolidator.report import load_report, to_markdown
+from reverie.memory.adapters import AdapterRegistry
+from reverie.memory.errors import (
     ConflictError,
     IntegrityError,
     InvalidInputError,

@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent import MemoryClient
-from benchmarks.common import (
+from reverie.agent import MemoryClient
+from reverie.benchmarks.common import (
     REPO,
     SHARED_DATA,
     environment,
@@ -36,9 +36,9 @@ from benchmarks.common import (
     save_report,
     write_report,
 )
-from consolidator.cycle import Consolidator
-from consolidator.model import BaseModel, load_base
-from memory.embedder import SentenceTransformerEmbedder
+from reverie.consolidator.cycle import Consolidator
+from reverie.memory.embedder import SentenceTransformerEmbedder
+from reverie.model.base import BaseModel, load_base
 from reverie.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)

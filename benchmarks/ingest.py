@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from agent import MemoryClient
-from benchmarks.broker import TansuBroker
-from benchmarks.common import environment, latency, percentiles, print_table, write_report
-from memory.embedder import Embedder, SentenceTransformerEmbedder
-from memory.experience import make_experience
+from reverie.agent import MemoryClient
+from reverie.benchmarks.broker import TansuBroker
+from reverie.benchmarks.common import environment, latency, percentiles, print_table, write_report
+from reverie.memory.embedder import Embedder, SentenceTransformerEmbedder
+from reverie.memory.experience import make_experience
 from reverie.settings import load_settings
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def bench_recall(client: MemoryClient, sizes: list[int], n_queries: int) -> dict
             start = time.perf_counter()
             client.buffer.search(tenant, v, 5)
             search_only.append(time.perf_counter() - start)
-        kind = client.buffer._indexes[tenant].kind
+        kind = client.buffer.index_kind(tenant)
         out[str(size)] = {
             "recall": lat,
             "search_only": percentiles(search_only),

@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.methods import MethodRun, trainings
-from consolidator.metrics import best
-from consolidator.model import BaseModel
-from consolidator.prompts import context_prompt
-from memory.embedder import Embedder
+from reverie.benchmarks.methods import MethodRun, trainings
+from reverie.consolidator.metrics import best
+from reverie.memory.embedder import Embedder
+from reverie.model.base import BaseModel
+from reverie.model.prompts import context_prompt
 
 __all__ = ["entity_inferences", "locomo", "squad"]
 

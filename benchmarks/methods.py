@@ -23,14 +23,14 @@ from typing import Any
 
 import torch
 
-from agent import MemoryClient
-from benchmarks.common import METHODS, PLAN
-from consolidator.cycle import Consolidator, CycleResult
-from consolidator.generate import answer
-from consolidator.model import BaseModel, attach_adapter, merged
-from consolidator.prompts import context_prompt, encode
-from memory.adapters import AdapterRegistry
-from memory.embedder import Embedder
+from reverie.agent import MemoryClient
+from reverie.benchmarks.common import METHODS, PLAN
+from reverie.consolidator.cycle import Consolidator, CycleResult
+from reverie.memory.adapters import AdapterRegistry
+from reverie.memory.embedder import Embedder
+from reverie.model.base import BaseModel, attach_adapter, merged
+from reverie.model.generate import answer
+from reverie.model.prompts import context_prompt, encode
 from reverie.settings import Settings, load_settings
 
 __all__ = ["METHODS", "PLAN", "MethodRun", "shared_models_dir", "trainings"]

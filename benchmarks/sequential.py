@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent import MemoryClient
-from benchmarks.common import (
+from reverie.agent import MemoryClient
+from reverie.benchmarks.common import (
     REPO,
     environment,
     merge_settings,
@@ -29,11 +29,11 @@ from benchmarks.common import (
     save_report,
     write_report,
 )
-from consolidator.cycle import Consolidator
-from consolidator.model import attach_adapter, load_base
-from consolidator.probes import Probe, run_probes
-from memory.adapters import AdapterRegistry
-from memory.embedder import SentenceTransformerEmbedder
+from reverie.consolidator.cycle import Consolidator
+from reverie.consolidator.probes import Probe, run_probes
+from reverie.memory.adapters import AdapterRegistry
+from reverie.memory.embedder import SentenceTransformerEmbedder
+from reverie.model.base import attach_adapter, load_base
 from reverie.settings import load_settings
 
 logger = logging.getLogger(__name__)

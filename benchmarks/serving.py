@@ -20,10 +20,10 @@ from typing import Any
 
 import httpx
 
-from agent.auth import TokenStore
-from benchmarks.broker import free_port
-from benchmarks.common import REPO, environment, percentiles, print_table, write_report
-from benchmarks.ingest import texts
+from reverie.agent.auth import TokenStore
+from reverie.benchmarks.broker import free_port
+from reverie.benchmarks.common import REPO, environment, percentiles, print_table, write_report
+from reverie.benchmarks.ingest import texts
 
 QUESTIONS = [
     "When is the meeting?",

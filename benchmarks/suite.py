@@ -22,11 +22,11 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.common import METHODS, SHARED_DATA, environment, latency, merge_settings
+from reverie.benchmarks.common import METHODS, SHARED_DATA, environment, latency, merge_settings
 
 if TYPE_CHECKING:
-    from consolidator.model import BaseModel
-    from memory.embedder import Embedder
+    from reverie.memory.embedder import Embedder
+    from reverie.model.base import BaseModel
 
 __all__ = ["SCHEMA_PATH", "SIZES", "main", "run_suite", "to_markdown"]
 
@@ -78,10 +78,10 @@ def _speed(
     overrides: dict[str, Any],
 ) -> dict[str, Any]:
     """Log/recall latency on the embedded stream, chat latency, consolidation throughput."""
-    from agent import MemoryClient
-    from agent.chat import Responder
-    from benchmarks.ingest import bench_embedder, bench_log, texts
-    from benchmarks.methods import shared_models_dir
+    from reverie.agent import MemoryClient
+    from reverie.agent.chat import Responder
+    from reverie.benchmarks.ingest import bench_embedder, bench_log, texts
+    from reverie.benchmarks.methods import shared_models_dir
     from reverie.settings import load_settings
 
     out: dict[str, Any] = {"embedder": bench_embedder(embedder, n, n * 4)}
@@ -121,9 +121,9 @@ _MODELS: dict[str, tuple[BaseModel, Embedder]] = {}
 
 def _models(overrides: dict[str, Any]) -> tuple[BaseModel, Embedder]:
     """The base model and embedder the settings name, loaded once per process."""
-    from benchmarks.methods import shared_models_dir
-    from consolidator.model import load_base
-    from memory.embedder import SentenceTransformerEmbedder
+    from reverie.benchmarks.methods import shared_models_dir
+    from reverie.memory.embedder import SentenceTransformerEmbedder
+    from reverie.model.base import load_base
     from reverie.settings import load_settings
 
     settings = load_settings(**overrides)
@@ -144,7 +144,7 @@ def run_task(
     previous: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One benchmark task in its own directory ``root``; returns its seconds and result."""
-    from benchmarks import knowledge, sequential
+    from reverie.benchmarks import knowledge, sequential
 
     base, embedder = _models(overrides)
     logger.info("=== %s ===", name)

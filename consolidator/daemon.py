@@ -36,14 +36,14 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from consolidator.cycle import Consolidator, CycleResult
-from consolidator.offsets import OffsetTracker
-from memory.buffer import Buffer
-from memory.embedder import Embedder
-from memory.errors import StreamError
-from memory.stream import ExperienceStream
-from memory.sync import apply_messages
-from reverie.settings import Settings
+from reverie.consolidator.config import ConsolidatorSettings
+from reverie.consolidator.cycle import Consolidator, CycleResult
+from reverie.consolidator.offsets import OffsetTracker
+from reverie.memory.buffer import Buffer
+from reverie.memory.embedder import Embedder
+from reverie.memory.errors import StreamError
+from reverie.memory.stream import ExperienceStream
+from reverie.memory.sync import apply_messages
 
 __all__ = ["Daemon", "Metrics"]
 
@@ -98,7 +98,7 @@ class Daemon:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ConsolidatorSettings,
         *,
         stream: ExperienceStream,
         buffer: Buffer,

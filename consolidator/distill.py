@@ -1,4 +1,4 @@
-"""Context distillation: the loss (pure) and the teacher's targets.
+"""Context distillation: the loss (pure) and the tensor helpers training shares with the teacher.
 
 The teacher is the model *with* the experience in its context; the student is the adapter
 *without* it. For each transfer item the teacher's greedy answer is fixed first; then the student
@@ -6,8 +6,9 @@ is trained to match the teacher's whole next-token distribution at every positio
 end token included (matching along the teacher's own answer, not gold tokens, is what works: a
 gold phrasing the teacher would not produce teaches the student a path it never continues).
 
-Teacher distributions are stored as their top-k token ids and log-probabilities (computed once per
-item per cycle, under ``no_grad``), which keeps a cycle's targets small.
+Teacher distributions are stored as their top-k token ids and log-probabilities
+(:class:`TeacherTargets`, computed once per item per cycle by :mod:`consolidator.teacher`), which
+keeps a cycle's targets small.
 """
 
 from __future__ import annotations
@@ -21,13 +22,11 @@ import torch.nn.functional as F
 
 __all__ = [
     "TeacherTargets",
-    "answer_confidence",
     "answer_positions",
     "distill_loss",
     "kl_to_reference",
     "lm_parts",
     "right_padded",
-    "teacher_targets",
 ]
 
 
@@ -94,20 +93,6 @@ class TeacherTargets:
     logp: torch.Tensor  # [A, k] float16
 
 
-def answer_confidence(targets: TeacherTargets, answer_ids: Sequence[int]) -> float:
-    """The teacher's mean probability of each answer token (0 where it is outside the top-k).
-
-    Example: top-2 ids [[5, 7], [9, 5]] with probabilities [[.8, .1], [.6, .3]] and answer
-    [5, 5] -> (0.8 + 0.3) / 2 = 0.55.
-    """
-    if not answer_ids:
-        return 0.0
-    answer = torch.tensor(list(answer_ids), dtype=targets.ids.dtype)[:, None]
-    hit = targets.ids == answer
-    probs = (targets.logp.float().exp() * hit).sum(-1)
-    return float(probs.mean())
-
-
 def answer_positions(prompt_len: int, answer_len: int) -> torch.Tensor:
     """Positions whose logits predict the answer tokens of ``prompt + answer``.
 
@@ -115,36 +100,6 @@ def answer_positions(prompt_len: int, answer_len: int) -> torch.Tensor:
     predicts token i + 1).
     """
     return torch.arange(prompt_len - 1, prompt_len - 1 + answer_len)
-
-
-@torch.no_grad()
-def teacher_targets(
-    model: Any,
-    prompts: Sequence[Sequence[int]],
-    answers: Sequence[Sequence[int]],
-    *,
-    pad_id: int,
-    top_k: int = 64,
-    batch_size: int = 16,
-    device: torch.device | None = None,
-) -> list[TeacherTargets]:
-    """Run the teacher on ``prompt + answer`` for every item (right padding, masked by position)
-    and keep its top-k log-probabilities where it predicts each answer token."""
-    device = device or torch.device("cpu")
-    out: list[TeacherTargets | None] = [None] * len(prompts)
-    lengths = [len(p) + len(a) for p, a in zip(prompts, answers, strict=True)]
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        ids, mask = right_padded([list(prompts[i]) + list(answers[i]) for i in idx], pad_id)
-        body, head = lm_parts(model)
-        hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-        for row, i in enumerate(idx):
-            pos = answer_positions(len(prompts[i]), len(answers[i])).to(device)
-            logp = torch.log_softmax(head(hidden[row, pos]).float(), dim=-1)
-            values, indices = logp.topk(min(top_k, logp.shape[-1]), dim=-1)
-            out[i] = TeacherTargets(indices.to(torch.int32).cpu(), values.to(torch.float16).cpu())
-    return [t for t in out if t is not None]
 
 
 def lm_parts(model: Any) -> tuple[Any, Any]:

@@ -16,10 +16,20 @@ __all__ = ["GateDecision", "GateSettings", "Outcome", "ProbeSummary", "decide"]
 
 
 class Outcome(StrEnum):
+    """How a cycle ended: every outcome a cycle records or returns, the gate's and the rest."""
+
     PROMOTED = "promoted"
     REJECTED_EFFICACY = "rejected_efficacy"
     REJECTED_RETENTION = "rejected_retention"
     REJECTED_LOCALITY = "rejected_locality"
+    FAILED = "failed"  # an error; the experiences stay buffered for the next cycle
+    NOTHING_TO_DO = "nothing_to_do"  # no buffered experiences
+    INTERRUPTED = "interrupted"  # asked to stop (SIGTERM); training checkpointed
+    BUSY = "busy"  # another cycle of the tenant holds its lock
+
+    @property
+    def rejected(self) -> bool:
+        return self.value.startswith("rejected_")
 
 
 class GateSettings(BaseModel):

@@ -18,11 +18,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from consolidator.config import GeneratorSettings, ModelSettings
-from consolidator.generate import answer
-from consolidator.model import BaseModel, load_base
-from memory.errors import ReverieError
-from memory.experience import Experience
+from reverie.consolidator.config import GeneratorSettings
+from reverie.memory.errors import ReverieError
+from reverie.memory.experience import Experience
+from reverie.model.base import BaseModel, load_base
+from reverie.model.config import ModelSettings
+from reverie.model.generate import answer
 
 __all__ = ["generate_pairs", "parse_pairs"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from consolidator.spans import STOP, spans
+from reverie.consolidator.spans import STOP, spans
 
 __all__ = ["WH_BY_KIND", "clause_subject", "clauses", "wh_questions"]
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from memory.adapters import AdapterRegistry, VersionInfo
-from memory.files import read_jsonl
+from reverie.memory.adapters import AdapterRegistry, VersionInfo
+from reverie.memory.files import read_jsonl
 
 __all__ = ["build_report", "load_report", "plot_forgetting", "to_markdown"]
 

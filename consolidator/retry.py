@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from consolidator.config import ConsolidationSettings, TrainSettings
+from reverie.consolidator.config import ConsolidationSettings, TrainSettings
 
 __all__ = ["RetryPlan", "retry_plan"]
 

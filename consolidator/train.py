@@ -22,14 +22,15 @@ from typing import Any
 
 import torch
 
-from consolidator.config import TrainSettings
-from consolidator.distill import (
+from reverie.consolidator.config import TrainSettings
+from reverie.consolidator.distill import (
     TeacherTargets,
     answer_positions,
     distill_loss,
     lm_parts,
     right_padded,
 )
+from reverie.model.base import BaseModel, attach_adapter, last_layers
 
 __all__ = [
     "Example",
@@ -309,3 +310,18 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def student_model(base: BaseModel, path: Path | None, recipe: TrainSettings) -> Any:
+    """The student: the tenant's adapter saved at ``path``, trainable, or a fresh one (from the
+    recipe's LoRA settings) before the tenant's first version."""
+    lora = None
+    if path is None:
+        lora = {
+            "r": recipe.lora_r,
+            "lora_alpha": recipe.lora_alpha,
+            "lora_dropout": recipe.lora_dropout,
+            "target_modules": recipe.target_modules,
+            **last_layers(base, recipe.lora_layers),
+        }
+    return attach_adapter(base, path, trainable=True, seed=recipe.seed, lora=lora)

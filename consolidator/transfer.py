@@ -17,8 +17,9 @@ them well, so *something else asks and the teacher answers*. Strategies (``trans
 * ``split``    split-context self-distillation: the teacher sees the first sentences and the
                rest, the student only the rest.
 
-A grounding filter keeps an answer only if the teacher finished it, its content words come from
-the experience, and it carries something from the text that the question did not. Up to
+The teacher answers the candidates (:mod:`consolidator.teacher`), whose grounding filter keeps an
+answer only if the teacher finished it, its content words come from the experience, and it carries
+something from the text that the question did not. Up to
 ``max_items_per_experience`` answered items are kept per experience, round-robin over strategies,
 plus ``verbatim_per_experience`` verbatim items. A few *echo* questions per experience are held
 out as probes and never trained on.
@@ -26,26 +27,33 @@ out as probes and never trained on.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
-from consolidator.config import ModelSettings, TransferSettings
-from consolidator.generate import generate_ids
-from consolidator.metrics import normalize
-from consolidator.model import BaseModel
-from consolidator.probes import Probe
-from consolidator.prompts import context_prompt, encode, render_user
-from consolidator.questions import WH_BY_KIND, clause_subject, clauses, wh_questions
-from consolidator.spans import Span, content_words, grounding, key_spans, sentences, spans
-from memory.experience import Experience
+from reverie.consolidator.config import TransferSettings
+from reverie.consolidator.generator import generate_pairs
+from reverie.consolidator.items import TransferItem, TransferSet
+from reverie.consolidator.metrics import normalize
+from reverie.consolidator.probes import Probe, metadata_probes
+from reverie.consolidator.questions import WH_BY_KIND, clause_subject, clauses, wh_questions
+from reverie.consolidator.sampling import round_robin
+from reverie.consolidator.spans import Span, sentences, spans
+from reverie.consolidator.teacher import accept, teacher_answers
+from reverie.memory.experience import Experience
+from reverie.model.base import BaseModel
+from reverie.model.config import ModelSettings
+from reverie.model.prompts import context_prompt, encode
 
-__all__ = ["TransferItem", "TransferSet", "build_transfer_set", "rule_candidates"]
+__all__ = [
+    "TransferItem",
+    "TransferSet",
+    "build_transfer_set",
+    "cycle_transfer",
+    "rule_candidates",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,49 +67,6 @@ _POSSESSIVE = re.compile(
     r"\b(?:[Mm]y|[Oo]ur|[Tt]he user's|[Yy]our|[Tt]he team's)\s+[a-z][\w-]*(?:\s+[a-z][\w-]*)?"
 )
 _VERBISH = re.compile(r"\s+(?:is|are|was|were|has|have|had|will|can|must|needs?|likes?|ships?)\b")
-
-
-@dataclass
-class TransferItem:
-    """One training example. Chat items hold user turns; raw items hold plain text."""
-
-    experience_id: str
-    strategy: str
-    student: str
-    teacher: str
-    target: str | None = None  # the span the teacher's answer must contain
-    answer: str = ""
-    answer_ids: list[int] = field(default_factory=list)
-    raw: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TransferItem:
-        return cls(**data)
-
-
-@dataclass
-class TransferSet:
-    items: list[TransferItem]
-    probes: list[Probe]
-    stats: dict[str, dict[str, int]]
-
-    def without_questions(self, questions: Iterable[str]) -> TransferSet:
-        """The same set minus items whose prompt is one of ``questions`` (held-out probes must
-        never be trained on, even when a rule happens to generate the same question)."""
-        held = {normalize(q) for q in questions}
-        items = [i for i in self.items if normalize(i.student) not in held]
-        dropped = len(self.items) - len(items)
-        if dropped:
-            logger.info("dropped %d transfer items identical to held-out probes", dropped)
-        return TransferSet(items, self.probes, self.stats)
-
-    def digest(self) -> str:
-        """Stable hash of the training items (names a training run for resume and lineage)."""
-        blob = json.dumps([i.to_json() for i in self.items], sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()
 
 
 # -- rules (pure) ------------------------------------------------------------------------------
@@ -198,35 +163,13 @@ def rule_candidates(
             _CUES[0].format(c=" ".join(text.split()[:4]))
         ]
         for prompt in prompts[: settings.verbatim_per_experience]:
-            item = TransferItem(eid, "verbatim", prompt, context_prompt(text, prompt))
-            item.answer = text
-            out.append(item)
+            out.append(
+                TransferItem(eid, "verbatim", prompt, context_prompt(text, prompt), answer=text)
+            )
     return out, probes
 
 
-# -- teacher answers and filtering -----------------------------------------------------------
-def informative(answer: str, question: str, text: str) -> bool:
-    """The answer states a word of the text that the question did not already contain."""
-    source, asked = set(content_words(text)), set(content_words(question))
-    return any(w in source and w not in asked for w in content_words(answer))
-
-
-def _accept(item: TransferItem, text: str, ended: bool, settings: TransferSettings) -> bool:
-    """Grounding filter: the teacher finished its answer, the answer's content words come from
-    the text, and it carries something from the text: the span its prompt asked for, another
-    answer-like span of the experience, or a word of the text the question did not contain."""
-    if item.strategy == "verbatim":
-        return True
-    if not ended or not item.answer.strip():
-        return False
-    if grounding(item.answer, text) < settings.min_grounding:
-        return False
-    answer = normalize(item.answer)
-    if item.target is not None and normalize(item.target) in answer:
-        return True
-    return any(k in answer for k in key_spans(text)) or informative(item.answer, item.student, text)
-
-
+# -- selection -------------------------------------------------------------------------------
 def _cap(items: list[TransferItem], limit: int, rng: random.Random) -> list[TransferItem]:
     """At most ``limit`` items per experience, round-robin over strategies for diversity."""
     by_exp: dict[str, dict[str, list[TransferItem]]] = {}
@@ -234,14 +177,10 @@ def _cap(items: list[TransferItem], limit: int, rng: random.Random) -> list[Tran
         by_exp.setdefault(item.experience_id, {}).setdefault(item.strategy, []).append(item)
     kept: list[TransferItem] = []
     for strategies in by_exp.values():
-        for group in strategies.values():
+        groups = list(strategies.values())
+        for group in groups:
             rng.shuffle(group)
-        chosen: list[TransferItem] = []
-        while len(chosen) < limit and any(strategies.values()):
-            for group in strategies.values():
-                if group and len(chosen) < limit:
-                    chosen.append(group.pop())
-        kept += chosen
+        kept += round_robin(groups, limit)
     return kept
 
 
@@ -272,7 +211,6 @@ def build_transfer_set(
     ``generated`` maps experience ids to generator-written (question, answer) pairs.
     """
     rng = random.Random(seed)
-    tok = base.tokenizer
     texts = {e.id: e.text for e in experiences}
     candidates: list[TransferItem] = []
     probes: list[Probe] = []
@@ -292,32 +230,17 @@ def build_transfer_set(
     for item in candidates:
         stats.setdefault(item.strategy, {"produced": 0, "kept": 0})["produced"] += 1
 
-    # The teacher answers every chat prompt greedily, with the experience in context.
-    to_answer = [c for c in candidates if c.strategy != "verbatim"]
-    prompts = [encode(tok, render_user(tok, c.teacher, fmt)) for c in to_answer]
-    answers = generate_ids(
-        teacher,
-        prompts,
-        eos_id=base.eos_id,
-        pad_id=base.pad_id,
-        max_new_tokens=settings.teacher_max_new_tokens,
-        batch_size=32,
-        device=base.device,
-    )
-    for item, ids in zip(to_answer, answers, strict=True):
-        item.answer_ids = ids
-        item.answer = tok.decode(ids, skip_special_tokens=True).strip()
-    for item in candidates:
-        if item.strategy == "verbatim":
-            item.answer_ids = [*encode(tok, item.answer), base.eos_id]
+    # The teacher answers every chat prompt greedily, with the experience in context; the
+    # grounding filter keeps what it answered from the text.
+    answered = teacher_answers(base, fmt, teacher, candidates, settings.teacher_max_new_tokens)
     accepted = [
         c
-        for c in candidates
-        if _accept(
+        for c in answered
+        if accept(
             c,
             texts[c.experience_id],
-            bool(c.answer_ids) and c.answer_ids[-1] == base.eos_id,
-            settings,
+            ended=bool(c.answer_ids) and c.answer_ids[-1] == base.eos_id,
+            settings=settings,
         )
     ]
     accepted += raw_items(base, experiences, settings, rng)
@@ -356,14 +279,25 @@ def raw_items(
     settings: TransferSettings,
     rng: random.Random,
 ) -> list[TransferItem]:
-    """Plain-text items: sampled continuations of each experience and split-context pairs."""
+    """Plain-text items: sampled continuations of each experience and split-context pairs.
+    The answer is the text itself (its ids without an end token: the text goes on)."""
     out: list[TransferItem] = []
     if "split" in settings.strategies:
         for exp in experiences:
             parts = sentences(exp.text)
             for cut in range(1, len(parts)):
                 prefix, rest = " ".join(parts[:cut]), " ".join(parts[cut:])
-                out.append(TransferItem(exp.id, "split", rest, prefix, answer=rest, raw=True))
+                out.append(
+                    TransferItem(
+                        exp.id,
+                        "split",
+                        rest,
+                        prefix,
+                        answer=rest,
+                        answer_ids=encode(base.tokenizer, rest),
+                        raw=True,
+                    )
+                )
     if "continuation" in settings.strategies and settings.continuations:
         import torch
 
@@ -386,7 +320,40 @@ def raw_items(
                 if len(text.split()) >= 4:
                     out.append(
                         TransferItem(
-                            exp.id, "continuation", text, exp.text + "\n", answer=text, raw=True
+                            exp.id,
+                            "continuation",
+                            text,
+                            exp.text + "\n",
+                            answer=text,
+                            answer_ids=encode(tok, text),
+                            raw=True,
                         )
                     )
     return out
+
+
+def cycle_transfer(
+    base: BaseModel,
+    fmt: ModelSettings,
+    teacher: Any,
+    experiences: Sequence[Experience],
+    settings: TransferSettings,
+    *,
+    seed: int,
+) -> tuple[TransferSet, list[Probe]]:
+    """A cycle's transfer set and its held-out probes: the caller's probes where an experience
+    carries them (``metadata["probes"]``), generated ones otherwise; no training item asks a
+    held-out question."""
+    generated = None
+    if "generated" in settings.strategies:
+        generated = generate_pairs(
+            experiences, settings.generator, base=base, fmt=fmt, model=teacher
+        )
+    transfer = build_transfer_set(
+        base, fmt, teacher, experiences, settings, seed=seed, generated=generated
+    )
+    by_exp: dict[str, list[Probe]] = {}
+    for p in transfer.probes:
+        by_exp.setdefault(p.experience_id, []).append(p)
+    probes = [p for e in experiences for p in (metadata_probes(e) or by_exp.get(e.id, []))]
+    return transfer.without_questions(p.question for p in probes), probes

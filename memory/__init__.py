@@ -3,8 +3,8 @@
 Imports nothing else of Reverie's.
 """
 
-from memory.buffer import Buffer, Hit, StoredExperience
-from memory.errors import (
+from reverie.memory.buffer import Buffer, Hit, StoredExperience
+from reverie.memory.errors import (
     ConfigError,
     ConflictError,
     IntegrityError,
@@ -13,7 +13,7 @@ from memory.errors import (
     ReverieError,
     StreamError,
 )
-from memory.experience import Experience, make_experience
+from reverie.memory.experience import Experience, make_experience
 
 __all__ = [
     "Buffer",

@@ -37,9 +37,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from memory.errors import IntegrityError, InvalidInputError, NotFoundError
-from memory.experience import validate_tenant
-from memory.files import fsync_dir, write_durably
+from reverie.memory.errors import IntegrityError, InvalidInputError, NotFoundError
+from reverie.memory.experience import validate_tenant
+from reverie.memory.files import fsync_dir, write_durably
 
 __all__ = ["AdapterRegistry", "VersionInfo"]
 

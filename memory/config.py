@@ -71,10 +71,16 @@ class BufferSettings(_Section):
         description="flat = exact inner product; hnsw = approximate graph; auto = flat until a "
         "tenant has hnsw_threshold experiences, then HNSW.",
     )
-    hnsw_threshold: int = Field(default=20_000, ge=1)
-    hnsw_m: int = Field(default=32, ge=4)
-    hnsw_ef_search: int = Field(default=64, ge=8)
-    hnsw_ef_construction: int = Field(default=40, ge=8)
+    hnsw_threshold: int = Field(
+        default=20_000, ge=1, description="Experiences of a tenant from which index=auto uses HNSW."
+    )
+    hnsw_m: int = Field(default=32, ge=4, description="HNSW graph degree (M).")
+    hnsw_ef_search: int = Field(
+        default=64, ge=8, description="HNSW candidates searched per query (at least k)."
+    )
+    hnsw_ef_construction: int = Field(
+        default=40, ge=8, description="HNSW candidates considered per insertion."
+    )
     persist_every: int = Field(
         default=5_000, ge=1, description="Save a tenant's index file after this many adds."
     )

@@ -22,7 +22,7 @@ from pydantic import (
     field_validator,
 )
 
-from memory.errors import InvalidInputError
+from reverie.memory.errors import InvalidInputError
 
 __all__ = [
     "MAX_ID_CHARS",

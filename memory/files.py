@@ -9,7 +9,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_text", "fsync_dir", "read_jsonl", "write_durably", "write_jsonl"]
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "fsync_dir",
+    "read_jsonl",
+    "read_keyed",
+    "write_durably",
+    "write_jsonl",
+    "write_keyed",
+]
 
 
 def fsync_dir(path: Path) -> None:
@@ -21,20 +30,40 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_durably(path: Path, text: str) -> None:
-    """Write and fsync ``text`` (no rename: for files nobody reads until they are renamed)."""
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(text)
+def write_durably(path: Path, data: str | bytes) -> None:
+    """Write and fsync ``data`` (no rename: for files nobody reads until they are renamed)."""
+    with open(path, "wb") as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
         fh.flush()
         os.fsync(fh.fileno())
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace ``path`` so a reader sees the old or the new content, never a mix."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    write_durably(tmp, text)
+    write_durably(tmp, data)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_keyed(path: Path, key: Any) -> Any | None:
+    """The value cached in ``path`` under ``key`` (any JSON value naming what it was computed
+    from: settings, inputs), or None when the file is missing or holds another key."""
+    if not path.exists():
+        return None
+    cached = json.loads(path.read_text())
+    same = cached.get("key") == json.dumps(key, sort_keys=True)
+    return cached.get("value") if same else None
+
+
+def write_keyed(path: Path, key: Any, value: Any) -> None:
+    """Cache ``value`` in ``path`` under ``key`` (read back with :func:`read_keyed`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({"key": json.dumps(key, sort_keys=True), "value": value}))
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:

@@ -2,7 +2,8 @@
 
 Used by every process that keeps a buffer: ``MemoryClient`` on open (to repair anything
 acknowledged just before a crash) and the consolidation daemon as it consumes its partitions.
-Records apply in order; experiences dedupe by (tenant, id); a forgotten id never comes back.
+Records apply in order, under the ingest rule of ``log`` (:mod:`memory.ingest`): experiences
+dedupe by (tenant, id) and a forgotten id never comes back.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from memory.buffer import Buffer
-from memory.embedder import Embedder
-from memory.experience import Experience
-from memory.stream.base import ExperienceStream, Position, StreamMessage
+from reverie.memory.buffer import Buffer
+from reverie.memory.embedder import Embedder
+from reverie.memory.experience import Experience
+from reverie.memory.ingest import Ingest, classify
+from reverie.memory.stream.base import ExperienceStream, Position, StreamMessage
 
 __all__ = ["apply_messages", "sync_buffer"]
 
@@ -51,8 +53,12 @@ def apply_messages(buffer: Buffer, embedder: Embedder, messages: Sequence[Stream
         elif (
             record.experience is not None
             and (record.tenant, record.id) not in pending_keys
-            and buffer.get(record.tenant, record.id) is None
-            and not buffer.is_forgotten(record.tenant, record.id)
+            and classify(
+                record.experience,
+                buffer.get(record.tenant, record.id),
+                forgotten=buffer.is_forgotten(record.tenant, record.id),
+            )
+            is Ingest.NEW
         ):
             pending.append((record.experience, Position(msg.partition, msg.offset)))
             pending_keys.add((record.tenant, record.id))

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from memory.errors import ConflictError, InvalidInputError, NotFoundError, ReverieError
+from reverie.memory.errors import ConflictError, InvalidInputError, NotFoundError, ReverieError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -41,7 +41,7 @@ def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from agent import MemoryClient
+    from reverie.agent import MemoryClient
     from reverie.settings import load_settings
 
     return MemoryClient(load_settings(args.config))
@@ -63,7 +63,7 @@ def cmd_log(args: argparse.Namespace) -> int:
                 f"is not valid JSON ({err.msg} at column {err.colno}); "
                 'give a JSON object such as \'{"topic": "rent"}\'',
             ) from None
-    from memory.experience import make_experience
+    from reverie.memory.experience import make_experience
 
     # Validate before loading models, so bad input fails fast and writes nothing.
     make_experience(text, tenant=args.tenant, id=args.id, source=args.source, metadata=metadata)
@@ -122,7 +122,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_consolidate(args: argparse.Namespace) -> int:
     if not args.once:
         raise InvalidInputError("once", "give --once to run one cycle now, or run `reverie daemon`")
-    from consolidator.cycle import Consolidator
+    from reverie.consolidator.cycle import Consolidator
 
     with _client(args) as client:
         consolidator = Consolidator(client.settings, buffer=client.buffer)
@@ -154,8 +154,8 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from agent import MemoryClient
-    from consolidator.daemon import Daemon
+    from reverie.agent import MemoryClient
+    from reverie.consolidator.daemon import Daemon
     from reverie.settings import load_settings
 
     overrides: dict[str, Any] = {}
@@ -196,8 +196,8 @@ def _json_logging() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from agent import MemoryClient
-    from agent.server import create_app
+    from reverie.agent import MemoryClient
+    from reverie.agent.server import create_app
     from reverie.settings import load_settings
 
     with MemoryClient(load_settings(args.config)) as client:
@@ -207,7 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_tokens(args: argparse.Namespace) -> int:
-    from agent.auth import TokenStore
+    from reverie.agent.auth import TokenStore
     from reverie.settings import load_settings
 
     store = TokenStore(load_settings(args.config).data_dir)
@@ -256,7 +256,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_adapters(args: argparse.Namespace) -> int:
-    from memory.adapters import AdapterRegistry
+    from reverie.memory.adapters import AdapterRegistry
     from reverie.settings import load_settings
 
     registry = AdapterRegistry(load_settings(args.config).data_dir / "adapters")
@@ -302,8 +302,8 @@ def _need_version(args: argparse.Namespace) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from consolidator.report import load_report, plot_forgetting, to_markdown
-    from memory.adapters import AdapterRegistry
+    from reverie.consolidator.report import load_report, plot_forgetting, to_markdown
+    from reverie.memory.adapters import AdapterRegistry
     from reverie.settings import load_settings
 
     registry = AdapterRegistry(load_settings(args.config).data_dir / "adapters")
@@ -318,16 +318,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.suite import main as bench_main
+    from reverie.benchmarks.suite import build_parser as bench_parser
+    from reverie.benchmarks.suite import main as bench_main
 
-    return bench_main(args)
+    parser = bench_parser(argparse.ArgumentParser(prog="reverie bench"))
+    return bench_main(parser.parse_args(args.rest))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The main job on embedded defaults: log experiences, recall them, consolidate them into an
     adapter through the gate, print the retention report, and ask from the weights alone."""
-    from consolidator.cycle import Consolidator
-    from consolidator.report import load_report, to_markdown
+    from reverie.consolidator.cycle import Consolidator
+    from reverie.consolidator.report import load_report, to_markdown
 
     with _client(args) as client:
         logged = client.log_many(
@@ -458,15 +460,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["md", "json"], default="md")
     p.add_argument("--plot", help="also write a forgetting-curve plot (PNG) here")
 
-    from benchmarks.suite import build_parser as bench_parser
-
+    # The suite's own parser reads the rest of the line, so building this parser never imports
+    # the benchmarks (``reverie bench --help`` prints the suite's options).
     p = sub.add_parser(
         "bench",
-        help="run the benchmark suite (JSON + Markdown)",
+        help="run the benchmark suite (JSON + Markdown); see reverie bench --help",
         description="run the benchmark suite (JSON + Markdown)",
+        add_help=False,
     )
-    p.set_defaults(func=cmd_bench)
-    bench_parser(p)
+    p.set_defaults(func=cmd_bench, json=False)
 
     command("demo", cmd_demo, "run the end-to-end demo on embedded defaults", tenant=False)
     return parser
@@ -491,7 +493,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # another process (a daemon, a server, a test) shares the cores. Passive waiting costs little.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.rest = rest
     # Long-running commands report progress by default; the rest stay quiet unless -v.
     long_running = args.command in ("bench", "consolidate", "daemon", "serve", "demo")
     _configure_logging(args.verbose + (1 if long_running else 0))

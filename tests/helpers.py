@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from memory.stream import StreamConsumer, StreamMessage
+from reverie.memory.stream import StreamConsumer, StreamMessage
 
 
 def drain(consumer: StreamConsumer, n: int, timeout_s: float = 30.0) -> list[StreamMessage]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from benchmarks.sequential import summarize
-from benchmarks.suite import (
+from reverie.benchmarks.sequential import summarize
+from reverie.benchmarks.suite import (
     README_END,
     README_START,
     SCHEMA_PATH,

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import MemoryClient
-from memory.embedder import Embedder
-from memory.errors import ConflictError, InvalidInputError, NotFoundError
-from memory.stream import StreamRecord
+from reverie.agent import MemoryClient
+from reverie.memory.embedder import Embedder
+from reverie.memory.errors import ConflictError, InvalidInputError, NotFoundError
+from reverie.memory.stream import StreamRecord
 from reverie.settings import load_settings
 from tests.conftest import unique
 
@@ -141,7 +141,7 @@ def test_sync_repairs_what_the_buffer_missed(open_client: ClientFactory) -> None
     """An experience acknowledged by the stream whose buffer write never happened (a crash in
     between) is recallable after the next open, once."""
     client = open_client()
-    from memory.experience import make_experience
+    from reverie.memory.experience import make_experience
 
     orphan = make_experience("The boiler service is booked for 9 May.", tenant="alice", id="b")
     client.stream.append([StreamRecord.logged(orphan)])

@@ -9,11 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from consolidator.cycle import Consolidator
-from memory.adapters import AdapterRegistry
-from memory.buffer import Buffer
-from memory.errors import IntegrityError
-from memory.experience import make_experience
+from reverie.consolidator.cycle import Consolidator
+from reverie.memory.adapters import AdapterRegistry
+from reverie.memory.buffer import Buffer
+from reverie.memory.errors import IntegrityError
+from reverie.memory.experience import make_experience
 from reverie.settings import Settings, load_settings
 
 FACTS = [
@@ -197,16 +197,14 @@ def test_control_budget_probes_a_fixed_sample_of_the_controls(
 def test_warm_up_caches_every_anchor_and_control_answer(
     tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
 ) -> None:
-    import json
-
-    from consolidator.probes import DATA_DIR
+    from reverie.consolidator.teacher import anchor_prompts
+    from reverie.memory.files import read_keyed
 
     settings = settings_for(tmp_path, tiny_model_dir)
     consolidator(settings, buffer, tiny_base).warm_up()
     cache = settings.data_dir / "models" / "cache" / tiny_base.name
-    anchors = json.loads((cache / "anchors.json").read_text())["answers"]
-    prompts = json.loads((DATA_DIR / "anchors.json").read_text())["prompts"]
-    assert set(anchors) == set(prompts)
+    anchors = read_keyed(cache / "anchors.json", settings.model.model_dump())
+    assert set(anchors) == set(anchor_prompts())
     # a fresh consolidator (a restarted daemon) reads the caches instead of generating
     fresh = consolidator(settings, buffer, tiny_base)
     generate = tiny_base.model.generate

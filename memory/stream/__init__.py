@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from memory.config import StreamSettings
-from memory.stream.base import (
+from reverie.memory.config import StreamSettings
+from reverie.memory.stream.base import (
     ExperienceStream,
     Position,
     StreamConsumer,
@@ -18,7 +18,7 @@ from memory.stream.base import (
     decode_record,
     encode_record,
 )
-from memory.stream.embedded import EmbeddedConsumer, EmbeddedStream
+from reverie.memory.stream.embedded import EmbeddedConsumer, EmbeddedStream
 
 __all__ = [
     "EmbeddedConsumer",
@@ -37,7 +37,7 @@ __all__ = [
 def open_stream(settings: StreamSettings, data_dir: Path) -> ExperienceStream:
     """Kafka when bootstrap servers are configured, otherwise the embedded log in ``data_dir``."""
     if settings.bootstrap_servers:
-        from memory.stream.kafka import KafkaStream  # imported lazily: it opens connections
+        from reverie.memory.stream.kafka import KafkaStream  # imported lazily: it opens connections
 
         return KafkaStream(
             settings.bootstrap_servers,

@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 
-from memory.experience import Experience
+from reverie.memory.experience import Experience
 
 __all__ = [
     "ExperienceStream",

@@ -37,9 +37,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from memory.errors import ConfigError, StreamError
-from memory.files import atomic_write_text, fsync_dir
-from memory.stream.base import (
+from reverie.memory.errors import ConfigError, StreamError
+from reverie.memory.files import atomic_write_text, fsync_dir
+from reverie.memory.stream.base import (
     Position,
     StreamMessage,
     StreamRecord,
@@ -47,7 +47,7 @@ from memory.stream.base import (
     encode_record,
     to_message,
 )
-from memory.stream.segments import frame, scan
+from reverie.memory.stream.segments import frame, scan
 
 __all__ = ["EmbeddedConsumer", "EmbeddedStream"]
 

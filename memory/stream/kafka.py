@@ -20,8 +20,8 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
-from memory.errors import StreamError
-from memory.stream.base import (
+from reverie.memory.errors import StreamError
+from reverie.memory.stream.base import (
     Position,
     StreamMessage,
     StreamRecord,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from memory.experience import make_experience
-from memory.stream import EmbeddedStream, ExperienceStream, StreamRecord
+from reverie.memory.experience import make_experience
+from reverie.memory.stream import EmbeddedStream, ExperienceStream, StreamRecord
 from tests.conftest import Broker, unique
 from tests.helpers import drain, next_offsets, quiet
 
@@ -29,7 +29,7 @@ def open_stream(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stre
     else:
         broker: Broker = request.getfixturevalue("kafka")
         topic = unique("contract")
-        from memory.stream.kafka import KafkaStream
+        from reverie.memory.stream.kafka import KafkaStream
 
         def factory() -> ExperienceStream:
             stream = KafkaStream(

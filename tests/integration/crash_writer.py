@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from agent import MemoryClient
+from reverie.agent import MemoryClient
 from reverie.settings import load_settings
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import MemoryClient
-from memory.embedder import Embedder
+from reverie.agent import MemoryClient
+from reverie.memory.embedder import Embedder
 from reverie.settings import load_settings
 from tests.conftest import REPO, Broker, unique
 

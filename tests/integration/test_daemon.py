@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from agent import MemoryClient
-from benchmarks.broker import free_port
-from memory.adapters import AdapterRegistry
-from memory.embedder import Embedder
+from reverie.agent import MemoryClient
+from reverie.benchmarks.broker import free_port
+from reverie.memory.adapters import AdapterRegistry
+from reverie.memory.embedder import Embedder
 from reverie.settings import Settings, load_settings
 from tests.conftest import REPO, unique
 

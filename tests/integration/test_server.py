@@ -15,11 +15,11 @@ import httpx
 import numpy as np
 import pytest
 
-from agent.auth import TokenStore
-from benchmarks.broker import free_port
-from consolidator.cycle import Consolidator
-from memory.buffer import Buffer
-from memory.experience import make_experience
+from reverie.agent.auth import TokenStore
+from reverie.benchmarks.broker import free_port
+from reverie.consolidator.cycle import Consolidator
+from reverie.memory.buffer import Buffer
+from reverie.memory.experience import make_experience
 from reverie.settings import load_settings
 from tests.conftest import REPO
 

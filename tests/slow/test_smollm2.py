@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import MemoryClient
-from consolidator.cycle import Consolidator
-from memory.adapters import AdapterRegistry
-from memory.embedder import Embedder
+from reverie.agent import MemoryClient
+from reverie.consolidator.cycle import Consolidator
+from reverie.memory.adapters import AdapterRegistry
+from reverie.memory.embedder import Embedder
 from reverie.settings import Settings, load_settings
 
 pytestmark = pytest.mark.slow
@@ -18,8 +18,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The converted model (and the base-answer caches), shared by every slow test."""
-    from consolidator.config import ModelSettings
-    from consolidator.model import resolve_base_dir
+    from reverie.model.base import resolve_base_dir
+    from reverie.model.config import ModelSettings
 
     root = tmp_path_factory.mktemp("smollm2")
     resolve_base_dir(ModelSettings(), root)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from memory.adapters import AdapterRegistry
-from memory.errors import IntegrityError, InvalidInputError, NotFoundError
+from reverie.memory.adapters import AdapterRegistry
+from reverie.memory.errors import IntegrityError, InvalidInputError, NotFoundError
 
 
 def commit(reg: AdapterRegistry, tenant: str, weights: bytes, parent: str | None = None) -> str:

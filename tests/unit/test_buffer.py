@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from memory.buffer import Buffer
-from memory.config import BufferSettings
-from memory.errors import IntegrityError
-from memory.experience import Experience, make_experience
-from memory.stream import Position
+from reverie.memory.buffer import Buffer
+from reverie.memory.config import BufferSettings
+from reverie.memory.errors import IntegrityError
+from reverie.memory.experience import Experience, make_experience
+from reverie.memory.stream import Position
 
 DIM = 16
 
@@ -161,10 +161,10 @@ def test_hnsw_past_threshold_keeps_recall(tmp_path: Path, rng: np.random.Generat
     vectors = unit(rng, 400)
     buf.add_many(exps("a", 100), vectors[:100])
     buf.search("a", vectors[0])
-    assert buf._indexes["a"].kind == "flat"
+    assert buf.index_kind("a") == "flat"
     buf.add_many(exps("a", 300, start=100), vectors[100:])
     found = sum(buf.search("a", vectors[i], k=1)[0].experience.id == f"e{i}" for i in range(400))
-    assert buf._indexes["a"].kind == "hnsw"
+    assert buf.index_kind("a") == "hnsw"
     assert found >= 396  # approximate search, but near-exact at this size
     # Deletes are filtered out even though HNSW cannot remove them.
     buf.delete("a", "e7")
@@ -181,11 +181,14 @@ def test_different_embedder_is_refused(tmp_path: Path) -> None:
 def test_rejections_count_until_unconsolidated(tmp_path: Path, rng: np.random.Generator) -> None:
     buf = open_buffer(tmp_path)
     buf.add_many(exps("a", 2), unit(rng, 2))
-    assert buf.record_rejection("a", ["e0", "e1"], "efficacy 0.1 < 0.5", max_attempts=2) == []
-    assert buf.record_rejection("a", ["e0"], "locality 0.8 < 0.9", max_attempts=2) == ["e0"]
+    efficacy = {"outcome": "rejected_efficacy", "max_attempts": 2}
+    assert buf.record_rejection("a", ["e0", "e1"], "efficacy 0.1 < 0.5", **efficacy) == []
+    locality = {"outcome": "rejected_locality", "max_attempts": 2}
+    assert buf.record_rejection("a", ["e0"], "locality 0.8 < 0.9", **locality) == ["e0"]
     e0, e1 = buf.get("a", "e0"), buf.get("a", "e1")
     assert e0 is not None and e0.status == "unconsolidated" and e0.attempts == 2
-    assert e0.note == "locality 0.8 < 0.9"
+    assert e0.note == "locality 0.8 < 0.9" and e0.outcome == "rejected_locality"
     assert e1 is not None and e1.status == "buffered" and e1.attempts == 1
+    assert e1.outcome == "rejected_efficacy"
     assert [h.experience.id for h in buf.search("a", unit(rng, 1)[0], k=2)] != []  # recallable
     buf.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from consolidator.probes import ControlSet, load_controls
+from reverie.consolidator.locality import ControlSet, load_controls
 
 
 def controls() -> ControlSet:
@@ -43,7 +43,7 @@ def test_sample_works_before_base_answers_are_recorded() -> None:
 def test_anchor_prompts_never_include_a_control_question() -> None:
     import json
 
-    from consolidator.probes import DATA_DIR
+    from reverie.consolidator.locality import DATA_DIR
 
     anchors = json.loads((DATA_DIR / "anchors.json").read_text())["prompts"]
     controls = json.loads((DATA_DIR / "controls.json").read_text())["questions"]
@@ -53,8 +53,8 @@ def test_anchor_prompts_never_include_a_control_question() -> None:
 
 
 def test_locality_report_lists_only_answers_the_base_had_right(tiny_base: Any) -> None:
-    from consolidator.config import ModelSettings
-    from consolidator.probes import locality_report
+    from reverie.consolidator.locality import locality_report
+    from reverie.model.config import ModelSettings
 
     controls = ControlSet([("Name the word?", "zqxv"), ("Another word?", "vxqz")], ["some text"])
     # the base answered the first correctly, the second wrongly; the random tiny model gets

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from consolidator.distill import answer_positions, distill_loss, kl_to_reference
+from reverie.consolidator.distill import answer_positions, distill_loss, kl_to_reference
 
 
 def dense(teacher_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +100,8 @@ def test_answer_positions() -> None:
 
 
 def test_answer_confidence_worked_example() -> None:
-    from consolidator.distill import TeacherTargets, answer_confidence
+    from reverie.consolidator.distill import TeacherTargets
+    from reverie.consolidator.teacher import answer_confidence
 
     targets = TeacherTargets(
         torch.tensor([[5, 7], [9, 5]], dtype=torch.int32),

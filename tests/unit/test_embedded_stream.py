@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from memory.errors import ConfigError, StreamError
-from memory.stream import EmbeddedStream
+from reverie.memory.errors import ConfigError, StreamError
+from reverie.memory.stream import EmbeddedStream
 from tests.helpers import drain, next_offsets
 
 TENANT = "alice"

@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from memory.errors import InvalidInputError
-from memory.experience import MAX_METADATA_BYTES, MAX_TEXT_CHARS, make_experience
+from reverie.memory.errors import InvalidInputError
+from reverie.memory.experience import MAX_METADATA_BYTES, MAX_TEXT_CHARS, make_experience
 
 
 def test_defaults_are_generated() -> None:

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from consolidator.gate import GateSettings, Outcome, ProbeSummary, decide
-from consolidator.probes import Probe, ProbeResult, summarize
+from reverie.consolidator.gate import GateSettings, Outcome, ProbeSummary, decide
+from reverie.consolidator.probes import Probe, ProbeResult
+from reverie.consolidator.scoring import summarize
 
 T = GateSettings(min_efficacy=0.5, min_retention=0.8, min_locality=0.9)
 

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from consolidator.config import GeneratorSettings, ModelSettings
-from consolidator.generator import generate_pairs, parse_pairs
-from memory.experience import make_experience
+from reverie.consolidator.config import GeneratorSettings
+from reverie.consolidator.generator import generate_pairs, parse_pairs
+from reverie.memory.experience import make_experience
+from reverie.model.config import ModelSettings
 
 REPLY = "Q1: What is Biscuit allergic to?\nA1: salmon\n\nQ2: Who is Biscuit?\nA2: the user's cat\n"
 

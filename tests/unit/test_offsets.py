@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from consolidator.offsets import OffsetTracker, committable
+from reverie.consolidator.offsets import OffsetTracker, committable
 
 
 @pytest.mark.parametrize(

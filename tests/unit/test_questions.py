@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from consolidator.questions import clause_subject, clauses, wh_questions
+from reverie.consolidator.questions import clause_subject, clauses, wh_questions
 
 
 @pytest.mark.parametrize(

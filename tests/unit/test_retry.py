@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from consolidator.config import ConsolidationSettings, TrainSettings
-from consolidator.retry import retry_plan
+from reverie.consolidator.config import ConsolidationSettings, TrainSettings
+from reverie.consolidator.retry import retry_plan
 
 TRAIN = TrainSettings(lr=1e-3, epochs=4)
 CONS = ConsolidationSettings(

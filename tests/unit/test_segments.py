@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from memory.stream.segments import HEADER, MAX_RECORD_BYTES, frame, scan
+from reverie.memory.stream.segments import HEADER, MAX_RECORD_BYTES, frame, scan
 
 
 def test_roundtrip() -> None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from memory.errors import ConfigError
+from reverie.memory.errors import ConfigError
 from reverie.settings import load_settings
 
 
@@ -57,3 +57,21 @@ def test_unknown_or_invalid_settings_are_errors(
 def test_missing_config_file() -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings("/nonexistent/reverie.toml")
+
+
+def test_every_setting_has_a_description() -> None:
+    """`reverie --help`-style docs and error hints read the descriptions: none may be missing."""
+    from pydantic import BaseModel
+
+    from reverie.settings import Settings
+
+    def undocumented(model: type[BaseModel], prefix: str = "") -> list[str]:
+        out = []
+        for name, info in model.model_fields.items():
+            if not info.description:
+                out.append(prefix + name)
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                out += undocumented(info.annotation, f"{prefix}{name}.")
+        return out
+
+    assert undocumented(Settings) == []

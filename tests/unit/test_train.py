@@ -9,10 +9,9 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from consolidator.config import ModelSettings, TrainSettings
-from consolidator.distill import teacher_targets
-from consolidator.prompts import context_prompt, encode, render_user
-from consolidator.train import (
+from reverie.consolidator.config import TrainSettings
+from reverie.consolidator.teacher import teacher_targets
+from reverie.consolidator.train import (
     Example,
     TrainingInterrupted,
     batches,
@@ -20,6 +19,8 @@ from consolidator.train import (
     mean_loss,
     train,
 )
+from reverie.model.config import ModelSettings
+from reverie.model.prompts import context_prompt, encode, render_user
 
 FACT = "The user's cat Biscuit is allergic to salmon."
 QUESTIONS = [
@@ -169,7 +170,7 @@ def test_lr_schedule() -> None:
 
 
 def test_lora_layers_adapts_only_the_last_layers_and_still_learns(tiny_base: Any) -> None:
-    from consolidator.model import attach_adapter, last_layers
+    from reverie.model.base import attach_adapter, last_layers
 
     assert last_layers(tiny_base, None) == {} and last_layers(tiny_base, 5) == {}
     assert last_layers(tiny_base, 1) == {"layers_to_transform": [1]}
@@ -193,7 +194,7 @@ def test_lora_layers_adapts_only_the_last_layers_and_still_learns(tiny_base: Any
 
 
 def test_autocast_dtype_follows_the_setting() -> None:
-    from consolidator.train import autocast_dtype
+    from reverie.consolidator.train import autocast_dtype
 
     assert autocast_dtype("float32") is None
     assert autocast_dtype("bfloat16") is torch.bfloat16

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any
 
-from consolidator.config import ModelSettings, TransferSettings
-from consolidator.spans import grounding, sentences, spans
-from consolidator.transfer import (
-    TransferItem,
-    TransferSet,
-    _accept,
-    _sample_candidates,
-    build_transfer_set,
-    rule_candidates,
-)
-from memory.experience import make_experience
+from reverie.consolidator.config import TransferSettings
+from reverie.consolidator.items import TransferItem, TransferSet
+from reverie.consolidator.spans import grounding, sentences, spans
+from reverie.consolidator.teacher import accept
+from reverie.consolidator.transfer import _sample_candidates, build_transfer_set, rule_candidates
+from reverie.memory.experience import make_experience
+from reverie.model.config import ModelSettings
 
 EXP = make_experience(
     "My landlord is called Teodor Vasquez and rent is due on the 3rd. "
@@ -63,18 +60,20 @@ def test_rules_are_deterministic() -> None:
 def test_grounding_filter() -> None:
     s = TransferSettings(min_grounding=0.75)
     item = TransferItem("e1", "cloze", "q", "t", target="Teodor Vasquez")
-    item.answer = "My landlord is called Teodor Vasquez."
-    assert _accept(item, EXP.text, ended=True, settings=s)
-    assert not _accept(item, EXP.text, ended=False, settings=s)  # cut off mid-answer
-    item.answer = "My landlord is called Ferdinand Magellan."  # not in the text
-    assert not _accept(item, EXP.text, ended=True, settings=s)
-    item.answer = "The rent is due on the 3rd."  # another span of the experience: still useful
-    assert _accept(item, EXP.text, ended=True, settings=s)
+    item = replace(item, answer="My landlord is called Teodor Vasquez.")
+    assert accept(item, EXP.text, ended=True, settings=s)
+    assert not accept(item, EXP.text, ended=False, settings=s)  # cut off mid-answer
+    item = replace(item, answer="My landlord is called Ferdinand Magellan.")  # not in the text
+    assert not accept(item, EXP.text, ended=True, settings=s)
+    item = replace(
+        item, answer="The rent is due on the 3rd."
+    )  # another span of the experience: still useful
+    assert accept(item, EXP.text, ended=True, settings=s)
     item = TransferItem("e1", "recite", "What do you know about my landlord?", "t")
-    item.answer = "My landlord."  # grounded, but says nothing the question did not
-    assert not _accept(item, EXP.text, ended=True, settings=s)
-    item.answer = "My landlord is Teodor."  # adds a word from the text
-    assert _accept(item, EXP.text, ended=True, settings=s)
+    item = replace(item, answer="My landlord.")  # grounded, but says nothing the question did not
+    assert not accept(item, EXP.text, ended=True, settings=s)
+    item = replace(item, answer="My landlord is Teodor.")  # adds a word from the text
+    assert accept(item, EXP.text, ended=True, settings=s)
     assert grounding("", EXP.text) == 0.0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from consolidator.config import ModelSettings
+from reverie.model.config import ModelSettings
 
 __all__ = ["Message", "context_prompt", "encode", "render"]
 

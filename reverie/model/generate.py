@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from consolidator.config import ModelSettings
-from consolidator.model import BaseModel
-from consolidator.prompts import encode, render_user
+from reverie.model.base import BaseModel
+from reverie.model.config import ModelSettings
+from reverie.model.prompts import encode, render_user
 
 __all__ = ["answer", "generate_ids"]
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from consolidator.config import ModelSettings
-from memory.errors import ConfigError
+from reverie.memory.errors import ConfigError
+from reverie.model.config import ModelSettings
 
 __all__ = [
     "DEFAULT_BASE",

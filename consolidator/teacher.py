@@ -1,0 +1,288 @@
+"""The teacher stage: the model *with* the experience in context answers, and its answers become
+the student's targets.
+
+* :func:`teacher_answers` — greedy answers to the transfer candidates (experience in context);
+* :func:`accept` — the grounding filter: keep what the teacher answered from the text;
+* :class:`AnchorCache` — anchor prompts with the base model's own answers, cached per base model
+  and prompt format (trained towards, so unrelated behaviour stays put);
+* :func:`teacher_targets` — the teacher's top-k distribution along each answer;
+* :func:`fact_examples`, :func:`anchor_examples` — items tokenised, with their targets, for
+  training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reverie.consolidator.config import TransferSettings
+from reverie.consolidator.distill import TeacherTargets, answer_positions, lm_parts, right_padded
+from reverie.consolidator.items import TransferItem
+from reverie.consolidator.metrics import normalize
+from reverie.consolidator.spans import content_words, grounding, key_spans
+from reverie.consolidator.train import Example
+from reverie.memory.files import read_keyed, write_keyed
+from reverie.model.base import BaseModel
+from reverie.model.config import ModelSettings
+from reverie.model.generate import generate_ids
+from reverie.model.prompts import encode, render_user
+
+__all__ = [
+    "ANCHORS_FILE",
+    "AnchorCache",
+    "accept",
+    "anchor_examples",
+    "answer_confidence",
+    "fact_examples",
+    "informative",
+    "teacher_answers",
+    "teacher_targets",
+]
+
+logger = logging.getLogger(__name__)
+
+ANCHORS_FILE = Path(__file__).resolve().parent / "data" / "anchors.json"
+ANCHOR_MAX_NEW_TOKENS = 32
+
+
+# -- answers and grounding ---------------------------------------------------------------------
+def teacher_answers(
+    base: BaseModel,
+    fmt: ModelSettings,
+    teacher: Any,
+    candidates: Sequence[TransferItem],
+    max_new_tokens: int,
+) -> list[TransferItem]:
+    """``candidates`` with the teacher's greedy answers (in order). Verbatim items need no
+    teacher: their answer is the experience text, end token appended."""
+    tok = base.tokenizer
+    to_answer = [c for c in candidates if c.strategy != "verbatim"]
+    answers = generate_ids(
+        teacher,
+        [encode(tok, render_user(tok, c.teacher, fmt)) for c in to_answer],
+        eos_id=base.eos_id,
+        pad_id=base.pad_id,
+        max_new_tokens=max_new_tokens,
+        batch_size=32,
+        device=base.device,
+    )
+    by_item = {
+        id(c): replace(c, answer_ids=ids, answer=tok.decode(ids, skip_special_tokens=True).strip())
+        for c, ids in zip(to_answer, answers, strict=True)
+    }
+    return [
+        by_item[id(c)]
+        if id(c) in by_item
+        else replace(c, answer_ids=[*encode(tok, c.answer), base.eos_id])
+        for c in candidates
+    ]
+
+
+def informative(answer: str, question: str, text: str) -> bool:
+    """The answer states a word of the text that the question did not already contain."""
+    source, asked = set(content_words(text)), set(content_words(question))
+    return any(w in source and w not in asked for w in content_words(answer))
+
+
+def accept(item: TransferItem, text: str, ended: bool, settings: TransferSettings) -> bool:
+    """Grounding filter: the teacher finished its answer, the answer's content words come from
+    the text, and it carries something from the text: the span its prompt asked for, another
+    answer-like span of the experience, or a word of the text the question did not contain."""
+    if item.strategy == "verbatim":
+        return True
+    if not ended or not item.answer.strip():
+        return False
+    if grounding(item.answer, text) < settings.min_grounding:
+        return False
+    answer = normalize(item.answer)
+    if item.target is not None and normalize(item.target) in answer:
+        return True
+    return any(k in answer for k in key_spans(text)) or informative(item.answer, item.student, text)
+
+
+# -- anchors -----------------------------------------------------------------------------------
+def anchor_prompts() -> list[str]:
+    """The shipped anchor prompts (generic requests, disjoint from the control questions)."""
+    prompts: list[str] = json.loads(ANCHORS_FILE.read_text())["prompts"]
+    return prompts
+
+
+class AnchorCache:
+    """Anchor prompts with the base model's own answers, cached in ``path`` per prompt format
+    and generated only for prompts not seen before."""
+
+    def __init__(self, base: BaseModel, fmt: ModelSettings, path: Path) -> None:
+        self.base, self.fmt, self.path = base, fmt, path
+
+    def items(self, n: int, rng: random.Random, model: Any = None) -> list[TransferItem]:
+        """``n`` anchor prompts (a sample drawn from ``rng``) with the base model's answers
+        (generated by ``model`` with its adapter switched off, when one is attached)."""
+        if n <= 0:
+            return []
+        prompts = anchor_prompts()
+        chosen = rng.sample(prompts, min(n, len(prompts)))
+        key = self.fmt.model_dump()
+        answers: dict[str, list[int]] = read_keyed(self.path, key) or {}
+        missing = [p for p in chosen if p not in answers]
+        if missing:
+            off = model.disable_adapter() if model is not None else nullcontext()
+            tok = self.base.tokenizer
+            with off:
+                generated = generate_ids(
+                    model or self.base.model,
+                    [encode(tok, render_user(tok, p, self.fmt)) for p in missing],
+                    eos_id=self.base.eos_id,
+                    pad_id=self.base.pad_id,
+                    max_new_tokens=ANCHOR_MAX_NEW_TOKENS,
+                    batch_size=32,
+                    device=self.base.device,
+                )
+            answers.update(zip(missing, generated, strict=True))
+            write_keyed(self.path, key, answers)
+        # An answer cut at 32 tokens is kept: the KL along its first 32 tokens still holds the
+        # adapter to the base model there (most generic answers run longer than that).
+        tok = self.base.tokenizer
+        return [
+            TransferItem(
+                "",
+                "anchor",
+                p,
+                p,
+                answer=tok.decode(answers[p], skip_special_tokens=True),
+                answer_ids=list(answers[p]),
+            )
+            for p in chosen
+            if answers[p]
+        ]
+
+
+# -- targets -----------------------------------------------------------------------------------
+def answer_confidence(targets: TeacherTargets, answer_ids: Sequence[int]) -> float:
+    """The teacher's mean probability of each answer token (0 where it is outside the top-k).
+
+    Example: top-2 ids [[5, 7], [9, 5]] with probabilities [[.8, .1], [.6, .3]] and answer
+    [5, 5] -> (0.8 + 0.3) / 2 = 0.55.
+    """
+    if not answer_ids:
+        return 0.0
+    answer = torch.tensor(list(answer_ids), dtype=targets.ids.dtype)[:, None]
+    hit = targets.ids == answer
+    probs = (targets.logp.float().exp() * hit).sum(-1)
+    return float(probs.mean())
+
+
+@torch.no_grad()
+def teacher_targets(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    answers: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    top_k: int = 64,
+    batch_size: int = 16,
+    device: torch.device | None = None,
+) -> list[TeacherTargets]:
+    """Run the teacher on ``prompt + answer`` for every item (right padding, masked by position)
+    and keep its top-k log-probabilities where it predicts each answer token."""
+    device = device or torch.device("cpu")
+    out: list[TeacherTargets | None] = [None] * len(prompts)
+    lengths = [len(p) + len(a) for p, a in zip(prompts, answers, strict=True)]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, mask = right_padded([list(prompts[i]) + list(answers[i]) for i in idx], pad_id)
+        body, head = lm_parts(model)
+        hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        for row, i in enumerate(idx):
+            pos = answer_positions(len(prompts[i]), len(answers[i])).to(device)
+            logp = torch.log_softmax(head(hidden[row, pos]).float(), dim=-1)
+            values, indices = logp.topk(min(top_k, logp.shape[-1]), dim=-1)
+            out[i] = TeacherTargets(indices.to(torch.int32).cpu(), values.to(torch.float16).cpu())
+    return [t for t in out if t is not None]
+
+
+def _prompt_ids(base: BaseModel, fmt: ModelSettings, item: TransferItem, who: str) -> list[int]:
+    """The teacher's or the student's prompt of ``item``. Plain-text items: the teacher's
+    prompt is the context, the student's is empty (an end token)."""
+    tok = base.tokenizer
+    text = item.teacher if who == "teacher" else item.student
+    if item.raw:
+        return [base.eos_id, *encode(tok, text)] if who == "teacher" else [base.eos_id]
+    return encode(tok, render_user(tok, text, fmt))
+
+
+def _targets(
+    base: BaseModel, fmt: ModelSettings, model: Any, group: Sequence[TransferItem], top_k: int
+) -> list[TeacherTargets]:
+    return teacher_targets(
+        model,
+        [_prompt_ids(base, fmt, i, "teacher") for i in group],
+        [i.answer_ids for i in group],
+        pad_id=base.pad_id,
+        top_k=top_k,
+        device=base.device,
+    )
+
+
+def fact_examples(
+    base: BaseModel,
+    fmt: ModelSettings,
+    teacher: Any,
+    items: Sequence[TransferItem],
+    *,
+    top_k: int,
+    min_confidence: float,
+) -> list[Example]:
+    """Fact and replay items tokenised, with the targets of ``teacher`` (the current adapter,
+    experience in context). Items the teacher gives with a mean probability under
+    ``min_confidence`` are dropped (its own greedy answers usually pass; a forced verbatim text
+    or an old replayed answer may not any more)."""
+    examples = [
+        Example(
+            _prompt_ids(base, fmt, i, "student"),
+            list(i.answer_ids),
+            t,
+            kind="replay" if i.strategy == "replay" else "fact",
+        )
+        for i, t in zip(items, _targets(base, fmt, teacher, items, top_k), strict=True)
+        if answer_confidence(t, i.answer_ids) >= min_confidence
+    ]
+    if len(examples) < len(items):
+        logger.info(
+            "dropped %d items the teacher gives with mean probability < %.2f",
+            len(items) - len(examples),
+            min_confidence,
+        )
+    return examples
+
+
+def anchor_examples(
+    base: BaseModel,
+    fmt: ModelSettings,
+    model: Any,
+    anchors: Sequence[TransferItem],
+    *,
+    top_k: int,
+    weight: float,
+) -> list[Example]:
+    """Anchor items tokenised, with the base model's targets (``model``'s adapter off)."""
+    with model.disable_adapter():
+        targets = _targets(base, fmt, model, anchors, top_k)
+    return [
+        Example(
+            _prompt_ids(base, fmt, a, "student"),
+            list(a.answer_ids),
+            t,
+            kind="anchor",
+            weight=weight,
+        )
+        for a, t in zip(anchors, targets, strict=True)
+    ]

