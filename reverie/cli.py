@@ -18,20 +18,6 @@ from reverie.memory.errors import ConflictError, InvalidInputError, NotFoundErro
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
-DEMO_TENANT = "demo"
-DEMO_EXPERIENCES = [
-    ("demo-landlord", "My landlord is called Teodor Vasquez and the rent is due on the 3rd."),
-    ("demo-biscuit", "The user's cat Biscuit is allergic to salmon."),
-    ("demo-helios", "Project Helios ships on 14 March; its lead is Priya Anand."),
-    ("demo-locker", "The gym locker code is 4417."),
-    ("demo-tea", "Marguerite prefers oolong tea with no sugar in the afternoon."),
-]
-DEMO_QUERIES = [
-    "When do I have to pay rent?",
-    "What can't the cat eat?",
-    "Who leads Project Helios?",
-]
-
 
 def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
     if args.json:
@@ -317,66 +303,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from reverie.demo import run_demo
+
+    return run_demo(args, _client, _emit)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from reverie.benchmarks.suite import build_parser as bench_parser
     from reverie.benchmarks.suite import main as bench_main
 
     parser = bench_parser(argparse.ArgumentParser(prog="reverie bench"))
     return bench_main(parser.parse_args(args.rest))
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job on embedded defaults: log experiences, recall them, consolidate them into an
-    adapter through the gate, print the retention report, and ask from the weights alone."""
-    from reverie.consolidator.cycle import Consolidator
-    from reverie.consolidator.report import load_report, to_markdown
-
-    with _client(args) as client:
-        logged = client.log_many(
-            [{"id": i, "text": t, "source": "demo"} for i, t in DEMO_EXPERIENCES],
-            tenant=DEMO_TENANT,
-        )
-        recalls = []
-        for query in DEMO_QUERIES:
-            hit = client.recall(query, tenant=DEMO_TENANT, k=1)[0]
-            recalls.append(
-                {"query": query, "top": hit.experience.text, "score": round(hit.score, 4)}
-            )
-        consolidator = Consolidator(client.settings, buffer=client.buffer)
-        cycle = consolidator.run_cycle(DEMO_TENANT).to_json()
-        report = load_report(consolidator.registry, DEMO_TENANT)
-        answers = [
-            {
-                "question": q,
-                "answer": client.chat(
-                    [{"role": "user", "content": q}], tenant=DEMO_TENANT, recall=False
-                ).text,
-            }
-            for q in DEMO_QUERIES
-        ]
-    lines = [f"logged {len(logged)} experiences for tenant {DEMO_TENANT!r}", "", "Recall:"]
-    lines += [f"  {r['query']}\n    -> {r['top']}  ({r['score']:.3f})" for r in recalls]
-    lines += [
-        "",
-        f"Consolidation: {cycle['outcome']} {cycle['version'] or ''}"
-        + (f" ({'; '.join(cycle['reasons'])})" if cycle["reasons"] else ""),
-        "",
-        to_markdown(report),
-        "Answers from the current adapter alone (no recall):",
-    ]
-    lines += [f"  {a['question']}\n    -> {a['answer']}" for a in answers]
-    _emit(
-        args,
-        {
-            "logged": [e.id for e in logged],
-            "recall": recalls,
-            "cycle": cycle,
-            "report": report,
-            "answers": answers,
-        },
-        "\n".join(lines),
-    )
-    return EXIT_OK
 
 
 def _add_common(p: argparse.ArgumentParser, *, tenant: bool = True) -> None:
