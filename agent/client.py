@@ -9,6 +9,7 @@ experience is ever missing from recall, and dedupe by (tenant, id) means none is
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -17,7 +18,7 @@ from reverie.agent.chat import Reply, Responder, validate_messages
 from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.buffer import Buffer, Hit, StoredExperience
 from reverie.memory.embedder import Embedder, SentenceTransformerEmbedder
-from reverie.memory.errors import ConflictError, InvalidInputError, NotFoundError
+from reverie.memory.errors import ConflictError, InvalidInputError, NotFoundError, StorageError
 from reverie.memory.experience import Experience, make_experience, validate_tenant
 from reverie.memory.ingest import Ingest, classify, refusal
 from reverie.memory.stream import ExperienceStream, StreamRecord, open_stream
@@ -126,35 +127,46 @@ class MemoryClient:
                     f"id {exp.id!r} appears twice in the batch with different "
                     "content; give each experience its own id"
                 )
-        stored = self.buffer.get_many(tenant, list(unique))
+        # Check, embed the new ones (slow: outside the lock), then check again and write under
+        # the tenant's ingest lock, so a refused write leaves no trace in the stream.
+        verdicts = self._verdicts(tenant, unique)
+        candidates = [unique[i] for i, v in verdicts.items() if v is Ingest.NEW]
+        vectors = self._embedder.embed([e.text for e in candidates]) if candidates else None
+        with self.buffer.ingest_lock(tenant):
+            verdicts.update(self._verdicts(tenant, {e.id: e for e in candidates}))
+            keep = [i for i, e in enumerate(candidates) if verdicts[e.id] is Ingest.NEW]
+            new = [candidates[i] for i in keep]
+            if new and vectors is not None:
+                positions = self._stream.append([StreamRecord.logged(exp) for exp in new])
+                try:
+                    self.buffer.add_many(new, vectors[keep], positions)
+                except (sqlite3.Error, OSError) as err:
+                    raise StorageError(
+                        f"tenant {tenant!r}: {len(new)} experience(s) reached the stream but not "
+                        f"the buffer ({err}); they may be written: retry with the same ids "
+                        "(a retry is idempotent)"
+                    ) from err
+                logger.debug("logged %d experiences for tenant %s", len(new), tenant)
+        stored = self.buffer.get_many(tenant, [i for i, v in verdicts.items() if v is Ingest.SAME])
+        result = {**{k: v.experience for k, v in stored.items()}, **{e.id: e for e in new}}
+        return [result[exp.id] for exp in experiences]
+
+    def _verdicts(self, tenant: str, experiences: Mapping[str, Experience]) -> dict[str, Ingest]:
+        """The ingest rule for each experience (by id); raises the refusal of the first that
+        may not be written."""
+        stored = self.buffer.get_many(tenant, list(experiences))
         verdicts = {
             id_: classify(
                 exp,
                 stored.get(id_),
                 forgotten=id_ not in stored and self.buffer.is_forgotten(tenant, id_),
             )
-            for id_, exp in unique.items()
+            for id_, exp in experiences.items()
         }
         for id_, verdict in verdicts.items():
-            if (error := refusal(verdict, unique[id_])) is not None:
+            if (error := refusal(verdict, experiences[id_])) is not None:
                 raise error
-        new = [unique[id_] for id_, v in verdicts.items() if v is Ingest.NEW]
-        if new:
-            vectors = self._embedder.embed([exp.text for exp in new])
-            positions = self._stream.append([StreamRecord.logged(exp) for exp in new])
-            inserted = self.buffer.add_many(new, vectors, positions)
-            for exp, was_new in zip(new, inserted, strict=True):
-                # Lost a race with another process logging the same id: the same rule applies.
-                if not was_new:
-                    raced = classify(exp, self.buffer.get(tenant, exp.id), forgotten=False)
-                    if raced is Ingest.CONFLICT:
-                        raise ConflictError(
-                            f"experience {exp.id!r} of tenant {tenant!r} was logged concurrently "
-                            "with different content; use a new id"
-                        )
-            logger.debug("logged %d experiences for tenant %s", len(new), tenant)
-        result = {**{k: v.experience for k, v in stored.items()}, **{e.id: e for e in new}}
-        return [result[exp.id] for exp in experiences]
+        return verdicts
 
     def forget(self, id: str, *, tenant: str) -> None:
         """Erase an experience: a forget record goes to the stream, the buffer drops it, and no

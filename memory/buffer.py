@@ -9,8 +9,10 @@ rows before it searches.
 
 from __future__ import annotations
 
+import fcntl
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import numpy as np
 
 from reverie.memory.config import BufferSettings
 from reverie.memory.errors import InvalidInputError
-from reverie.memory.experience import Experience
+from reverie.memory.experience import Experience, validate_tenant
 from reverie.memory.index import IndexCache
 from reverie.memory.rows import RowStore, Status, StoredExperience
 from reverie.memory.stream.base import Position
@@ -58,6 +60,16 @@ class Buffer:
         self._index = IndexCache(self.dir / "index", self._rows, settings or BufferSettings())
 
     # -- writes ----------------------------------------------------------------------------
+    @contextmanager
+    def ingest_lock(self, tenant: str) -> Iterator[None]:
+        """Held by a writer from its conflict check to its insert, across threads and every
+        process sharing this buffer, so a write the check refuses never reaches the stream."""
+        locks = self.dir / "locks"
+        locks.mkdir(exist_ok=True)
+        with open(locks / f"{validate_tenant(tenant)}.lock", "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # a separate open file: threads exclude each other too
+            yield
+
     def add(
         self, experience: Experience, vector: np.ndarray, position: Position | None = None
     ) -> bool:

@@ -8,6 +8,7 @@ Every error the library raises on purpose derives from :class:`ReverieError`::
      ├── NotFoundError            no such experience / tenant / version
      ├── ConflictError            an id is reused with different content
      ├── StreamError              the experience stream failed or timed out
+     ├── StorageError             a local write failed (a full disk, a read-only data dir)
      └── IntegrityError           stored state failed a check (checksum, dimension, format)
 
 Nothing here shadows a builtin.
@@ -22,6 +23,7 @@ __all__ = [
     "InvalidInputError",
     "NotFoundError",
     "ReverieError",
+    "StorageError",
     "StreamError",
 ]
 
@@ -53,6 +55,11 @@ class ConflictError(ReverieError):
 
 class StreamError(ReverieError):
     """The experience stream could not acknowledge or deliver records."""
+
+
+class StorageError(ReverieError):
+    """A local write failed (a full disk, a read-only data dir). The message says what may
+    already be written and how to retry safely."""
 
 
 class IntegrityError(ReverieError):

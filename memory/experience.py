@@ -38,12 +38,12 @@ MAX_TEXT_CHARS = 32_000
 MAX_METADATA_BYTES = 16 * 1024
 MAX_ID_CHARS = 128
 MAX_SOURCE_CHARS = 256
-TENANT_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 ID_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
-_TENANT_RE = re.compile(TENANT_PATTERN)
+_TENANT_RE = re.compile(TENANT_PATTERN[1:-1])  # used with fullmatch: no trailing newline
 
 _FIXES = {
-    "tenant": "use 1-64 characters from A-Z a-z 0-9 _ . -",
+    "tenant": "use 1-64 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit",
     "text": f"give between 1 and {MAX_TEXT_CHARS:,} characters of non-blank text",
     "id": f"use 1-{MAX_ID_CHARS} characters from A-Z a-z 0-9 _ . : @ -, or omit it",
     "metadata": f"give a JSON object of at most {MAX_METADATA_BYTES:,} bytes when serialised",
@@ -109,7 +109,7 @@ def _first_field(err: ValidationError) -> tuple[str, str]:
 
 def validate_tenant(tenant: object) -> str:
     """Return ``tenant`` if it is a valid tenant name, else raise :class:`InvalidInputError`."""
-    if not isinstance(tenant, str) or not _TENANT_RE.match(tenant):
+    if not isinstance(tenant, str) or not _TENANT_RE.fullmatch(tenant):
         raise InvalidInputError("tenant", f"{tenant!r} is not a valid tenant; {_FIXES['tenant']}")
     return tenant
 

@@ -1,7 +1,7 @@
 """Each tenant's FAISS index: a cache of the embeddings in the buffer's rows, keyed by ``seq``.
 
-* an index file that is missing, unreadable or built for another dimension is rebuilt from the
-  rows;
+* an index file that is missing, unreadable, or fails a check (its checksum, the tenant it was
+  written for, its vector count, every live row it claims to hold) is rebuilt from the rows;
 * an index file that is stale (written before the newest rows) is caught up from ``seq > hwm``;
 * ids the index still holds after a delete are filtered out by the row lookup on every search.
 
@@ -11,6 +11,7 @@ experiences, then HNSW, whose latency stays flat past 100k vectors.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -26,6 +27,17 @@ from reverie.memory.rows import RowStore
 __all__ = ["IndexCache"]
 
 logger = logging.getLogger(__name__)
+
+
+def _mismatch(meta: dict[str, Any], tenant: str, blob: bytes) -> str | None:
+    """Why a saved index cannot be used as it is (None: its header and checksum hold)."""
+    if meta.get("tenant") != tenant:
+        return f"written for tenant {meta.get('tenant')!r}"
+    if meta.get("kind") not in ("flat", "hnsw"):
+        return f"unknown kind {meta.get('kind')!r}"
+    if meta.get("sha256") != hashlib.sha256(blob).hexdigest():
+        return "checksum mismatch"
+    return None
 
 
 class _TenantIndex:
@@ -100,19 +112,32 @@ class IndexCache:
         return mode
 
     def _load(self, tenant: str) -> _TenantIndex | None:
+        """The saved index, or None (then it is rebuilt) when it is missing or fails a check:
+        its checksum, its tenant, its size, and that it holds every live row it claims to."""
         path = self._path(tenant)
         try:
             data = path.read_bytes()
             meta_len = int.from_bytes(data[:8], "big")
             meta = json.loads(data[8 : 8 + meta_len])
-            index = faiss.deserialize_index(np.frombuffer(data[8 + meta_len :], dtype=np.uint8))
+            blob = data[8 + meta_len :]
+            problem = _mismatch(meta, tenant, blob)
+            index = None if problem else faiss.deserialize_index(np.frombuffer(blob, np.uint8))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, RuntimeError) as err:
-            logger.warning("index of tenant %s unreadable (%s); rebuilding", tenant, err)
-            return None
-        if index.d != self._rows.dim or meta.get("kind") not in ("flat", "hnsw"):
-            logger.warning("index of tenant %s does not match the buffer; rebuilding", tenant)
+            problem, index = f"unreadable ({err})", None
+        if index is not None and index.d != self._rows.dim:
+            problem = f"dimension {index.d}, not {self._rows.dim}"
+        if index is not None and index.ntotal != meta.get("ntotal"):
+            problem = f"{index.ntotal} vectors, the file says {meta.get('ntotal')}"
+        if index is not None and not problem:
+            id_map: Any = index.id_map  # type: ignore[attr-defined]  # an IndexIDMap2
+            held = set(faiss.vector_to_array(id_map).tolist())
+            missing = [q for q in self._rows.seqs(tenant, upto=int(meta["hwm"])) if q not in held]
+            if missing:
+                problem = f"{len(missing)} live rows missing"
+        if problem:
+            logger.warning("index of tenant %s: %s; rebuilding from the rows", tenant, problem)
             return None
         return _TenantIndex(index, meta["kind"], int(meta["hwm"]))
 
@@ -152,8 +177,16 @@ class IndexCache:
 
     def _save(self, tenant: str, index: _TenantIndex) -> None:
         """Write index and high-water mark as one file, atomically (old or new, never a mix)."""
-        meta = json.dumps({"kind": index.kind, "hwm": index.hwm}).encode()
         blob = faiss.serialize_index(index.index).tobytes()
+        meta = json.dumps(
+            {
+                "tenant": tenant,
+                "kind": index.kind,
+                "hwm": index.hwm,
+                "ntotal": int(index.index.ntotal),
+                "sha256": hashlib.sha256(blob).hexdigest(),
+            }
+        ).encode()
         atomic_write_bytes(self._path(tenant), len(meta).to_bytes(8, "big") + meta + blob)
         index.unsaved = 0
 

@@ -327,6 +327,14 @@ class RowStore:
         with self.lock:
             return [_row_to_stored(r) for r in self._db.execute(sql, args).fetchall()]
 
+    def seqs(self, tenant: str, *, upto: int) -> list[int]:
+        """The ``seq`` of every live row of ``tenant`` up to ``upto``."""
+        with self.lock:
+            rows = self._db.execute(
+                "SELECT seq FROM experiences WHERE tenant=? AND seq<=?", (tenant, upto)
+            ).fetchall()
+        return [int(r["seq"]) for r in rows]
+
     def vectors_after(
         self, tenant: str, seq: int, batch: int = 10000
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:

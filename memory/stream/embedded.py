@@ -9,9 +9,13 @@ Used when no Kafka bootstrap servers are configured. Layout under ``root``::
     groups/<group>/p0000.lock            flock held by the group member that owns the partition
     groups/<group>/members/<id>.lock     flock held while a member is alive
 
-Durability: an append writes every frame in one ``write`` and ``fsync`` s before returning. On open,
-the newest segment of each partition is scanned under the append lock and a torn tail (from a crash
-mid-append) is truncated. Several processes may append and consume concurrently.
+Durability: an append writes every frame in one ``write`` at the end of the last valid record and
+``fsync`` s before returning; a failed append (a full disk) cuts its partial bytes before the lock
+is released. On open (and before an append that finds bytes past the last record) the newest
+segment is scanned under the append lock: a torn tail (a crash mid-append) is cut; a record that
+fails its checksum with valid records after it (corruption) is quarantined in place
+(``p0000/quarantine/``), so no acknowledged record is cut and no offset is reused. Several
+processes may append and consume concurrently.
 
 Group membership: each live member holds a lock file; a member owns at most
 ``ceil(partitions / live members)`` partitions, each claimed with a non-blocking flock, so a member
@@ -20,25 +24,21 @@ that dies (even by SIGKILL) releases its partitions to the others at their next 
 
 from __future__ import annotations
 
-import bisect
 import fcntl
 import json
 import logging
 import math
-import mmap
 import os
-import threading
 import time
 import uuid
 import weakref
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from reverie.memory.errors import ConfigError, StreamError
-from reverie.memory.files import atomic_write_text, fsync_dir
+from reverie.memory.files import atomic_write_text
 from reverie.memory.stream.base import (
     Position,
     StreamMessage,
@@ -47,182 +47,11 @@ from reverie.memory.stream.base import (
     encode_record,
     to_message,
 )
-from reverie.memory.stream.segments import frame, scan
+from reverie.memory.stream.partition import Partition
 
 __all__ = ["EmbeddedConsumer", "EmbeddedStream"]
 
 logger = logging.getLogger(__name__)
-
-_SEGMENT_SUFFIX = ".log"
-
-
-class _Partition:
-    """One partition: a directory of segments. Thread-safe and multi-process safe."""
-
-    def __init__(self, directory: Path, segment_bytes: int, fsync: bool) -> None:
-        self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self._segment_bytes = segment_bytes
-        self._fsync = fsync
-        self._mutex = threading.Lock()
-        self._lock_file = open(self.dir / ".lock", "a+b")  # noqa: SIM115 - held for the log's life
-        # Cached view of the tail: (segment base, valid byte length, next offset).
-        self._tail_base = -1
-        self._tail_pos = 0
-        self._tail_next = 0
-        # Where the last read stopped, so sequential reads do not rescan: offset -> (base, pos).
-        self._cursor: dict[int, tuple[int, int]] = {}
-        with self._exclusive():
-            self._recover()
-
-    # -- locking ---------------------------------------------------------------------------
-    @contextmanager
-    def _exclusive(self) -> Iterator[None]:
-        with self._mutex:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
-
-    # -- segments --------------------------------------------------------------------------
-    def _bases(self) -> list[int]:
-        return sorted(
-            int(p.name[: -len(_SEGMENT_SUFFIX)])
-            for p in self.dir.iterdir()
-            if p.name.endswith(_SEGMENT_SUFFIX) and p.name[: -len(_SEGMENT_SUFFIX)].isdigit()
-        )
-
-    def _path(self, base: int) -> Path:
-        return self.dir / f"{base:020d}{_SEGMENT_SUFFIX}"
-
-    @staticmethod
-    def _map(path: Path) -> mmap.mmap | None:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size == 0:
-                return None
-            return mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ)
-
-    def _recover(self) -> None:
-        """Truncate a torn tail of the newest segment (caller holds the exclusive lock)."""
-        bases = self._bases()
-        if not bases:
-            self._path(0).touch()
-            fsync_dir(self.dir)
-            bases = [0]
-        base = bases[-1]
-        path = self._path(base)
-        mm = self._map(path)
-        result = scan(mm if mm is not None else b"")
-        size = len(mm) if mm is not None else 0
-        if mm is not None:
-            mm.close()
-        if result.end < size:
-            logger.warning(
-                "truncating torn tail of %s: %d bytes after offset %d (%s record)",
-                path,
-                size - result.end,
-                base + len(result.payloads),
-                result.stop,
-            )
-            with open(path, "r+b") as fh:
-                fh.truncate(result.end)
-                fh.flush()
-                os.fsync(fh.fileno())
-        self._tail_base, self._tail_pos = base, result.end
-        self._tail_next = base + len(result.payloads)
-
-    def _refresh_tail(self) -> None:
-        """Catch up with records other processes appended (caller holds ``_mutex``)."""
-        bases = self._bases()
-        newest = bases[-1] if bases else 0
-        if newest != self._tail_base:
-            self._tail_base, self._tail_pos, self._tail_next = newest, 0, newest
-        mm = self._map(self._path(self._tail_base))
-        if mm is None:
-            return
-        try:
-            result = scan(mm, self._tail_pos)
-        finally:
-            mm.close()
-        self._tail_pos = result.end
-        self._tail_next += len(result.payloads)
-
-    # -- public ----------------------------------------------------------------------------
-    def end_offset(self) -> int:
-        with self._mutex:
-            self._refresh_tail()
-            return self._tail_next
-
-    def append(self, payloads: Sequence[bytes]) -> int:
-        """Append durably; return the offset of the first payload."""
-        data = frame(payloads)
-        with self._exclusive():
-            self._refresh_tail()
-            if self._tail_pos >= self._segment_bytes:
-                self._tail_base, self._tail_pos = self._tail_next, 0
-                self._path(self._tail_base).touch()
-                fsync_dir(self.dir)
-            first = self._tail_next
-            with open(self._path(self._tail_base), "ab") as fh:
-                fh.write(data)
-                fh.flush()
-                if self._fsync:
-                    os.fsync(fh.fileno())
-            self._tail_pos += len(data)
-            self._tail_next += len(payloads)
-            return first
-
-    def _scan_segment(self, base: int, pos: int, max_records: int) -> tuple[list[bytes], int, bool]:
-        """Records of segment ``base`` from byte ``pos``: (payloads, end byte, at clean EOF)."""
-        mm = self._map(self._path(base))
-        if mm is None:
-            return [], pos, True
-        try:
-            result = scan(mm, pos, max_records)
-            at_eof = result.stop == "clean" and result.end == len(mm)
-        finally:
-            mm.close()
-        return result.payloads, result.end, at_eof
-
-    def _locate(self, offset: int, bases: list[int]) -> tuple[int, int] | None:
-        """(segment base, byte position) where record ``offset`` starts, or None past the end."""
-        if offset in self._cursor:
-            return self._cursor[offset]
-        i = bisect.bisect_right(bases, offset) - 1
-        if i < 0:
-            return None
-        skip = offset - bases[i]
-        payloads, end, _ = self._scan_segment(bases[i], 0, skip)
-        return (bases[i], end) if len(payloads) == skip else None
-
-    def read(self, offset: int, max_records: int) -> list[tuple[int, bytes]]:
-        """Up to ``max_records`` complete records from ``offset`` (never blocks on writers)."""
-        with self._mutex:
-            bases = self._bases()
-            start = self._locate(offset, bases)
-            if start is None:
-                return []
-            base, pos = start
-            out: list[tuple[int, bytes]] = []
-            current = offset
-            while len(out) < max_records:
-                payloads, pos, at_eof = self._scan_segment(base, pos, max_records - len(out))
-                out.extend(zip(range(current, current + len(payloads)), payloads, strict=True))
-                current += len(payloads)
-                nxt = bisect.bisect_right(bases, base)
-                # Continue into the next segment only once this one is read to its clean end.
-                if not (at_eof and nxt < len(bases) and bases[nxt] == current):
-                    break
-                base, pos = bases[nxt], 0
-            self._cursor[current] = (base, pos)
-            while len(self._cursor) > 16:  # a few readers at different places; drop the oldest
-                del self._cursor[next(iter(self._cursor))]
-            return out
-
-    def close(self) -> None:
-        self._lock_file.close()
 
 
 class EmbeddedStream:
@@ -250,10 +79,10 @@ class EmbeddedStream:
         else:
             atomic_write_text(meta_path, json.dumps({"partitions": partitions}))
         self._partitions = [
-            _Partition(self.root / f"p{p:04d}", segment_bytes, fsync) for p in range(partitions)
+            Partition(self.root / f"p{p:04d}", segment_bytes, fsync) for p in range(partitions)
         ]
         self._consumers: weakref.WeakSet[EmbeddedConsumer] = weakref.WeakSet()
-        self._dead: _Partition | None = None
+        self._dead: Partition | None = None
 
     @property
     def name(self) -> str:
@@ -281,7 +110,9 @@ class EmbeddedStream:
             try:
                 first = self._partitions[p].append([keyed[i][1] for i in indices])
             except OSError as err:
-                raise StreamError(f"embedded stream append failed: {err}") from err
+                raise StreamError(
+                    f"embedded stream append failed ({err}); nothing was written: retry"
+                ) from err
             for k, i in enumerate(indices):
                 positions[i] = Position(p, first + k)
         return [pos for pos in positions if pos is not None]
@@ -289,9 +120,9 @@ class EmbeddedStream:
     def end_offsets(self) -> dict[int, int]:
         return {p: part.end_offset() for p, part in enumerate(self._partitions)}
 
-    def _dlq(self) -> _Partition:
+    def _dlq(self) -> Partition:
         if self._dead is None:
-            self._dead = _Partition(self.root / "dead-letters", 64 * 1024 * 1024, True)
+            self._dead = Partition(self.root / "dead-letters", 64 * 1024 * 1024, True)
         return self._dead
 
     def dead_letter(self, message: StreamMessage, reason: str) -> None:

@@ -126,6 +126,47 @@ def test_corrupt_index_file_is_rebuilt(tmp_path: Path, rng: np.random.Generator)
     buf.close()
 
 
+def test_index_with_flipped_bytes_is_rebuilt_not_used(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """Flipped bytes inside the stored vectors would give wrong hits and absurd scores; the
+    checksum catches them and the index is rebuilt from the rows."""
+    buf = open_buffer(tmp_path)
+    vectors = unit(rng, 50)
+    buf.add_many(exps("a", 50), vectors)
+    buf.search("a", vectors[0])
+    buf.close()
+    path = tmp_path / "index" / "a.index"
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) // 2, len(data) // 2 + 64, 4):
+        data[i] ^= 0x7F  # inside the float data
+    path.write_bytes(bytes(data))
+    buf = open_buffer(tmp_path)
+    hits = [buf.search("a", vectors[i], k=1)[0] for i in range(50)]
+    assert [h.experience.id for h in hits] == [f"e{i}" for i in range(50)]
+    assert max(h.score for h in hits) <= 1.0 + 1e-4
+    buf.close()
+
+
+def test_another_tenants_index_copied_in_is_rebuilt(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    buf = open_buffer(tmp_path)
+    va, vb = unit(rng, 5), unit(rng, 5)
+    buf.add_many(exps("a", 5), va)
+    buf.add_many(exps("b", 5), vb)
+    buf.search("a", va[0]), buf.search("b", vb[0])
+    buf.close()
+    index = tmp_path / "index"
+    (index / "a.index").write_bytes((index / "b.index").read_bytes())
+    buf = open_buffer(tmp_path)
+    assert [buf.search("a", va[i], k=1)[0].experience.id for i in range(5)] == [
+        f"e{i}" for i in range(5)
+    ]
+    assert all(h.experience.tenant == "a" for h in buf.search("a", vb[0], k=5))
+    buf.close()
+
+
 def test_stale_index_catches_up(tmp_path: Path, rng: np.random.Generator) -> None:
     """An index saved before later rows (a crash before the next save) gains the missing rows."""
     buf = open_buffer(tmp_path)

@@ -9,6 +9,7 @@ import pytest
 
 from reverie.memory.errors import ConfigError, StreamError
 from reverie.memory.stream import EmbeddedStream
+from reverie.memory.stream.segments import HEADER
 from tests.helpers import drain, next_offsets
 
 TENANT = "alice"
@@ -49,6 +50,56 @@ def test_corrupt_tail_record_is_truncated(tmp_path: Path) -> None:
     reopened = EmbeddedStream(tmp_path, partitions=1)
     assert reopened.end_offsets() == {0: 1}
     reopened.close()
+
+
+@pytest.mark.parametrize("where", ["payload", "length"])
+def test_a_flipped_bit_mid_segment_quarantines_one_record_and_keeps_the_rest(
+    tmp_path: Path, where: str
+) -> None:
+    """Corruption is not a torn tail: the records after it stay, at their offsets, and the
+    damaged one is delivered as undecodable at its own offset."""
+    stream = EmbeddedStream(tmp_path, partitions=1)
+    payloads = [f"record {i:03d}".encode() for i in range(300)]
+    stream.append_raw(TENANT, payloads)
+    seg = _segment(tmp_path, stream)
+    stream.close()
+    data = bytearray(seg.read_bytes())
+    start = 50 * (HEADER.size + len(payloads[0]))  # record 50
+    data[start + (HEADER.size + 2 if where == "payload" else 3)] ^= 0x10
+    seg.write_bytes(bytes(data))
+
+    reopened = EmbeddedStream(tmp_path, partitions=1)
+    try:
+        messages = reopened.read(0, 0, 1000)
+        assert [m.offset for m in messages] == list(range(300))
+        assert [m.raw for m in messages if m.offset != 50] == payloads[:50] + payloads[51:]
+        assert messages[50].record is None and "quarantined" in messages[50].raw.decode()
+        kept = tmp_path / "p0000" / "quarantine" / f"{50:020d}.bin"
+        assert kept.read_bytes() == bytes(data[start : start + HEADER.size + len(payloads[0])])
+        [pos] = reopened.append_raw(TENANT, [b"after"])
+        assert pos.offset == 300  # no offset handed out twice
+    finally:
+        reopened.close()
+    again = EmbeddedStream(tmp_path, partitions=1)  # the repair is durable and idempotent
+    assert again.end_offsets() == {0: 301}
+    again.close()
+
+
+def test_an_append_after_a_dead_writers_partial_record_cuts_it_first(
+    tmp_path: Path, closing: list[object]
+) -> None:
+    """Another process died mid-append while this one kept the log open: the next append lands
+    right after the last whole record, not after the junk (where readers would never see it)."""
+    stream = EmbeddedStream(tmp_path, partitions=1)
+    closing.append(stream)
+    stream.append_raw(TENANT, [b"one", b"two"])
+    with open(_segment(tmp_path, stream), "ab") as fh:
+        fh.write(b"\x00\x00\x00\x10\x12\x34half")
+    [pos] = stream.append_raw(TENANT, [b"three"])
+    assert pos.offset == 2
+    reopened = EmbeddedStream(tmp_path, partitions=1)
+    closing.append(reopened)
+    assert [m.raw for m in reopened.read(0, 0, 10)] == [b"one", b"two", b"three"]
 
 
 def test_segments_roll_and_read_across_them(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reverie.memory.stream.segments import HEADER, MAX_RECORD_BYTES, frame, scan
+from reverie.memory.stream.segments import HEADER, MAX_RECORD_BYTES, frame, resync, scan
 
 
 def test_roundtrip() -> None:
@@ -50,3 +50,26 @@ def test_scan_from_offset_and_limit() -> None:
 def test_oversized_record_rejected() -> None:
     with pytest.raises(ValueError, match="exceeds"):
         frame([b"x" * (MAX_RECORD_BYTES + 1)])
+
+
+def test_resync_after_a_flipped_payload_bit_uses_the_frame_length() -> None:
+    data = bytearray(frame([b"one", b"two", b"three"]))
+    second = HEADER.size + 3
+    data[second + HEADER.size] ^= 0x01  # a bit of "two"
+    result = scan(bytes(data))
+    assert result.stop == "corrupt" and result.end == second
+    assert resync(bytes(data), second) == second + HEADER.size + 3
+
+
+def test_resync_after_a_flipped_length_bit_scans_forward() -> None:
+    data = bytearray(frame([b"one", b"two", b"three"]))
+    second = HEADER.size + 3
+    data[second + 3] ^= 0x40  # the length of "two" now claims 67 bytes
+    assert scan(bytes(data)).end == second
+    assert resync(bytes(data), second) == second + HEADER.size + 3
+
+
+def test_nothing_valid_after_a_bad_last_frame_is_a_torn_tail() -> None:
+    data = bytearray(frame([b"one", b"two"]))
+    data[-1] ^= 0x01
+    assert resync(bytes(data), HEADER.size + 3) is None
