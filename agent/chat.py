@@ -18,22 +18,40 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
 
 from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.errors import InvalidInputError
 from reverie.memory.experience import Experience
+from reverie.memory.router import Router, load_router
 from reverie.model.prompts import Message, context_prompt, encode, render
 from reverie.settings import Settings
 
 if TYPE_CHECKING:
     from reverie.model.base import BaseModel
 
-__all__ = ["Reply", "Responder", "build_messages"]
+__all__ = ["RECALL_MODES", "RecallMode", "Reply", "Responder", "build_messages", "recall_mode"]
 
 logger = logging.getLogger(__name__)
 
 _ROLES = {"system", "user", "assistant"}
+
+RecallMode = Literal["all", "unconsolidated", "none"]
+RECALL_MODES: tuple[RecallMode, ...] = ("all", "unconsolidated", "none")
+
+
+def recall_mode(value: object) -> RecallMode:
+    """``recall`` as a mode: True is "all", False is "none"."""
+    if value is True or value is False:
+        return "all" if value else "none"
+    for mode in RECALL_MODES:
+        if value == mode:
+            return mode
+    raise InvalidInputError(
+        "recall", f"must be true, false, or one of {', '.join(RECALL_MODES)}; got {value!r}"
+    )
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,7 @@ class Reply:
     completion_tokens: int = 0
     finish_reason: str = "stop"
     recalled: tuple[Experience, ...] = field(default=(), repr=False)
+    routed: bool = False  # the adapter answered (False: no adapter, or its router kept it off)
 
 
 def build_messages(messages: Sequence[Message], recalled: Sequence[Experience]) -> list[Message]:
@@ -92,6 +111,7 @@ class Responder:
         self._lock = threading.RLock()
         self._peft: Any = None  # a PeftModel once the first adapter is loaded
         self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter name -> version, LRU order
+        self._routers: dict[str, Router | None] = {}  # adapter name -> its version's router
 
     @property
     def base(self) -> BaseModel:
@@ -102,8 +122,9 @@ class Responder:
                 self._base = load_base(self.settings.model, self.settings.data_dir)
             return self._base
 
-    def _activate(self, tenant: str) -> str | None:
-        """Make the tenant's current adapter active (loading it if new); return its version."""
+    def _activate(self, tenant: str) -> tuple[str, Router | None] | None:
+        """Make the tenant's current adapter active (loading it if new); return its version
+        and its router (None: the tenant has no adapter yet)."""
         current = self.registry.current(tenant)
         if current is None:
             return None
@@ -120,17 +141,19 @@ class Responder:
             else:
                 self._peft.load_adapter(str(current.path), adapter_name=name)
             self._loaded[name] = current.version
+            self._routers[name] = load_router(current.path)
             logger.info("loaded adapter %s", name)
             self._evict(keep=name)
         self._loaded.move_to_end(name)
         self._peft.set_adapter(name)
-        return current.version
+        return current.version, self._routers[name]
 
     def _evict(self, keep: str) -> None:
         while len(self._loaded) > self._max_adapters:
             name = next(n for n in self._loaded if n != keep)
             self._peft.delete_adapter(name)
             del self._loaded[name]
+            self._routers.pop(name, None)
 
     def respond(
         self,
@@ -139,7 +162,11 @@ class Responder:
         tenant: str,
         recalled: Sequence[Experience] = (),
         max_new_tokens: int | None = None,
+        query: np.ndarray | None = None,
     ) -> Reply:
+        """Answer ``messages`` for ``tenant`` with ``recalled`` experiences in the prompt.
+        ``query`` is the last user turn's embedding: the tenant's router decides from it whether
+        the adapter answers (without it, or without a router, the adapter answers)."""
         base = self.base
         fmt = self.settings.model
         limit = max_new_tokens or fmt.max_new_tokens
@@ -147,13 +174,18 @@ class Responder:
             base.tokenizer, render(base.tokenizer, build_messages(messages, recalled), fmt)
         )
         with self._lock:
-            version = self._activate(tenant)
-            model = self._peft if version is not None else base.model
-            if version is None and self._peft is not None:
+            active = self._activate(tenant)
+            version, router = active if active is not None else (None, None)
+            routed = version is not None and (
+                router is None or query is None or bool(router.routes(query[None])[0])
+            )
+            if routed:
+                ids = self._generate(self._peft, prompt, limit)
+            elif self._peft is not None:  # the base model: the loaded adapters switched off
                 with self._peft.disable_adapter():
                     ids = self._generate(self._peft, prompt, limit)
             else:
-                ids = self._generate(model, prompt, limit)
+                ids = self._generate(base.model, prompt, limit)
         ended = bool(ids) and ids[-1] == base.eos_id
         text = base.tokenizer.decode(ids, skip_special_tokens=True).strip()
         return Reply(
@@ -164,6 +196,7 @@ class Responder:
             len(ids),
             "stop" if ended else "length",
             tuple(recalled),
+            routed,
         )
 
     def _generate(self, model: Any, prompt: list[int], limit: int) -> list[int]:

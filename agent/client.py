@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from reverie.agent.chat import Reply, Responder, validate_messages
+from reverie.agent.chat import RecallMode, Reply, Responder, recall_mode, validate_messages
 from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.buffer import Buffer, Hit, StoredExperience
 from reverie.memory.embedder import Embedder, SentenceTransformerEmbedder
@@ -195,30 +195,40 @@ class MemoryClient:
         messages: Sequence[Mapping[str, str]],
         *,
         tenant: str,
-        recall: bool = True,
+        recall: bool | RecallMode = "all",
         k: int = 3,
         max_new_tokens: int | None = None,
         min_score: float = 0.25,
     ) -> Reply:
-        """Answer with the base model + the tenant's current adapter; with ``recall``, the ``k``
-        closest experiences not yet in the adapter (cosine >= ``min_score``) go in the prompt.
+        """Answer with the base model + the tenant's current adapter and, by ``recall``, the
+        ``k`` experiences closest to the last user turn (cosine >= ``min_score``) in the prompt:
+
+        * ``"all"`` (or True, the default): consolidated or not, so consolidating a fact never
+          makes the agent answer worse than it did from the buffer;
+        * ``"unconsolidated"``: only experiences not yet in the adapter's weights;
+        * ``"none"`` (or False): nothing recalled; the answer comes from the weights alone.
+
         The reply names the adapter version and the recalled experience ids."""
         validate_tenant(tenant)
         turns = validate_messages(list(messages))
+        mode = recall_mode(recall)
         if not isinstance(k, int) or not 0 <= k <= MAX_K:
             raise InvalidInputError("k", f"must be an integer from 0 to {MAX_K}, got {k!r}")
         recalled: list[Experience] = []
-        if recall and k:
-            question = next(m["content"] for m in reversed(turns) if m["role"] == "user")
-            vector = self._embedder.embed([question])[0]
+        question = next(m["content"] for m in reversed(turns) if m["role"] == "user")
+        vector = self._embedder.embed([question])[0]  # recalls, and routes the adapter
+        if mode != "none" and k:
+            only_new = mode == "unconsolidated"
             hits = self.buffer.search(tenant, vector, k * 4)
             recalled = [
-                h.experience for h in hits if h.status != "consolidated" and h.score >= min_score
+                h.experience
+                for h in hits
+                if h.score >= min_score and not (only_new and h.status == "consolidated")
             ][:k]
         if self._responder is None:
             self._responder = Responder(self.settings)
         return self._responder.respond(
-            turns, tenant=tenant, recalled=recalled, max_new_tokens=max_new_tokens
+            turns, tenant=tenant, recalled=recalled, max_new_tokens=max_new_tokens, query=vector
         )
 
     def get(self, id: str, *, tenant: str) -> StoredExperience:

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -82,7 +82,8 @@ class ChatIn(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=2048)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=2048)
     stream: bool = False
-    recall: bool = True  # Reverie's extension: put unconsolidated memories in the prompt
+    # Reverie's extension: which memories go in the prompt (true = "all", false = "none")
+    recall: bool | Literal["all", "unconsolidated", "none"] = "all"
     k: int = Field(default=3, ge=0, le=20)
 
 
@@ -248,7 +249,11 @@ def create_app(
             max_new_tokens=body.max_completion_tokens or body.max_tokens,
         )
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        extra = {"adapter_version": reply.adapter_version, "recalled_ids": list(reply.recalled_ids)}
+        extra = {
+            "adapter_version": reply.adapter_version,
+            "routed": reply.routed,
+            "recalled_ids": list(reply.recalled_ids),
+        }
         if body.stream:
             return StreamingResponse(
                 _stream(ident, created, body.model, reply.text, reply.finish_reason, extra),

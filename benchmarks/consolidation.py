@@ -24,10 +24,12 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from reverie.agent import MemoryClient
+from reverie.agent.chat import RecallMode
 from reverie.benchmarks.common import (
     REPO,
     SHARED_DATA,
@@ -37,6 +39,8 @@ from reverie.benchmarks.common import (
     write_report,
 )
 from reverie.consolidator.cycle import Consolidator
+from reverie.consolidator.locality import load_controls
+from reverie.consolidator.metrics import best
 from reverie.memory.embedder import SentenceTransformerEmbedder
 from reverie.model.base import BaseModel, load_base
 from reverie.settings import Settings, load_settings
@@ -69,6 +73,39 @@ DATASETS = {
 }
 
 
+def ask(
+    client: MemoryClient, questions: Sequence[tuple[str, Sequence[str]]], recall: RecallMode
+) -> dict[str, float]:
+    """Questions asked through the served path (``MemoryClient.chat``, as an agent asks):
+    the share answered right, and the share the adapter answered (routed)."""
+    right = routed = 0
+    for question, golds in questions:
+        reply = client.chat(
+            [{"role": "user", "content": question}],
+            tenant="bench",
+            recall=recall,
+            max_new_tokens=24,
+        )
+        right += bool(best(reply.text, golds)["contains"])
+        routed += reply.routed
+    n = max(1, len(questions))
+    return {"accuracy": round(right / n, 4), "routed": round(routed / n, 4)}
+
+
+def served_path(client: MemoryClient, rows: list[dict[str, Any]], when: str) -> dict[str, Any]:
+    """Accuracy on the held-out questions and the control questions as served, by recall mode
+    (``all``: consolidated memory recalled too, the default; ``unconsolidated``: only memory not
+    yet in the weights; ``none``: the weights alone)."""
+    probes = [(p["question"], (p["answer"],)) for r in rows for p in r["probes"]]
+    controls = [(q, (g,)) for q, g in load_controls().questions]
+    modes: tuple[RecallMode, ...] = (
+        ("all", "none") if when == "before" else ("all", "unconsolidated", "none")
+    )
+    out: dict[str, Any] = {f"probes_{m}": ask(client, probes, m) for m in modes}
+    out["controls_all"] = ask(client, controls, "all")
+    return out
+
+
 def run_one(
     rows: list[dict[str, Any]],
     method: str,
@@ -77,6 +114,7 @@ def run_one(
     embedder: Any,
     root: Path,
     overrides: dict[str, Any],
+    served: bool = False,
 ) -> dict[str, Any]:
     settings: Settings = load_settings(
         data_dir=root,
@@ -90,14 +128,20 @@ def run_one(
             [{"id": r["id"], "text": r["text"], "metadata": {"probes": r["probes"]}} for r in rows],
             tenant="bench",
         )
-        consolidator = Consolidator(settings, buffer=client.buffer, base=base)
+        consolidator = Consolidator(
+            settings, buffer=client.buffer, base=base, embedder=client.embedder
+        )
         # Once per base model, cached on disk (a deployed daemon pays it on its first cycle
         # only): timed apart so the cycle below is what every cycle costs.
         warmup = consolidator.warm_up()
+        path = {"before": served_path(client, rows, "before")} if served else {}
         start = time.perf_counter()
         result = consolidator.run_cycle("bench")
         wall = time.perf_counter() - start
+        if served:
+            path["after"] = served_path(client, rows, "after")
     probes = result.probes
+    gate_view = probes.get("served") or {}
     eff, before, loc = probes["efficacy"], probes["before"], probes["locality"]
     return {
         "method": method,
@@ -115,6 +159,13 @@ def run_one(
         "control_unchanged": loc["unchanged"],
         "control_mean_kl": loc["mean_kl"],
         "control_regressions": loc["regressions"],
+        # as served: the version's router sends each question to the adapter or the base model
+        "served_efficacy_over_ceiling": gate_view.get("efficacy", {}).get("ratio"),
+        "served_locality": gate_view.get("locality", {}).get("ratio"),
+        "served_control_unchanged": gate_view.get("locality", {}).get("unchanged"),
+        "probes_routed": gate_view.get("router", {}).get("probes_routed"),
+        "controls_routed": gate_view.get("router", {}).get("controls_routed"),
+        "served_path": path or None,
         "transfer": result.transfer,
         "train": result.train,
         "stage_seconds": result.timings,
@@ -148,6 +199,9 @@ def table(report: dict[str, Any]) -> None:
                     r["ceiling"],
                     r["efficacy_over_ceiling"],
                     r["locality"],
+                    r.get("served_locality"),
+                    r.get("probes_routed"),
+                    r.get("controls_routed"),
                     r["control_unchanged"],
                     r["control_mean_kl"],
                     r["consolidation_seconds"],
@@ -167,6 +221,9 @@ def table(report: dict[str, Any]) -> None:
             "ceiling",
             "eff/ceiling",
             "locality",
+            "served loc",
+            "probes routed",
+            "controls routed",
             "unchanged",
             "KL",
             "consolidation s",
@@ -186,6 +243,12 @@ def main() -> None:
         "--settings",
         default="{}",
         help='JSON overrides of settings sections, e.g. \'{"train": {"epochs": 8}}\'',
+    )
+    parser.add_argument(
+        "--served",
+        action="store_true",
+        help="also ask every held-out and control question through the served path "
+        "(MemoryClient.chat) before and after the cycle, in each recall mode",
     )
     parser.add_argument("--json", help="also write the JSON report here")
     args = parser.parse_args()
@@ -216,7 +279,7 @@ def main() -> None:
                     (run_dir / "models").symlink_to(Path.home() / ".cache" / "reverie" / "models")
                     logger.info("=== %s / %s / seed %d ===", dataset, method, seed)
                     report["results"][dataset].append(
-                        run_one(rows, method, seed, base, embedder, run_dir, overrides)
+                        run_one(rows, method, seed, base, embedder, run_dir, overrides, args.served)
                     )
                     save_report(report, args.json)
     write_report(report, args.json)

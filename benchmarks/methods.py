@@ -83,7 +83,9 @@ class MethodRun:
             **overrides,
         )
         self.client = MemoryClient(self.settings, embedder=embedder)
-        self.consolidator = Consolidator(self.settings, buffer=self.client.buffer, base=base)
+        self.consolidator = Consolidator(
+            self.settings, buffer=self.client.buffer, base=base, embedder=self.client.embedder
+        )
         self.registry = AdapterRegistry(root / "adapters")
         self.cycles: list[CycleResult] = []
 

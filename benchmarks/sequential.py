@@ -74,7 +74,9 @@ def run_config(
     matrix: list[list[float | None]] = [[None] * cycles for _ in range(cycles)]
     outcomes = []
     with MemoryClient(settings, embedder=embedder) as client:
-        consolidator = Consolidator(settings, buffer=client.buffer, base=base)
+        consolidator = Consolidator(
+            settings, buffer=client.buffer, base=base, embedder=client.embedder
+        )
         for c in range(cycles):
             batch = rows[c * per_cycle : (c + 1) * per_cycle]
             client.log_many(

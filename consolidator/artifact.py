@@ -6,6 +6,7 @@ A version directory holds, beside the adapter weights and the manifest the regis
     probes.jsonl     its held-out probes with their score right after the cycle (the probe bank
                      retention is measured on)
     results.jsonl    every probe answer of the cycle (efficacy and retention), for reports
+    router.npz       which questions the adapter answers (memory/router.py)
 
 Files are versioned with the weights they describe: a rollback rolls them back too. Once a
 version is written, :func:`settle` moves the tenant's current pointer (promoted) or counts the
@@ -27,6 +28,7 @@ from reverie.consolidator.probes import Probe, ProbeResult
 from reverie.memory.adapters import AdapterRegistry, VersionInfo
 from reverie.memory.buffer import Buffer, StoredExperience
 from reverie.memory.files import read_jsonl, write_jsonl
+from reverie.memory.router import Router, save_router
 
 __all__ = [
     "probe_bank",
@@ -93,11 +95,14 @@ def write_version(
     items: Sequence[TransferItem],
     efficacy: Sequence[ProbeResult],
     retained: Sequence[ProbeResult],
+    router: Router | None = None,
 ) -> VersionInfo:
     """Commit a new version of ``tenant`` (promoted or not: the manifest says) with ``model``'s
-    adapter weights, its training items and its probe results."""
+    adapter weights, its router, its training items and its probe results."""
     with registry.stage(tenant) as staging:
         model.save_pretrained(str(staging))
+        if router is not None:
+            save_router(router, staging)
         (staging / "README.md").unlink(missing_ok=True)  # peft's model card template
         write_jsonl(staging / TRANSFER, [i.to_json() for i in items])
         bank = [replace(r.probe, version=None, score_then=float(r.correct)) for r in efficacy]

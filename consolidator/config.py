@@ -11,6 +11,7 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from reverie.consolidator.gate import GateSettings
+from reverie.memory.config import RouterSettings
 from reverie.model.config import ModelSettings
 
 __all__ = [
@@ -279,3 +280,5 @@ class ConsolidatorSettings(Protocol):
     def gate(self) -> GateSettings: ...
     @property
     def daemon(self) -> DaemonSettings: ...
+    @property
+    def router(self) -> RouterSettings: ...

@@ -26,7 +26,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
 
 from reverie.consolidator.artifact import (
     probe_bank,
@@ -43,12 +43,14 @@ from reverie.consolidator.probes import run_probes
 from reverie.consolidator.recovery import reconcile
 from reverie.consolidator.result import CycleResult, StageTimer
 from reverie.consolidator.retry import retry_plan
+from reverie.consolidator.routing import cycle_router, routes
 from reverie.consolidator.scoring import sample_bank
 from reverie.consolidator.teacher import AnchorCache, anchor_examples, anchor_prompts, fact_examples
 from reverie.consolidator.train import TrainingInterrupted, student_model, train
 from reverie.consolidator.transfer import cycle_transfer
 from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.buffer import Buffer
+from reverie.memory.embedder import Embedder
 from reverie.model.base import BaseModel, load_base, merged
 
 __all__ = ["Consolidator", "CycleResult"]
@@ -67,9 +69,13 @@ class Consolidator:
         registry: AdapterRegistry | None = None,
         base: BaseModel | None = None,
         controls: ControlSet | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
+        """``embedder`` (the buffer's) builds each version's router; without one the adapter
+        answers every question."""
         self.settings = settings
         self.buffer = buffer
+        self.embedder = embedder
         self.registry = registry or AdapterRegistry(settings.data_dir / "adapters")
         self._base = base
         self._controls = controls
@@ -83,7 +89,7 @@ class Consolidator:
         return self._base
 
     @property
-    def _cache_dir(self) -> Any:
+    def _cache_dir(self) -> Path:
         return self.settings.data_dir / "models" / "cache" / self.base.name
 
     @property
@@ -92,13 +98,11 @@ class Consolidator:
         if self._controls is None:
             self._controls = load_controls()
         if not self._controls.base_answers:
-            self._controls.base_answers = base_control_answers(
-                self.base,
-                self.settings.model,
-                self._controls,
-                self._cache_dir,
-                self.settings.consolidation.probe_max_new_tokens,
+            tokens = self.settings.consolidation.probe_max_new_tokens
+            answers = base_control_answers(
+                self.base, self.settings.model, self._controls, self._cache_dir, tokens
             )
+            self._controls.base_answers = answers
         return self._controls
 
     @property
@@ -113,9 +117,6 @@ class Consolidator:
         self.controls  # noqa: B018 (the property computes and caches the base answers)
         self.anchors.items(len(anchor_prompts()), random.Random(0))
         return time.perf_counter() - start
-
-    def reconcile(self, tenant: str) -> None:
-        reconcile(self.registry, self.buffer, tenant)
 
     # -- the cycle -------------------------------------------------------------------------
     def run_cycle(
@@ -140,7 +141,7 @@ class Consolidator:
     def _cycle(self, tenant: str, should_stop: Callable[[], bool] | None) -> CycleResult:
         s, base, timer = self.settings, self.base, StageTimer()
         with timer("drain"):
-            self.reconcile(tenant)
+            reconcile(self.registry, self.buffer, tenant)
             pending = self.buffer.experiences(
                 tenant, status="buffered", limit=s.consolidation.max_experiences
             )
@@ -218,19 +219,17 @@ class Consolidator:
                     should_stop=should_stop,
                 )
             with timer("probe"), merged(model):
+                router = cycle_router(
+                    self.embedder, s.router, self.buffer, tenant, experiences, transfer.items,
+                    lineage,
+                )  # fmt: skip
                 bank = sample_bank(
                     probe_bank(lineage), s.consolidation.retention_budget, recipe.seed
                 )
                 ev = evaluate(
-                    base,
-                    s.model,
-                    model,
-                    probes=probes,
-                    before=before,
-                    bank=bank,
-                    controls=controls,
-                    max_new_tokens=tokens,
-                )
+                    base, s.model, model, probes=probes, before=before, bank=bank,
+                    controls=controls, max_new_tokens=tokens, routes=routes(router, self.embedder),
+                )  # fmt: skip
             decision = decide(ev.summary, s.gate)
             transfer_info = transfer.info(
                 replay=len(replay), anchors=len(anchors), trained=len(examples)
@@ -258,6 +257,7 @@ class Consolidator:
                     items=transfer.items,
                     efficacy=ev.efficacy,
                     retained=ev.retained,
+                    router=router,
                 )
                 settle(
                     self.registry,

@@ -109,7 +109,7 @@ class Daemon:
         self.stream = stream
         self.buffer = buffer
         self.embedder = embedder
-        self.consolidator = consolidator or Consolidator(settings, buffer=buffer)
+        self.consolidator = consolidator or Consolidator(settings, buffer=buffer, embedder=embedder)
         self.metrics = Metrics()
         self.tracker = OffsetTracker()
         self.stopping = threading.Event()

@@ -55,7 +55,15 @@ class GateSettings(BaseModel):
         default=0.9,
         ge=0,
         le=1,
-        description="Control-question accuracy relative to the base model.",
+        description="Control-question accuracy relative to the base model, as served (routed: "
+        "the adapter answers only the control questions its router sends it).",
+    )
+    min_raw_locality: float = Field(
+        default=0.8,
+        ge=0,
+        le=1,
+        description="The same with the adapter answering every control question: a floor, so "
+        "a router that misroutes cannot hide an adapter that damages general knowledge.",
     )
     max_attempts: int = Field(
         default=3,
@@ -73,6 +81,7 @@ class ProbeSummary:
     ceiling: float
     locality: float
     retention: float | None = None
+    raw_locality: float | None = None  # adapter on every control question (None: no router)
 
     @property
     def efficacy_ratio(self) -> float:
@@ -106,6 +115,13 @@ def decide(summary: ProbeSummary, settings: GateSettings) -> GateDecision:
             (
                 Outcome.REJECTED_LOCALITY,
                 f"locality {summary.locality:.2f} < {settings.min_locality:.2f}",
+            )
+        )
+    if summary.raw_locality is not None and _below(summary.raw_locality, settings.min_raw_locality):
+        failures.append(
+            (
+                Outcome.REJECTED_LOCALITY,
+                f"raw locality {summary.raw_locality:.2f} < {settings.min_raw_locality:.2f}",
             )
         )
     if summary.retention is not None and _below(summary.retention, settings.min_retention):

@@ -33,8 +33,10 @@ __all__ = [
     "DATA_DIR",
     "ControlSet",
     "base_control_answers",
+    "control_answers",
     "load_controls",
     "locality_report",
+    "locality_scores",
     "text_kl",
 ]
 
@@ -102,18 +104,26 @@ def text_kl(base: BaseModel, model: Any, texts: Sequence[str]) -> float:
     return total / max(1, count)
 
 
-def locality_report(
+def control_answers(
     base: BaseModel,
     fmt: ModelSettings,
     model: Any,
     controls: ControlSet,
-    base_answers: Sequence[str],
     max_new_tokens: int | None = None,
+) -> list[str]:
+    """``model``'s answers to the control questions."""
+    questions = [q for q, _ in controls.questions]
+    return answer(base, fmt, questions, model=model, max_new_tokens=max_new_tokens)
+
+
+def locality_scores(
+    controls: ControlSet, answers: Sequence[str], base_answers: Sequence[str]
 ) -> dict[str, Any]:
-    """Control accuracy relative to the base model, answers unchanged, mean KL on text."""
-    answers = answer(
-        base, fmt, [q for q, _ in controls.questions], model=model, max_new_tokens=max_new_tokens
-    )
+    """Control accuracy relative to the base model and answers unchanged (pure).
+
+    ``regressions`` lists every question the base model got right and ``answers`` get wrong;
+    ``changed`` the first 20 answers that differ from the base model's at all.
+    """
     golds = [g for _, g in controls.questions]
     now_ok = [contains(a, g) for a, g in zip(answers, golds, strict=True)]
     base_ok = [contains(b, g) for b, g in zip(base_answers, golds, strict=True)]
@@ -135,11 +145,25 @@ def locality_report(
         "base_accuracy": round(base_acc / n, 4),
         "ratio": round(capped(acc, base_acc, 1.0), 4),
         "unchanged": round(unchanged / n, 4),
-        "mean_kl": round(text_kl(base, model, controls.texts), 5),
         "changed": [
             {"question": q, "base": b, "now": a}
             for (q, _), a, b in zip(controls.questions, answers, base_answers, strict=True)
             if a != b
         ][:20],
         "regressions": regressions,
+    }
+
+
+def locality_report(
+    base: BaseModel,
+    fmt: ModelSettings,
+    model: Any,
+    controls: ControlSet,
+    base_answers: Sequence[str],
+    max_new_tokens: int | None = None,
+) -> dict[str, Any]:
+    """Control accuracy relative to the base model, answers unchanged, mean KL on text."""
+    answers = control_answers(base, fmt, model, controls, max_new_tokens)
+    return locality_scores(controls, answers, base_answers) | {
+        "mean_kl": round(text_kl(base, model, controls.texts), 5)
     }

@@ -61,6 +61,8 @@ def build_report(
                 "no_context_before": (probes.get("before") or {}).get("accuracy"),
                 "retention": ret.get("ratio") if ret else None,
                 "locality": loc.get("ratio"),
+                # as served: the router keeps the adapter off unrelated questions
+                "served_locality": (probes.get("served") or {}).get("locality", {}).get("ratio"),
                 "locality_unchanged": loc.get("unchanged"),
                 "locality_kl": loc.get("mean_kl"),
                 "reasons": m.get("reasons", []),
@@ -109,8 +111,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         "## Versions",
         "",
         "| version | outcome | experiences | no-context before | efficacy | ceiling | "
-        "efficacy/ceiling | retention | locality | unchanged | KL | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "efficacy/ceiling | retention | locality (raw) | locality (served) | unchanged | KL | "
+        "seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in report["versions"]:
         name = f"**{v['version']}**" if v["current"] else v["version"]
@@ -128,6 +131,7 @@ def to_markdown(report: dict[str, Any]) -> str:
                     v["efficacy_ratio"],
                     v["retention"],
                     v["locality"],
+                    v["served_locality"],
                     v["locality_unchanged"],
                     v["locality_kl"],
                     v["seconds"],
@@ -142,6 +146,12 @@ def to_markdown(report: dict[str, Any]) -> str:
             "Rejections: "
             + "; ".join(f"{v['version']}: {', '.join(v['reasons'])}" for v in rejected),
         ]
+    lines += [
+        "",
+        "Locality is control-question accuracy relative to the base model: raw with the adapter "
+        "answering every control question, served as the agent answers them (the version's "
+        "router sends only questions about the tenant's memory to the adapter).",
+    ]
     names = [v["version"] for v in report["versions"]]
     lines += [
         "",

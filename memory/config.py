@@ -84,3 +84,22 @@ class BufferSettings(_Section):
     persist_every: int = Field(
         default=5_000, ge=1, description="Save a tenant's index file after this many adds."
     )
+
+
+class RouterSettings(_Section):
+    """Which questions the tenant's adapter answers (see memory/router.py)."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Route each question: the adapter answers only questions close to what it "
+        "was trained on; the base model answers the rest. Off: the adapter answers everything.",
+    )
+    threshold: float = Field(
+        default=0.45,
+        ge=-1,
+        le=1,
+        description="Cosine (all-MiniLM-L6-v2) between a question and the nearest consolidated "
+        "experience or transfer prompt at which the adapter answers. At 0.45, 0.98-1.0 of the "
+        "held-out probe questions of both fictional splits route to the adapter and 0.02-0.07 "
+        "of the control questions do (README, Routing).",
+    )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +36,7 @@ __all__ = [
 
 MAX_TEXT_CHARS = 32_000
 MAX_METADATA_BYTES = 16 * 1024
+MAX_METADATA_DEPTH = 32
 MAX_ID_CHARS = 128
 MAX_SOURCE_CHARS = 256
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
@@ -87,10 +88,21 @@ class Experience(BaseModel):
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
 
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata_depth(cls, value: object) -> object:
+        if _depth(value) > MAX_METADATA_DEPTH:
+            raise ValueError(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels")
+        return value
+
     @field_validator("metadata")
     @classmethod
     def _metadata_size(cls, value: dict[str, JsonValue]) -> dict[str, JsonValue]:
-        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+        try:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            raise ValueError("metadata holds NaN or Infinity, which JSON cannot carry") from None
+        size = len(text.encode())
         if size > MAX_METADATA_BYTES:
             raise ValueError(f"metadata is {size:,} bytes serialised")
         return value
@@ -105,6 +117,24 @@ def _first_field(err: ValidationError) -> tuple[str, str]:
     loc = [str(part) for part in first["loc"]]
     field = loc[0] if loc else "experience"
     return field, first["msg"]
+
+
+def _depth(value: object) -> int:
+    """How deeply lists and objects nest in ``value`` (iterative: no recursion limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, Mapping):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_METADATA_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def validate_tenant(tenant: object) -> str:

@@ -49,6 +49,10 @@ def cmd_log(args: argparse.Namespace) -> int:
                 f"is not valid JSON ({err.msg} at column {err.colno}); "
                 'give a JSON object such as \'{"topic": "rent"}\'',
             ) from None
+        except RecursionError:
+            raise InvalidInputError(
+                "metadata", 'nests too deeply; give a flat JSON object such as {"topic": "rent"}'
+            ) from None
     from reverie.memory.experience import make_experience
 
     # Validate before loading models, so bad input fails fast and writes nothing.
@@ -111,7 +115,7 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
     from reverie.consolidator.cycle import Consolidator
 
     with _client(args) as client:
-        consolidator = Consolidator(client.settings, buffer=client.buffer)
+        consolidator = Consolidator(client.settings, buffer=client.buffer, embedder=client.embedder)
         tenants = (
             [args.tenant]
             if args.tenant
@@ -230,11 +234,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
         reply = client.chat(
             [{"role": "user", "content": args.question}],
             tenant=args.tenant,
-            recall=not args.no_recall,
+            recall="none" if args.no_recall else args.recall,
         )
     payload = {
         "answer": reply.text,
         "adapter_version": reply.adapter_version,
+        "routed": reply.routed,
         "recalled_ids": list(reply.recalled_ids),
     }
     _emit(args, payload, reply.text)
@@ -384,10 +389,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("ask", cmd_ask, "answer with the tenant's adapter (and recalled memory)")
     p.add_argument("question")
     p.add_argument(
+        "--recall",
+        choices=["all", "unconsolidated", "none"],
+        default="all",
+        help="which memories go in the prompt: all (default: consolidated or not), "
+        "unconsolidated (only those not yet in the adapter), none (the weights alone)",
+    )
+    p.add_argument(
         "--no-recall",
         action="store_true",
-        help="put nothing from the buffer in the prompt: the answer must come from "
-        "the adapter's weights",
+        help="the same as --recall none: the answer must come from the adapter's weights",
     )
 
     p = command("adapters", cmd_adapters, "list, show, promote or roll back adapter versions")

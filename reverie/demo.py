@@ -44,7 +44,7 @@ def run_demo(
             recalls.append(
                 {"query": query, "top": hit.experience.text, "score": round(hit.score, 4)}
             )
-        consolidator = Consolidator(client.settings, buffer=client.buffer)
+        consolidator = Consolidator(client.settings, buffer=client.buffer, embedder=client.embedder)
         cycle = consolidator.run_cycle(DEMO_TENANT).to_json()
         report = load_report(consolidator.registry, DEMO_TENANT)
         answers = [

@@ -27,7 +27,12 @@ from reverie.consolidator.config import (
     TransferSettings,
 )
 from reverie.consolidator.gate import GateSettings
-from reverie.memory.config import BufferSettings, EmbedderSettings, StreamSettings
+from reverie.memory.config import (
+    BufferSettings,
+    EmbedderSettings,
+    RouterSettings,
+    StreamSettings,
+)
 from reverie.memory.errors import ConfigError
 from reverie.model.config import ModelSettings
 
@@ -57,6 +62,9 @@ class Settings(BaseSettings):
     )
     embedder: EmbedderSettings = Field(
         default_factory=EmbedderSettings, description="The sentence embedder used for recall."
+    )
+    router: RouterSettings = Field(
+        default_factory=RouterSettings, description="Which questions the adapter answers."
     )
     model: ModelSettings = Field(
         default_factory=ModelSettings, description="The base model and its prompt format."

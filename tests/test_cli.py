@@ -60,6 +60,16 @@ def test_log_recall_status(tmp_path: Path) -> None:
             "metadata",
         ),
         (
+            ["log", "--tenant", "alice", "hello", "--metadata", "[" * 5000 + "]" * 5000],
+            {},
+            "metadata",
+        ),
+        (
+            ["log", "--tenant", "alice", "hello", "--metadata", '{"score": NaN}'],
+            {},
+            "metadata",
+        ),
+        (
             ["log", "--tenant", "alice", "hello"],
             {"REVERIE_STREAM__PARTITON": "2"},
             "REVERIE_STREAM__PARTITON",

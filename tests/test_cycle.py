@@ -214,3 +214,66 @@ def test_warm_up_caches_every_anchor_and_control_answer(
     finally:
         tiny_base.model.generate = generate
     assert fresh.controls.base_answers
+
+
+def test_answers_recall_consolidated_memory_too_unless_asked_not_to(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, embedder: Any
+) -> None:
+    """Never worse: once consolidated, a fact is still recalled into the prompt by default
+    (weights *and* context); "unconsolidated" is the old behaviour, "none" the weights alone."""
+    from reverie import InvalidInputError, MemoryClient
+
+    settings = settings_for(tmp_path, tiny_model_dir)
+    question = [{"role": "user", "content": "What is the cat Biscuit allergic to?"}]
+    with MemoryClient(settings, embedder=embedder) as client:
+        for eid, text in FACTS:
+            client.log(text, tenant="alice", id=eid)
+        assert "cat" in client.chat(question, tenant="alice").recalled_ids
+        consolidator = Consolidator(settings, buffer=client.buffer, base=tiny_base)
+        result = consolidator.run_cycle("alice")
+        assert result.outcome == "promoted"
+        hybrid = client.chat(question, tenant="alice")
+        assert hybrid.adapter_version == result.version and "cat" in hybrid.recalled_ids
+        assert client.chat(question, tenant="alice", recall=True).recalled_ids == (
+            hybrid.recalled_ids
+        )
+        assert client.chat(question, tenant="alice", recall="unconsolidated").recalled_ids == ()
+        assert client.chat(question, tenant="alice", recall="none").recalled_ids == ()
+        assert client.chat(question, tenant="alice", recall=False).recalled_ids == ()
+        with pytest.raises(InvalidInputError, match="recall"):
+            client.chat(question, tenant="alice", recall="some")
+
+
+def test_the_router_keeps_the_adapter_off_unrelated_questions(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, embedder: Any
+) -> None:
+    """A version carries its router; served answers to unrelated questions are the base
+    model's, word for word, and the probe stage reports served beside raw."""
+    from reverie import MemoryClient
+    from reverie.memory.router import ROUTER_FILE, load_router
+
+    settings = settings_for(tmp_path, tiny_model_dir)
+    about = [{"role": "user", "content": "What is the cat Biscuit allergic to?"}]
+    unrelated = [{"role": "user", "content": "What is the boiling point of water at sea level?"}]
+    with MemoryClient(settings, embedder=embedder) as client:
+        for eid, text in FACTS:
+            client.log(text, tenant="alice", id=eid)
+        base_answer = client.chat(unrelated, tenant="alice", recall="none")
+        consolidator = Consolidator(
+            settings, buffer=client.buffer, base=tiny_base, embedder=embedder
+        )
+        result = consolidator.run_cycle("alice")
+        assert result.outcome == "promoted", result.reasons
+        version = AdapterRegistry(settings.data_dir / "adapters").current("alice")
+        assert version is not None and (version.path / ROUTER_FILE).exists()
+        router = load_router(version.path, embedder.name)
+        assert router is not None and router.threshold == settings.router.threshold
+        assert ROUTER_FILE in version.manifest["checksums"]  # verified and rolled back with it
+        served = result.probes["served"]
+        assert served["router"]["probes_routed"] == 1.0  # "What about cat?" is close enough
+        assert served["locality"]["n"] == result.probes["locality"]["n"]
+
+        on = client.chat(about, tenant="alice", recall="none")
+        off = client.chat(unrelated, tenant="alice", recall="none")
+        assert on.routed and on.adapter_version == result.version
+        assert not off.routed and off.text == base_answer.text

@@ -78,11 +78,17 @@ def test_recall_answers_before_and_weights_after_consolidation(
         recalled = client.chat(question, tenant="alice")
         assert "salmon" not in before.text.lower()  # the base model cannot know
         assert "salmon" in recalled.text.lower() and "cat" in recalled.recalled_ids
-        result = Consolidator(settings, buffer=client.buffer).run_cycle("alice")
+        consolidator = Consolidator(settings, buffer=client.buffer, embedder=embedder)
+        result = consolidator.run_cycle("alice")
         assert result.outcome == "promoted", result.reasons
         after = client.chat(question, tenant="alice", recall=False)
         assert after.adapter_version == result.version and after.recalled_ids == ()
+        assert after.routed  # the router sends a question about the cat to the adapter
         assert "salmon" in after.text.lower(), after.text
+        # The default answer uses the weights and the memory, consolidated or not.
+        hybrid = client.chat(question, tenant="alice")
+        assert "cat" in hybrid.recalled_ids and "salmon" in hybrid.text.lower(), hybrid.text
+        assert client.chat(question, tenant="alice", recall="unconsolidated").recalled_ids == ()
 
 
 def test_a_harmful_cycle_is_rejected_and_changes_nothing(

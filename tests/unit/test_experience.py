@@ -15,6 +15,11 @@ def test_defaults_are_generated() -> None:
     assert exp.metadata == {}
 
 
+DEEP: object = 1
+for _ in range(40):
+    DEEP = [DEEP]  # metadata nested 40 levels deep
+
+
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
@@ -32,6 +37,9 @@ def test_defaults_are_generated() -> None:
         ({"metadata": [1, 2]}, "metadata"),
         ({"metadata": {"k": object()}}, "metadata"),
         ({"metadata": {"k": "x" * MAX_METADATA_BYTES}}, "metadata"),
+        ({"metadata": {"score": float("nan")}}, "metadata"),
+        ({"metadata": {"score": float("inf")}}, "metadata"),
+        ({"metadata": {"k": DEEP}}, "metadata"),
         ({"id": "has space"}, "id"),
         ({"id": "x" * 129}, "id"),
         ({"created_at": "yesterday"}, "created_at"),

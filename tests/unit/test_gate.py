@@ -70,3 +70,17 @@ def test_summary_without_earlier_probes_has_no_retention() -> None:
     summary = summarize([_result(True, ceiling=True)], [], {"correct": 5, "base_correct": 0})
     assert summary.retention is None and summary.efficacy_ratio == 1.0
     assert summary.locality == 1.0  # the base model knew none: nothing to lose
+
+
+def test_raw_locality_has_a_floor_under_served_locality() -> None:
+    """The gate judges the served (routed) view, but an adapter that damages general knowledge
+    when it does answer is refused however well its router hides it."""
+    settings = GateSettings()
+    good = ProbeSummary(efficacy=0.6, ceiling=0.8, locality=1.0, raw_locality=0.85)
+    assert decide(good, settings).promoted
+    hidden = ProbeSummary(efficacy=0.6, ceiling=0.8, locality=1.0, raw_locality=0.7)
+    decision = decide(hidden, settings)
+    assert decision.outcome is Outcome.REJECTED_LOCALITY
+    assert decision.reasons == ["raw locality 0.70 < 0.80"]
+    no_router = ProbeSummary(efficacy=0.6, ceiling=0.8, locality=0.95)  # raw is the served
+    assert decide(no_router, settings).promoted

@@ -1,0 +1,55 @@
+"""The candidate's router: built in the cycle from everything its adapter holds.
+
+Keys are the embeddings of every experience in the version's lineage (earlier promoted
+versions' and this cycle's) and of their chat transfer prompts; the threshold is the setting's
+(memory/router.py explains the rule). Built from the lineage, not from the parent's router, so
+a version written before routing existed gets a complete router on its next cycle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from reverie.consolidator.artifact import replay_pool
+from reverie.consolidator.evaluate import Routes
+from reverie.consolidator.items import TransferItem
+from reverie.memory.adapters import VersionInfo
+from reverie.memory.buffer import Buffer
+from reverie.memory.config import RouterSettings
+from reverie.memory.embedder import Embedder
+from reverie.memory.experience import Experience
+from reverie.memory.router import Router
+
+__all__ = ["cycle_router", "routes"]
+
+
+def cycle_router(
+    embedder: Embedder | None,
+    settings: RouterSettings,
+    buffer: Buffer,
+    tenant: str,
+    experiences: Sequence[Experience],
+    items: Sequence[TransferItem],
+    lineage: Sequence[VersionInfo],
+) -> Router | None:
+    """The router of the version this cycle writes (None: routing is off, or there is no
+    embedder to route with)."""
+    if embedder is None or not settings.enabled:
+        return None
+    held = [
+        e["id"]
+        for info in lineage
+        if info.outcome == "promoted"
+        for e in info.manifest.get("experiences", [])
+    ]
+    earlier = [s.experience.text for s in buffer.get_many(tenant, held).values()]
+    prompts = [i.student for i in [*replay_pool(lineage), *items] if not i.raw]
+    texts = list(dict.fromkeys([*earlier, *(e.text for e in experiences), *prompts]))
+    return Router(embedder.embed(texts), settings.threshold, embedder.name)
+
+
+def routes(router: Router | None, embedder: Embedder | None) -> Routes | None:
+    """The router as the probe stage asks it: questions in, which go to the adapter out."""
+    if router is None or embedder is None:
+        return None
+    return lambda questions: router.routes(embedder.embed(list(questions)))
