@@ -18,6 +18,7 @@ from reverie.agent.chat import RecallMode, Reply, Responder, recall_mode, valida
 from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.buffer import Buffer, Hit, StoredExperience
 from reverie.memory.embedder import Embedder, SentenceTransformerEmbedder
+from reverie.memory.erasure import erase_forgotten
 from reverie.memory.errors import ConflictError, InvalidInputError, NotFoundError, StorageError
 from reverie.memory.experience import Experience, make_experience, validate_tenant
 from reverie.memory.ingest import Ingest, classify, refusal
@@ -62,6 +63,7 @@ class MemoryClient:
             embedder_name=self._embedder.name,
             settings=self.settings.buffer,
         )
+        self.registry = AdapterRegistry(self.settings.data_dir / "adapters")
         self._responder: Responder | None = None  # the language model loads on the first chat
         if sync:
             self.sync()
@@ -168,14 +170,20 @@ class MemoryClient:
                 raise error
         return verdicts
 
-    def forget(self, id: str, *, tenant: str) -> None:
-        """Erase an experience: a forget record goes to the stream, the buffer drops it, and no
-        replay brings it back. Raises :class:`NotFoundError` if the tenant has no such id."""
+    def forget(self, id: str, *, tenant: str) -> list[str]:
+        """Erase an experience: a forget record goes to the stream, the buffer drops it (no
+        replay brings it back), and every adapter version whose weights hold it is erased, the
+        tenant's pointer moving first to the newest version that does not (or to none): from
+        the moment this returns, no served answer comes from weights that learned it. The
+        tenant's other experiences in those versions are consolidated again by the next cycle.
+        Returns the erased versions. Raises :class:`NotFoundError` if the tenant has no such
+        id."""
         validate_tenant(tenant)
         if self.buffer.get(tenant, id) is None:
             raise NotFoundError(f"tenant {tenant!r} has no experience {id!r}")
         self._stream.append([StreamRecord.forgotten(tenant, id)])
         self.buffer.delete(tenant, id)
+        return erase_forgotten(self.registry, self.buffer, tenant)
 
     # -- reads -----------------------------------------------------------------------------
     def recall(self, query: str, *, tenant: str, k: int = 5) -> list[Hit]:
@@ -241,10 +249,9 @@ class MemoryClient:
     def status(self) -> dict[str, Any]:
         """Counts per tenant (with each tenant's live adapter version), the stream's end offsets
         and how many messages sit in its dead-letter queue."""
-        registry = AdapterRegistry(self.settings.data_dir / "adapters")
         tenants: dict[str, dict[str, Any]] = {}
         for tenant, counts in self.buffer.stats().items():
-            current = registry.current(tenant)
+            current = self.registry.current(tenant)
             tenants[tenant] = {**counts, "adapter": current.version if current else None}
         return {
             "data_dir": str(self.settings.data_dir),

@@ -27,6 +27,7 @@ from reverie.consolidator.items import TransferItem
 from reverie.consolidator.probes import Probe, ProbeResult
 from reverie.memory.adapters import AdapterRegistry, VersionInfo
 from reverie.memory.buffer import Buffer, StoredExperience
+from reverie.memory.errors import ConflictError, IntegrityError
 from reverie.memory.files import read_jsonl, write_jsonl
 from reverie.memory.router import Router, save_router
 
@@ -152,14 +153,27 @@ def settle(
     version: str,
     decision: GateDecision,
     *,
+    parent: str | None,
     max_attempts: int,
-) -> None:
+) -> Outcome:
     """Promote ``version`` and mark the experiences consolidated, or record the rejection
-    (its outcome, which the retry reads, and its reasons) against each experience."""
+    (its outcome, which the retry reads, and its reasons) against each experience. Returns
+    the cycle's outcome.
+
+    A version is promoted only on top of the version it trained from and only if none of its
+    experiences was forgotten meanwhile; otherwise it is erased (a forget moved the tenant on)
+    and its experiences stay buffered for the next cycle."""
     if decision.outcome is Outcome.PROMOTED:
-        registry.promote(tenant, version)
+        try:
+            if any(buffer.is_forgotten(tenant, i) for i in ids):
+                raise ConflictError("one of its experiences was forgotten while it trained")
+            registry.promote(tenant, version, expect_current=parent)
+        except (ConflictError, IntegrityError) as err:
+            registry.erase(tenant, [version], reason=f"not promoted: {err}")
+            logger.warning("tenant %s: %s erased instead of promoted: %s", tenant, version, err)
+            return Outcome.FAILED
         buffer.mark(tenant, ids, "consolidated", version=version)
-        return
+        return Outcome.PROMOTED
     note = "; ".join(decision.reasons)
     gave_up = buffer.record_rejection(
         tenant, ids, note, outcome=decision.outcome.value, max_attempts=max_attempts
@@ -171,3 +185,4 @@ def settle(
             len(gave_up),
             max_attempts,
         )
+    return decision.outcome

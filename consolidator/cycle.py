@@ -259,15 +259,10 @@ class Consolidator:
                     retained=ev.retained,
                     router=router,
                 )
-                settle(
-                    self.registry,
-                    self.buffer,
-                    tenant,
-                    ids,
-                    info.version,
-                    decision,
-                    max_attempts=s.gate.max_attempts,
-                )
+                outcome = settle(
+                    self.registry, self.buffer, tenant, ids, info.version, decision,
+                    parent=current.version if current else None, max_attempts=s.gate.max_attempts,
+                )  # fmt: skip
         except TrainingInterrupted as stop:
             return CycleResult(
                 tenant,
@@ -281,12 +276,12 @@ class Consolidator:
         summary = ev.summary
         logger.info(
             "tenant %s: %s %s (efficacy %.2f/%.2f, locality %.2f)",
-            *(tenant, decision.outcome.value, info.version),
+            *(tenant, outcome.value, info.version),
             *(summary.efficacy, summary.ceiling, summary.locality),
         )
         return CycleResult(
             tenant,
-            decision.outcome,
+            outcome,
             info.version,
             ids,
             tuple(decision.reasons),

@@ -10,6 +10,7 @@ import logging
 
 from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.buffer import Buffer
+from reverie.memory.erasure import erase_forgotten
 
 __all__ = ["reconcile"]
 
@@ -24,9 +25,8 @@ def reconcile(registry: AdapterRegistry, buffer: Buffer, tenant: str) -> None:
       version was current before: then it was rolled back from, on purpose);
     * mark experiences the current lineage already contains as consolidated (a crash
       between promotion and the buffer update);
-    * erasure: if an experience in the live lineage was forgotten, every version of the
-      lineage is erased (weights and texts deleted, so it can never be served or restored)
-      and the lineage's other experiences go back to the buffer to be consolidated afresh.
+    * erasure (normally done by ``forget`` itself; here in case it was interrupted): every
+      version holding a forgotten experience is erased (:mod:`memory.erasure`).
     """
     registry.sweep(tenant)
     versions = registry.versions(tenant)
@@ -39,30 +39,18 @@ def reconcile(registry: AdapterRegistry, buffer: Buffer, tenant: str) -> None:
             newest.outcome == "promoted"
             and newest.parent == expected_parent
             and newest.version not in ever_current
+            and "erased" not in newest.manifest
         ):
             logger.warning(
                 "tenant %s: completing the interrupted promotion of %s", tenant, newest.version
             )
             current = registry.promote(tenant, newest.version, reason="recover")
-    lineage = registry.lineage(tenant) if current else []
+    if erase_forgotten(registry, buffer, tenant):
+        return
+    lineage = registry.lineage(tenant) if registry.current(tenant) else []
     contained = {
         e["id"]: info.version for info in lineage for e in info.manifest.get("experiences", [])
     }
-    forgotten = sorted(i for i in contained if buffer.is_forgotten(tenant, i))
-    if forgotten:
-        registry.erase(
-            tenant, [v.version for v in lineage], reason=f"forgotten: {', '.join(forgotten)}"
-        )
-        keep = [i for i in contained if i not in forgotten]
-        buffer.mark(tenant, keep, "buffered")
-        logger.warning(
-            "tenant %s: erased %d versions holding %s; %d experiences will be consolidated again",
-            tenant,
-            len(lineage),
-            forgotten,
-            len(keep),
-        )
-        return
     stored = buffer.get_many(tenant, list(contained))
     for version in dict.fromkeys(contained.values()):
         stale = [

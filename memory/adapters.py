@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reverie.memory.errors import IntegrityError, InvalidInputError, NotFoundError
+from reverie.memory.errors import ConflictError, IntegrityError, InvalidInputError, NotFoundError
 from reverie.memory.experience import validate_tenant
 from reverie.memory.files import fsync_dir, write_durably
 
@@ -47,6 +47,13 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
+
+
+class _Any:
+    """The default of ``expect_current``: any current version will do."""
+
+
+_ANY = _Any()
 
 
 def _sha256(path: Path) -> str:
@@ -224,11 +231,27 @@ class AdapterRegistry:
         return sorted(p.name for p in self.root.iterdir() if (p / "versions").is_dir())
 
     # -- moving the pointer ----------------------------------------------------------------
-    def promote(self, tenant: str, version: str, *, reason: str = "promote") -> VersionInfo:
-        """Make ``version`` current after verifying it; atomic (write, fsync, rename)."""
+    def promote(
+        self,
+        tenant: str,
+        version: str,
+        *,
+        reason: str = "promote",
+        expect_current: str | _Any | None = _ANY,
+    ) -> VersionInfo:
+        """Make ``version`` current after verifying it; atomic (write, fsync, rename). With
+        ``expect_current``, only if the current version is still that one (None: no version),
+        else :class:`ConflictError`: a cycle promotes only on top of what it trained from."""
         with self._locked(tenant) as directory:
             info = self.verify(tenant, version)
             previous = self.current(tenant)
+            if not isinstance(expect_current, _Any) and expect_current != (
+                previous.version if previous else None
+            ):
+                raise ConflictError(
+                    f"tenant {tenant!r}: {version} was trained on {expect_current}, but the "
+                    f"current version is now {previous.version if previous else None}"
+                )
             for step in self.promotion_steps(directory, version):
                 step()
             self._append_history(
@@ -257,28 +280,62 @@ class AdapterRegistry:
         only their manifests (marked erased) for the record; a current one stops being current.
         Erased versions fail verification, so they can never be promoted or rolled back to."""
         with self._locked(tenant) as directory:
+            self._erase(tenant, directory, versions, reason)
+
+    def erase_holding(self, tenant: str, forgotten: set[str], *, reason: str) -> list[VersionInfo]:
+        """Erase every version whose weights hold one of the ``forgotten`` experience ids: the
+        versions trained on them and every version trained on top of those. If the current
+        version is one, the newest of its ancestors that holds none becomes current first (or
+        no version at all), so from the moment this returns no served adapter holds them.
+        Returns the erased versions (with their manifests as they were)."""
+        with self._locked(tenant) as directory:
+            versions = {v.version: v for v in self.versions(tenant)}
+
+            def holds(info: VersionInfo) -> bool:
+                ids = {e["id"] for e in info.manifest.get("experiences", [])}
+                return bool(ids & forgotten) and "erased" not in info.manifest
+
+            doomed = {name for name, info in versions.items() if holds(info)}
             current = self.current(tenant)
-            if current is not None and current.version in versions:
-                (directory / "current.json").unlink()
-                fsync_dir(directory)
-            for version in versions:
-                info = self.get(tenant, version)
-                for path in info.path.iterdir():
-                    if path.name != MANIFEST:
-                        path.unlink()
-                manifest = {
-                    **info.manifest,
-                    "erased": {"at": datetime.now(UTC).isoformat(), "reason": reason},
-                }
-                write_durably(
-                    info.path / f".{MANIFEST}.tmp", json.dumps(manifest, indent=2, sort_keys=True)
-                )
-                os.replace(info.path / f".{MANIFEST}.tmp", info.path / MANIFEST)
-            self._append_history(
-                directory,
-                {"action": "erase", "version": None, "erased": versions, "reason": reason},
+            lineage = self.lineage(tenant) if current else []
+            first = next((i for i, v in enumerate(lineage) if v.version in doomed), None)
+            if current is not None and first is not None:
+                doomed |= {v.version for v in lineage[first:]}
+                keep = lineage[first - 1].version if first > 0 else None
+                if keep is not None:
+                    for step in self.promotion_steps(directory, keep):
+                        step()
+                    self._append_history(
+                        directory, {"action": "erase", "version": keep, "from": current.version}
+                    )
+            erased = [versions[name] for name in sorted(doomed)]
+            if erased:
+                self._erase(tenant, directory, sorted(doomed), reason)
+            return erased
+
+    def _erase(self, tenant: str, directory: Path, versions: list[str], reason: str) -> None:
+        current = self.current(tenant)
+        if current is not None and current.version in versions:
+            (directory / "current.json").unlink()
+            fsync_dir(directory)
+        for version in versions:
+            info = self.get(tenant, version)
+            for path in info.path.iterdir():
+                if path.name != MANIFEST:
+                    path.unlink()
+            manifest = {
+                **info.manifest,
+                "erased": {"at": datetime.now(UTC).isoformat(), "reason": reason},
+            }
+            write_durably(
+                info.path / f".{MANIFEST}.tmp", json.dumps(manifest, indent=2, sort_keys=True)
             )
-            logger.warning("registry: erased %s/%s (%s)", tenant, ",".join(versions), reason)
+            os.replace(info.path / f".{MANIFEST}.tmp", info.path / MANIFEST)
+        self._append_history(
+            directory,
+            {"action": "erase", "version": None, "erased": versions, "reason": reason},
+        )
+        logger.warning("registry: erased %s/%s (%s)", tenant, ",".join(versions), reason)
 
     def rollback(self, tenant: str, version: str | None = None) -> VersionInfo:
         """Make ``version`` current, default the current version's promoted parent."""

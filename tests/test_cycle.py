@@ -277,3 +277,72 @@ def test_the_router_keeps_the_adapter_off_unrelated_questions(
         off = client.chat(unrelated, tenant="alice", recall="none")
         assert on.routed and on.adapter_version == result.version
         assert not off.routed and off.text == base_answer.text
+
+
+def test_forget_stops_serving_weights_that_hold_it_at_once(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, embedder: Any
+) -> None:
+    """No cycle needed: when forget returns, the newest version that does not hold the
+    experience is served (or the base model), and the versions that do are erased."""
+    from reverie import MemoryClient
+
+    settings = settings_for(tmp_path, tiny_model_dir)
+    question = [{"role": "user", "content": "When is rent due?"}]
+    with MemoryClient(settings, embedder=embedder) as client:
+        cycle = Consolidator(settings, buffer=client.buffer, base=tiny_base).run_cycle
+        client.log(FACTS[0][1], tenant="alice", id="landlord")
+        assert cycle("alice").version == "v0001"
+        client.log(FACTS[1][1], tenant="alice", id="cat")
+        assert cycle("alice").version == "v0002"
+        assert client.chat(question, tenant="alice").adapter_version == "v0002"
+
+        assert client.forget("cat", tenant="alice") == ["v0002"]
+        current = client.registry.current("alice")
+        assert current is not None and current.version == "v0001"
+        assert client.chat(question, tenant="alice").adapter_version == "v0001"
+        v2 = client.registry.get("alice", "v0002")
+        assert [p.name for p in v2.path.iterdir()] == ["manifest.json"]
+        landlord = client.buffer.get("alice", "landlord")
+        assert landlord is not None and landlord.status == "consolidated"
+
+        assert client.forget("landlord", tenant="alice") == ["v0001"]
+        assert client.registry.current("alice") is None
+        assert client.chat(question, tenant="alice").adapter_version is None
+        assert cycle("alice").outcome == "nothing_to_do"  # nothing left to rebuild
+
+
+def test_a_candidate_is_erased_not_promoted_when_a_forget_moved_the_tenant_on(
+    tmp_path: Path, buffer: Buffer
+) -> None:
+    """A cycle that trained on v1 must not promote after a forget erased v1, nor when one of
+    its own experiences was forgotten while it trained."""
+    from reverie.consolidator.artifact import settle
+    from reverie.consolidator.gate import GateDecision, Outcome
+
+    registry = AdapterRegistry(tmp_path / "reg")
+    promoted = GateDecision(Outcome.PROMOTED)
+
+    def version(parent: str | None, holds: str) -> str:
+        with registry.stage("alice") as staging:
+            (staging / "adapter_model.safetensors").write_bytes(holds.encode())
+            manifest = {"parent": parent, "experiences": [{"id": holds}], "outcome": "promoted"}
+            return registry.commit("alice", staging, manifest).version
+
+    v1 = version(None, "landlord")
+    registry.promote("alice", v1)
+    v2 = version(v1, "cat")
+    registry.promote("alice", version(None, "other"))  # the tenant moved on meanwhile
+    outcome = settle(registry, buffer, "alice", ["cat"], v2, promoted, parent=v1, max_attempts=3)
+    assert outcome is Outcome.FAILED and "erased" in registry.get("alice", v2).manifest
+    cat = buffer.get("alice", "cat")
+    assert cat is not None and cat.status == "buffered" and cat.attempts == 0
+
+    current = registry.current("alice")
+    assert current is not None
+    v4 = version(current.version, "cat")
+    buffer.delete("alice", "cat")  # forgotten while the cycle trained
+    settled = settle(
+        registry, buffer, "alice", ["cat"], v4, promoted, parent=current.version, max_attempts=3
+    )
+    assert settled is Outcome.FAILED
+    assert registry.current("alice") == current and "erased" in registry.get("alice", v4).manifest

@@ -7,14 +7,32 @@ from pathlib import Path
 import pytest
 
 from reverie.memory.adapters import AdapterRegistry
-from reverie.memory.errors import IntegrityError, InvalidInputError, NotFoundError
+from reverie.memory.errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+)
 
 
-def commit(reg: AdapterRegistry, tenant: str, weights: bytes, parent: str | None = None) -> str:
+def commit(
+    reg: AdapterRegistry,
+    tenant: str,
+    weights: bytes,
+    parent: str | None = None,
+    holds: tuple[str, ...] = (),
+    outcome: str = "promoted",
+) -> str:
     with reg.stage(tenant) as staging:
         (staging / "adapter_model.safetensors").write_bytes(weights)
         (staging / "adapter_config.json").write_text("{}")
-        info = reg.commit(tenant, staging, {"parent": parent, "outcome": "promoted"})
+        (staging / "transfer.jsonl").write_text("".join(f"text of {i}\n" for i in holds))
+        manifest = {
+            "parent": parent,
+            "outcome": outcome,
+            "experiences": [{"id": i} for i in holds],
+        }
+        info = reg.commit(tenant, staging, manifest)
     return info.version
 
 
@@ -100,3 +118,40 @@ def test_bad_names(tmp_path: Path) -> None:
         reg.versions("../x")
     with pytest.raises(NotFoundError):
         reg.get("alice", "v0042")
+
+
+def test_promote_on_top_of_an_expected_version_only(tmp_path: Path) -> None:
+    reg = AdapterRegistry(tmp_path)
+    v1 = commit(reg, "alice", b"one")
+    v2 = commit(reg, "alice", b"two", parent=v1)
+    with pytest.raises(ConflictError, match="trained on v0001"):
+        reg.promote("alice", v2, expect_current=v1)  # v1 is not current: nothing is
+    reg.promote("alice", v1, expect_current=None)
+    reg.promote("alice", v2, expect_current=v1)
+    current = reg.current("alice")
+    assert current is not None and current.version == v2
+
+
+def test_erase_holding_moves_the_pointer_back_then_erases(tmp_path: Path) -> None:
+    """v1 holds a, v2 (on v1) holds b, v3 (on v2) holds c, v4 (rejected, on v3) holds b and
+    d. Forgetting b: v2, its descendant v3 and the rejected v4 go; v1 is served at once."""
+    reg = AdapterRegistry(tmp_path)
+    v1 = commit(reg, "t", b"1", holds=("a",))
+    v2 = commit(reg, "t", b"2", parent=v1, holds=("b",))
+    v3 = commit(reg, "t", b"3", parent=v2, holds=("c",))
+    v4 = commit(reg, "t", b"4", parent=v3, holds=("b", "d"), outcome="rejected_locality")
+    for v in (v1, v2, v3):
+        reg.promote("t", v)
+    erased = reg.erase_holding("t", {"b"}, reason="forgotten: b")
+    assert [v.version for v in erased] == [v2, v3, v4]
+    current = reg.current("t")
+    assert current is not None and current.version == v1
+    for v in (v2, v3, v4):
+        info = reg.get("t", v)
+        assert "erased" in info.manifest
+        assert [p.name for p in info.path.iterdir()] == ["manifest.json"]  # no text, no weights
+        with pytest.raises(IntegrityError):
+            reg.promote("t", v)
+    assert reg.erase_holding("t", {"b"}, reason="again") == []  # nothing left holding it
+    reg.erase_holding("t", {"a"}, reason="forgotten: a")
+    assert reg.current("t") is None  # no version left that does not hold a: the base model

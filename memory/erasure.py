@@ -1,0 +1,49 @@
+"""Erasure: once an experience is forgotten, no served adapter holds it.
+
+:func:`erase_forgotten` runs inside ``forget`` (and again at the start of every cycle, to
+finish one a crash interrupted): every version whose weights hold a forgotten experience is
+erased, after the tenant's pointer moves to the newest ancestor that holds none (or to no
+adapter). The other experiences of the erased versions go back to the buffer, so the next cycle
+consolidates them again without the forgotten one.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from reverie.memory.adapters import AdapterRegistry
+from reverie.memory.buffer import Buffer
+
+__all__ = ["erase_forgotten"]
+
+logger = logging.getLogger(__name__)
+
+
+def erase_forgotten(registry: AdapterRegistry, buffer: Buffer, tenant: str) -> list[str]:
+    """Erase the versions of ``tenant`` that hold a forgotten experience; returns their names."""
+    held = {
+        e["id"]
+        for info in registry.versions(tenant)
+        if "erased" not in info.manifest
+        for e in info.manifest.get("experiences", [])
+    }
+    forgotten = {i for i in held if buffer.is_forgotten(tenant, i)}
+    if not forgotten:
+        return []
+    erased = registry.erase_holding(
+        tenant, forgotten, reason=f"forgotten: {', '.join(sorted(forgotten))}"
+    )
+    again = sorted(
+        {e["id"] for info in erased for e in info.manifest.get("experiences", [])} - forgotten
+    )
+    buffer.mark(tenant, again, "buffered")
+    current = registry.current(tenant)
+    logger.warning(
+        "tenant %s: erased %s holding %s; serving %s; %d experiences will be consolidated again",
+        tenant,
+        [v.version for v in erased],
+        sorted(forgotten),
+        current.version if current else "the base model",
+        len(again),
+    )
+    return [v.version for v in erased]
