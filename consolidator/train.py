@@ -9,9 +9,9 @@ where it stopped and finishes with the same weights it would have had.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -30,6 +30,7 @@ from reverie.consolidator.distill import (
     lm_parts,
     right_padded,
 )
+from reverie.memory.files import atomic_write_bytes
 from reverie.model.base import BaseModel, attach_adapter, last_layers
 
 __all__ = [
@@ -136,9 +137,9 @@ def _save_checkpoint(path: Path, model: Any, optimizer: Any, step: int, key: str
         "adapter": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
         "optimizer": optimizer.state_dict(),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    blob = io.BytesIO()
+    torch.save(state, blob)
+    atomic_write_bytes(path, blob.getvalue())
 
 
 def _load_checkpoint(path: Path, model: Any, optimizer: Any, key: str) -> int:
