@@ -179,10 +179,13 @@ class MemoryClient:
         Returns the erased versions. Raises :class:`NotFoundError` if the tenant has no such
         id."""
         validate_tenant(tenant)
-        if self.buffer.get(tenant, id) is None:
+        stored = self.buffer.get(tenant, id)
+        if stored is None:
             raise NotFoundError(f"tenant {tenant!r} has no experience {id!r}")
         self._stream.append([StreamRecord.forgotten(tenant, id)])
         self.buffer.delete(tenant, id)
+        if stored.position is not None:  # the logged record, its text overwritten in place
+            self._stream.redact(stored.position, tenant, id)
         return erase_forgotten(self.registry, self.buffer, tenant)
 
     # -- reads -----------------------------------------------------------------------------

@@ -128,6 +128,7 @@ class RowStore:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA secure_delete=ON")  # a deleted row's text is overwritten
         try:
             self._db.executescript(_SCHEMA)
             self._migrate()
@@ -219,6 +220,10 @@ class RowStore:
             )
             seqs = [int(r["seq"]) for r in cur.fetchall()]
             self._db.execute("INSERT OR IGNORE INTO forgotten VALUES (?, ?, ?)", (tenant, id, now))
+        with self.lock:
+            # The write-ahead log still holds the page as it was: copy the new one back and
+            # empty the log (best effort: a reader in another process may hold it a moment).
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return seqs
 
     def mark(

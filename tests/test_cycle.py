@@ -346,3 +346,32 @@ def test_a_candidate_is_erased_not_promoted_when_a_forget_moved_the_tenant_on(
     )
     assert settled is Outcome.FAILED
     assert registry.current("alice") == current and "erased" in registry.get("alice", v4).manifest
+
+
+def test_no_readable_copy_of_a_forgotten_text_stays_in_any_file(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, embedder: Any
+) -> None:
+    """Stream segment, buffer (SQLite and its write-ahead log), adapter versions (transfer
+    sets, probe files, manifests), caches: after forget, the text is in none of them."""
+    from reverie import MemoryClient
+
+    secret = "Zanzibar-Quokka-7731"
+    settings = settings_for(tmp_path, tiny_model_dir)
+    with MemoryClient(settings, embedder=embedder) as client:
+        client.log(f"The vault phrase is {secret} and only Ines knows it.", tenant="al", id="s")
+        client.log(FACTS[1][1], tenant="al", id="cat")
+        result = Consolidator(settings, buffer=client.buffer, base=tiny_base).run_cycle("al")
+        assert result.outcome == "promoted"
+
+        def holding() -> list[str]:
+            return sorted(
+                str(p.relative_to(settings.data_dir))
+                for p in settings.data_dir.rglob("*")
+                if p.is_file() and secret.encode() in p.read_bytes()
+            )
+
+        assert holding()  # the stream, the buffer and the version hold it now
+        client.forget("s", tenant="al")
+        assert holding() == []
+        cat = client.buffer.get("al", "cat")
+        assert cat is not None and cat.status == "buffered"  # to be consolidated again

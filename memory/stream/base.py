@@ -204,4 +204,11 @@ class ExperienceStream(Protocol):
         """Join consumer group ``group``; start at its committed offsets (else the beginning)."""
         ...
 
+    def redact(self, position: Position, tenant: str, id: str) -> bool:
+        """Replace the experience record at ``position`` by a forget record of the same
+        experience, in place (its offset, and every other record, unchanged), so no readable
+        copy of a forgotten text stays in the stream. False where the backend cannot rewrite
+        its log (Kafka: see the README's erasure notes)."""
+        ...
+
     def close(self) -> None: ...

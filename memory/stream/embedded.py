@@ -117,6 +117,13 @@ class EmbeddedStream:
                 positions[i] = Position(p, first + k)
         return [pos for pos in positions if pos is not None]
 
+    def redact(self, position: Position, tenant: str, id: str) -> bool:
+        payload = encode_record(StreamRecord.forgotten(tenant, id))
+        try:
+            return self._partitions[position.partition].overwrite(position.offset, payload)
+        except OSError as err:
+            raise StreamError(f"embedded stream redaction failed: {err}") from err
+
     def end_offsets(self) -> dict[int, int]:
         return {p: part.end_offset() for p, part in enumerate(self._partitions)}
 

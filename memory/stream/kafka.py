@@ -119,6 +119,9 @@ class KafkaStream:
     def append_raw(self, tenant: str, payloads: Sequence[bytes]) -> list[Position]:
         return self._send([(tenant, p) for p in payloads])
 
+    def redact(self, position: Position, tenant: str, id: str) -> bool:
+        return False  # a Kafka log is append-only: the topic's retention decides
+
     def _send(self, keyed: Sequence[tuple[str, bytes]]) -> list[Position]:
         try:
             futures = [

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from reverie.memory.errors import StreamError
 from reverie.memory.files import atomic_write_bytes, fsync_dir, write_durably
-from reverie.memory.stream.segments import frame, resync, scan
+from reverie.memory.stream.segments import HEADER, frame, resync, scan
 
 __all__ = ["Partition"]
 
@@ -204,6 +204,29 @@ class Partition:
             self._cut(path, size)
         except OSError:  # the next append (or open) finds the bytes past the tail and cuts them
             logger.exception("could not cut a failed append of %s back to %d bytes", path, size)
+
+    def overwrite(self, offset: int, payload: bytes) -> bool:
+        """Replace record ``offset`` by ``payload``, padded with spaces to the record's length,
+        in place: no offset and no byte position moves, so readers anywhere in the log keep
+        their place. False when there is no such record or ``payload`` is longer."""
+        with self._exclusive():
+            start = self._locate(offset, self._bases())
+            if start is None:
+                return False
+            base, pos = start
+            with open(self._path(base), "r+b") as fh:
+                fh.seek(pos)
+                header = fh.read(HEADER.size)
+                if len(header) < HEADER.size:
+                    return False
+                length, _ = HEADER.unpack(header)
+                if len(payload) > length:
+                    return False
+                fh.seek(pos)
+                fh.write(frame([payload + b" " * (length - len(payload))]))
+                fh.flush()
+                os.fsync(fh.fileno())
+            return True
 
     def _scan_segment(self, base: int, pos: int, max_records: int) -> tuple[list[bytes], int, bool]:
         """Records of segment ``base`` from byte ``pos``: (payloads, end byte, at clean EOF)."""

@@ -99,6 +99,28 @@ def test_forget_records_roundtrip(open_stream: StreamFactory) -> None:
     assert msg.record == StreamRecord.forgotten("erin", "e7")
 
 
+def test_redact_replaces_a_record_in_place_or_says_it_cannot(
+    open_stream: StreamFactory, request: pytest.FixtureRequest
+) -> None:
+    """Where the log can be rewritten (embedded), a forgotten experience's record becomes a
+    forget record at the same offset and every other record stays where it was; Kafka's log is
+    append-only and says so."""
+    stream = open_stream()
+    positions = stream.append(records("fay", 3))
+    redacted = stream.redact(positions[1], "fay", "e1")
+    got = open_stream().read(positions[0].partition, positions[0].offset, 3)
+    if "kafka" in request.node.callspec.id:
+        assert redacted is False
+        assert got[1].record is not None and got[1].record.kind == "experience"
+        return
+    assert redacted is True
+    assert [m.offset for m in got] == [p.offset for p in positions]
+    assert got[1].record == StreamRecord.forgotten("fay", "e1")
+    assert b"fay fact 1" not in got[1].raw
+    assert [m.record.id for m in got if m.record] == ["e0", "e1", "e2"]
+    assert got[2].record is not None and got[2].record.experience is not None
+
+
 def test_undecodable_record_is_delivered_with_an_error(open_stream: StreamFactory) -> None:
     stream = open_stream()
     stream.append_raw("frank", [b"\xff not json"])
