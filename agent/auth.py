@@ -28,6 +28,7 @@ class TokenStore:
     def __init__(self, data_dir: Path) -> None:
         path = Path(data_dir) / "auth"
         path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o700)  # token hashes: for the owner only
         self._lock = threading.Lock()
         self._db = sqlite3.connect(
             path / "tokens.sqlite3", check_same_thread=False, isolation_level=None

@@ -78,9 +78,17 @@ def build_messages(messages: Sequence[Message], recalled: Sequence[Experience]) 
     return out
 
 
+MAX_MESSAGES = 200
+
+
 def validate_messages(messages: object) -> list[Message]:
     if not isinstance(messages, list) or not messages:
         raise InvalidInputError("messages", "give a non-empty list of {role, content} objects")
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidInputError(
+            "messages",
+            f"at most {MAX_MESSAGES} messages, got {len(messages)}; send the recent ones",
+        )
     out: list[Message] = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in _ROLES:
@@ -173,6 +181,14 @@ class Responder:
         prompt = encode(
             base.tokenizer, render(base.tokenizer, build_messages(messages, recalled), fmt)
         )
+        context = int(getattr(base.model.config, "max_position_embeddings", 2048))
+        if len(prompt) + limit > context:
+            raise InvalidInputError(
+                "messages",
+                f"the prompt is {len(prompt):,} tokens (recalled memories included); with "
+                f"{limit} tokens to generate at most {context - limit:,} fit the model's "
+                f"{context:,}-token context: send fewer or shorter messages, or lower max_tokens",
+            )
         with self._lock:
             active = self._activate(tenant)
             version, router = active if active is not None else (None, None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -39,6 +40,14 @@ MAX_QUERY_CHARS = 4_000
 MAX_K = 100
 
 
+def _private(directory: Path) -> None:
+    """Only the user who runs Reverie may read the data dir (experience text, token hashes)."""
+    try:
+        directory.chmod(0o700)
+    except PermissionError:  # not ours (a shared, read-only or mounted dir): leave it as it is
+        logger.warning("could not make %s private to its owner", directory)
+
+
 class MemoryClient:
     """Log, recall and forget experiences of any number of tenants.
 
@@ -55,6 +64,7 @@ class MemoryClient:
     ) -> None:
         self.settings = settings or load_settings()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        _private(self.settings.data_dir)
         self._stream = stream or open_stream(self.settings.stream, self.settings.data_dir)
         self._embedder = embedder or SentenceTransformerEmbedder(self.settings.embedder)
         self.buffer = Buffer(

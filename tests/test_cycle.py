@@ -242,6 +242,13 @@ def test_answers_recall_consolidated_memory_too_unless_asked_not_to(
         assert client.chat(question, tenant="alice", recall=False).recalled_ids == ()
         with pytest.raises(InvalidInputError, match="recall"):
             client.chat(question, tenant="alice", recall="some")
+        # The tiny model's context is 512 tokens: a longer prompt is refused, not run.
+        long = [{"role": "user", "content": "Tell me about the cat. " * 120}]
+        with pytest.raises(InvalidInputError, match="context"):
+            client.chat(long, tenant="alice")
+        with pytest.raises(InvalidInputError, match="at most 200 messages"):
+            client.chat(question * 201, tenant="alice")
+    assert (settings.data_dir.stat().st_mode & 0o777) == 0o700  # private to its owner
 
 
 def test_the_router_keeps_the_adapter_off_unrelated_questions(
