@@ -20,7 +20,13 @@ from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.buffer import Buffer, Hit, StoredExperience
 from reverie.memory.embedder import Embedder, SentenceTransformerEmbedder
 from reverie.memory.erasure import erase_forgotten
-from reverie.memory.errors import ConflictError, InvalidInputError, NotFoundError, StorageError
+from reverie.memory.errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidInputError,
+    NotFoundError,
+    StorageError,
+)
 from reverie.memory.experience import Experience, make_experience, validate_tenant
 from reverie.memory.ingest import Ingest, classify, refusal
 from reverie.memory.stream import ExperienceStream, StreamRecord, open_stream
@@ -264,7 +270,11 @@ class MemoryClient:
         and how many messages sit in its dead-letter queue."""
         tenants: dict[str, dict[str, Any]] = {}
         for tenant, counts in self.buffer.stats().items():
-            current = self.registry.current(tenant)
+            try:
+                current = self.registry.current(tenant)
+            except IntegrityError as err:  # one tenant's damage stays that tenant's
+                tenants[tenant] = {**counts, "adapter": None, "error": str(err)}
+                continue
             tenants[tenant] = {**counts, "adapter": current.version if current else None}
         return {
             "data_dir": str(self.settings.data_dir),

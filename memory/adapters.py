@@ -208,8 +208,11 @@ class AdapterRegistry:
             version = json.loads(pointer.read_text())["version"]
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError) as err:
-            raise IntegrityError(f"{tenant}: unreadable current pointer ({err})") from None
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise IntegrityError(
+                f"tenant {tenant!r}: unreadable current pointer {pointer} ({err}); repair it with "
+                f"'reverie adapters promote --tenant {tenant} --version vNNNN'"
+            ) from None
         return self.get(tenant, version)
 
     def lineage(self, tenant: str, version: str | None = None) -> list[VersionInfo]:
@@ -244,7 +247,12 @@ class AdapterRegistry:
         else :class:`ConflictError`: a cycle promotes only on top of what it trained from."""
         with self._locked(tenant) as directory:
             info = self.verify(tenant, version)
-            previous = self.current(tenant)
+            try:
+                previous = self.current(tenant)
+            except IntegrityError:
+                if not isinstance(expect_current, _Any):
+                    raise
+                previous = None  # a damaged pointer: promoting (or rolling back) repairs it
             if not isinstance(expect_current, _Any) and expect_current != (
                 previous.version if previous else None
             ):

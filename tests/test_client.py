@@ -169,3 +169,17 @@ def test_bad_arguments_name_the_field(
     with pytest.raises(InvalidInputError) as info:
         call(client)
     assert info.value.field == field
+
+
+def test_one_tenants_damaged_adapter_pointer_does_not_break_status(
+    open_client: ClientFactory,
+) -> None:
+    client = open_client()
+    client.log("Alice's fact.", tenant="alice")
+    client.log("Bob's fact.", tenant="bob")
+    bob = client.settings.data_dir / "adapters" / "bob"
+    bob.mkdir(parents=True)
+    (bob / "current.json").write_text("garbage")
+    tenants = client.status()["tenants"]
+    assert tenants["alice"]["adapter"] is None and "error" not in tenants["alice"]
+    assert "adapters promote --tenant bob" in tenants["bob"]["error"]

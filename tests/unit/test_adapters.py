@@ -155,3 +155,20 @@ def test_erase_holding_moves_the_pointer_back_then_erases(tmp_path: Path) -> Non
     assert reg.erase_holding("t", {"b"}, reason="again") == []  # nothing left holding it
     reg.erase_holding("t", {"a"}, reason="forgotten: a")
     assert reg.current("t") is None  # no version left that does not hold a: the base model
+
+
+def test_a_garbage_pointer_is_contained_to_its_tenant_and_promote_repairs_it(
+    tmp_path: Path,
+) -> None:
+    reg = AdapterRegistry(tmp_path)
+    v1 = commit(reg, "bob", b"one")
+    reg.promote("bob", v1)
+    reg.promote("alice", commit(reg, "alice", b"a"))
+    (tmp_path / "bob" / "current.json").write_text("{not json")
+    with pytest.raises(IntegrityError, match="adapters promote --tenant bob"):
+        reg.current("bob")
+    current = reg.current("alice")
+    assert current is not None and current.version == "v0001"
+    reg.promote("bob", v1)  # the repair the error names
+    repaired = reg.current("bob")
+    assert repaired is not None and repaired.version == v1
