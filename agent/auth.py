@@ -73,5 +73,10 @@ class TokenStore:
             raise NotFoundError(f"no token starts with {prefix[:10]!r}")
         return cur.rowcount
 
+    def revoke_tenant(self, tenant: str) -> int:
+        """Revoke every token of ``tenant``; returns how many there were."""
+        with self._lock:
+            return self._db.execute("DELETE FROM tokens WHERE tenant=?", (tenant,)).rowcount
+
     def close(self) -> None:
         self._db.close()

@@ -9,12 +9,14 @@ experience is ever missing from recall, and dedupe by (tenant, id) means none is
 from __future__ import annotations
 
 import logging
+import shutil
 import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from reverie.agent.auth import TokenStore
 from reverie.agent.chat import RecallMode, Reply, Responder, recall_mode, validate_messages
 from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.buffer import Buffer, Hit, StoredExperience
@@ -203,6 +205,31 @@ class MemoryClient:
         if stored.position is not None:  # the logged record, its text overwritten in place
             self._stream.redact(stored.position, tenant, id)
         return erase_forgotten(self.registry, self.buffer, tenant)
+
+    def delete_tenant(self, tenant: str) -> dict[str, int]:
+        """Erase a whole tenant the way :meth:`forget` erases one experience: every experience
+        (a forget record each on the stream, the logged records overwritten where the stream
+        allows it), every adapter version, the index, the training checkpoints and every token
+        of the tenant. Returns what was deleted."""
+        validate_tenant(tenant)
+        rows = self.buffer.experiences(tenant)
+        ids = [r.experience.id for r in rows]
+        if ids:
+            self._stream.append([StreamRecord.forgotten(tenant, i) for i in ids])
+        self.buffer.delete_many(tenant, ids)
+        for r in rows:
+            if r.position is not None:
+                self._stream.redact(r.position, tenant, r.experience.id)
+        self.buffer.drop_index(tenant)
+        versions = self.registry.delete_tenant(tenant)
+        shutil.rmtree(self.settings.data_dir / "work" / tenant, ignore_errors=True)
+        tokens = TokenStore(self.settings.data_dir)
+        try:
+            revoked = tokens.revoke_tenant(tenant)
+        finally:
+            tokens.close()
+        logger.warning("deleted tenant %s: %d experiences, %d versions", tenant, len(ids), versions)
+        return {"experiences": len(ids), "versions": versions, "tokens": revoked}
 
     # -- reads -----------------------------------------------------------------------------
     def recall(self, query: str, *, tenant: str, k: int = 5) -> list[Hit]:

@@ -238,6 +238,12 @@ def create_app(
         client.forget(experience_id, tenant=tenant)
         return Response(status_code=204)
 
+    @app.delete("/v1/tenant")
+    def delete_tenant(tenant: Tenant) -> dict[str, Any]:
+        """Erase the token's tenant for good: experiences, adapters, and every token of it
+        (this one included)."""
+        return {"tenant": tenant, **client.delete_tenant(tenant)}
+
     # -- chat (OpenAI-compatible) ----------------------------------------------------------------
     @app.post("/v1/chat/completions", response_model=None)
     def chat(body: ChatIn, tenant: Tenant) -> dict[str, Any] | StreamingResponse:

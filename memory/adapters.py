@@ -345,6 +345,20 @@ class AdapterRegistry:
         )
         logger.warning("registry: erased %s/%s (%s)", tenant, ",".join(versions), reason)
 
+    def delete_tenant(self, tenant: str) -> int:
+        """Delete every version of ``tenant`` (weights, texts, manifests), its pointer and its
+        history; returns how many versions there were."""
+        with self._locked(tenant) as directory:
+            n = len(self._names(tenant))
+            for path in directory.iterdir():
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.name != ".lock":
+                    path.unlink()
+            fsync_dir(directory)
+        logger.warning("registry: deleted tenant %s (%d versions)", tenant, n)
+        return n
+
     def rollback(self, tenant: str, version: str | None = None) -> VersionInfo:
         """Make ``version`` current, default the current version's promoted parent."""
         if version is None:

@@ -93,10 +93,19 @@ class Buffer:
 
     def delete(self, tenant: str, id: str) -> bool:
         """Remove an experience and remember that it was forgotten, so replays skip it."""
+        return bool(self.delete_many(tenant, [id]))
+
+    def delete_many(self, tenant: str, ids: Iterable[str]) -> int:
+        """:meth:`delete` for many experiences at once; returns how many were there."""
         with self._lock:
-            seqs = self._rows.delete(tenant, id)
+            seqs = self._rows.delete(tenant, ids)
             self._index.remove(tenant, seqs)
-        return bool(seqs)
+        return len(seqs)
+
+    def drop_index(self, tenant: str) -> None:
+        """Forget the tenant's index (file and cache); it is rebuilt from the rows if needed."""
+        with self._lock:
+            self._index.drop(tenant)
 
     def mark(
         self,

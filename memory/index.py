@@ -190,6 +190,10 @@ class IndexCache:
         atomic_write_bytes(self._path(tenant), len(meta).to_bytes(8, "big") + meta + blob)
         index.unsaved = 0
 
+    def drop(self, tenant: str) -> None:
+        self._indexes.pop(tenant, None)
+        self._path(tenant).unlink(missing_ok=True)
+
     def flush(self) -> None:
         """Save every index with unsaved additions."""
         for tenant, index in self._indexes.items():

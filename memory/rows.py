@@ -211,15 +211,20 @@ class RowStore:
                 inserted.append(cur.rowcount == 1)
         return inserted
 
-    def delete(self, tenant: str, id: str) -> list[int]:
-        """Remove a row and remember that its id was forgotten; returns the removed ``seq``s."""
+    def delete(self, tenant: str, ids: Iterable[str]) -> list[int]:
+        """Remove rows and remember that their ids were forgotten; returns the removed
+        ``seq``s."""
         now = datetime.now(UTC).isoformat()
+        seqs: list[int] = []
         with self.lock, self._tx():
-            cur = self._db.execute(
-                "DELETE FROM experiences WHERE tenant=? AND id=? RETURNING seq", (tenant, id)
-            )
-            seqs = [int(r["seq"]) for r in cur.fetchall()]
-            self._db.execute("INSERT OR IGNORE INTO forgotten VALUES (?, ?, ?)", (tenant, id, now))
+            for id in ids:
+                cur = self._db.execute(
+                    "DELETE FROM experiences WHERE tenant=? AND id=? RETURNING seq", (tenant, id)
+                )
+                seqs += [int(r["seq"]) for r in cur.fetchall()]
+                self._db.execute(
+                    "INSERT OR IGNORE INTO forgotten VALUES (?, ?, ?)", (tenant, id, now)
+                )
         with self.lock:
             # The write-ahead log still holds the page as it was: copy the new one back and
             # empty the log (best effort: a reader in another process may hold it a moment).

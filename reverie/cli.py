@@ -92,6 +92,24 @@ def cmd_forget(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_delete_tenant(args: argparse.Namespace) -> int:
+    if not args.yes:
+        raise InvalidInputError(
+            "yes",
+            f"deleting tenant {args.tenant!r} erases all its memory, adapters and tokens for "
+            "good; add --yes to confirm",
+        )
+    with _client(args) as client:
+        deleted = client.delete_tenant(args.tenant)
+    _emit(
+        args,
+        {"tenant": args.tenant, **deleted},
+        f"deleted tenant {args.tenant}: {deleted['experiences']} experiences, "
+        f"{deleted['versions']} adapter versions, {deleted['tokens']} tokens",
+    )
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
         status = client.status()
@@ -356,6 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("forget", cmd_forget, "erase an experience")
     p.add_argument("id")
+
+    p = command(
+        "delete-tenant", cmd_delete_tenant, "erase a tenant: memory, adapters, tokens (for good)"
+    )
+    p.add_argument("--yes", action="store_true", help="confirm: nothing of the tenant is kept")
 
     p = command("status", cmd_status, "counts per tenant and stream offsets", tenant=False)
     p.add_argument("--tenant", help="only this tenant")

@@ -382,3 +382,34 @@ def test_no_readable_copy_of_a_forgotten_text_stays_in_any_file(
         assert holding() == []
         cat = client.buffer.get("al", "cat")
         assert cat is not None and cat.status == "buffered"  # to be consolidated again
+
+
+def test_delete_tenant_erases_everything_of_it_and_nothing_else(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, embedder: Any
+) -> None:
+    from reverie import MemoryClient
+    from reverie.agent.auth import TokenStore
+
+    secret = "Quasar-Marmalade-5521"
+    settings = settings_for(tmp_path, tiny_model_dir)
+    with MemoryClient(settings, embedder=embedder) as client:
+        client.log(f"The cellar code is {secret}.", tenant="gone", id="s")
+        client.log(FACTS[0][1], tenant="kept", id="landlord")
+        consolidator = Consolidator(settings, buffer=client.buffer, base=tiny_base)
+        assert consolidator.run_cycle("gone").outcome == "promoted"
+        tokens = TokenStore(settings.data_dir)
+        token = tokens.create("gone")
+        assert client.delete_tenant("gone") == {"experiences": 1, "versions": 1, "tokens": 1}
+        assert tokens.tenant_for(token) is None
+        tokens.close()
+        assert client.buffer.experiences("gone") == [] and client.registry.versions("gone") == []
+        assert client.recall("cellar code", tenant="gone") == []
+        assert [h.experience.id for h in client.recall("landlord", tenant="kept")] == ["landlord"]
+        holding = [
+            p
+            for p in settings.data_dir.rglob("*")
+            if p.is_file() and secret.encode() in p.read_bytes()
+        ]
+        assert holding == []
+    with MemoryClient(settings, embedder=embedder) as again:  # a replay brings nothing back
+        assert again.buffer.experiences("gone") == []

@@ -242,3 +242,16 @@ def test_example_agent_loop_runs_against_the_server(server: Server) -> None:
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("remembered:") == 2
     assert "Q: What is Biscuit allergic to?" in out.stdout
+
+
+def test_delete_tenant_over_http_erases_it_and_its_tokens(server: Server) -> None:
+    store = TokenStore(load_settings(server.config).data_dir)
+    carol = store.create("carol")
+    store.close()
+    r = server.call("POST", "/v1/experiences", carol, json={"text": "Carol's locker is 12."})
+    assert r.status_code == 201
+    gone = server.call("DELETE", "/v1/tenant", carol)
+    assert gone.status_code == 200, gone.text
+    assert gone.json() == {"tenant": "carol", "experiences": 1, "versions": 0, "tokens": 1}
+    assert server.call("POST", "/v1/recall", carol, json={"query": "locker"}).status_code == 401
+    assert server.call("GET", "/v1/adapters", server.alice).status_code == 200  # others stay
