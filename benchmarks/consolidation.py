@@ -165,6 +165,9 @@ def run_one(
         "served_control_unchanged": gate_view.get("locality", {}).get("unchanged"),
         "probes_routed": gate_view.get("router", {}).get("probes_routed"),
         "controls_routed": gate_view.get("router", {}).get("controls_routed"),
+        "neighbourhood": {
+            k: v for k, v in (probes.get("neighbourhood") or {}).items() if k != "changed"
+        },
         "served_path": path or None,
         "transfer": result.transfer,
         "train": result.train,
@@ -202,6 +205,7 @@ def table(report: dict[str, Any]) -> None:
                     r.get("served_locality"),
                     r.get("probes_routed"),
                     r.get("controls_routed"),
+                    (r.get("neighbourhood") or {}).get("served_unchanged"),
                     r["control_unchanged"],
                     r["control_mean_kl"],
                     r["consolidation_seconds"],
@@ -224,6 +228,7 @@ def table(report: dict[str, Any]) -> None:
             "served loc",
             "probes routed",
             "controls routed",
+            "neighbourhood unchanged (served)",
             "unchanged",
             "KL",
             "consolidation s",

@@ -201,10 +201,17 @@ class ConsolidationSettings(_Section):
     )
     retention_budget: int = Field(default=60, ge=0, description="Earlier probes per cycle.")
     control_budget: int = Field(
-        default=0,
+        default=80,
         ge=0,
-        description="Control questions (and texts) probed for locality per cycle, a fixed "
-        "seeded sample; 0 probes all of them. Fewer is cheaper and noisier.",
+        description="Control questions (and texts) the adapter answers for raw locality per "
+        "cycle, a fixed seeded sample of the control set (0: all 254). Served locality always "
+        "asks every control question (only those routed to the adapter cost a generation).",
+    )
+    neighbourhood_per_experience: int = Field(
+        default=2,
+        ge=0,
+        description="General questions per experience about its common nouns (not answered "
+        "by it), compared with the base model's answers for neighbourhood locality.",
     )
     probe_max_new_tokens: int = Field(
         default=24, ge=4, description="Answer length when probing (short answers suffice)."

@@ -39,6 +39,7 @@ from reverie.consolidator.config import ConsolidatorSettings
 from reverie.consolidator.evaluate import evaluate
 from reverie.consolidator.gate import Outcome, decide
 from reverie.consolidator.locality import ControlSet, base_control_answers, load_controls
+from reverie.consolidator.neighbourhood import neighbourhood_questions
 from reverie.consolidator.probes import run_probes
 from reverie.consolidator.recovery import reconcile
 from reverie.consolidator.result import CycleResult, StageTimer
@@ -162,7 +163,7 @@ class Consolidator:
         if current is not None:
             self.registry.verify(tenant, current.version)
         lineage = self.registry.lineage(tenant) if current else []
-        controls = self.controls.sample(s.consolidation.control_budget, recipe.seed)
+        raw_controls = self.controls.sample(s.consolidation.control_budget, recipe.seed)
         model = student_model(self.base, current.path if current else None, recipe)
 
         def stop_point(stage: str) -> None:
@@ -228,7 +229,11 @@ class Consolidator:
                 )
                 ev = evaluate(
                     base, s.model, model, probes=probes, before=before, bank=bank,
-                    controls=controls, max_new_tokens=tokens, routes=routes(router, self.embedder),
+                    controls=self.controls, raw_controls=raw_controls, max_new_tokens=tokens,
+                    neighbours=neighbourhood_questions(
+                        experiences, s.consolidation.neighbourhood_per_experience, recipe.seed
+                    ),
+                    routes=routes(router, self.embedder),
                 )  # fmt: skip
             decision = decide(ev.summary, s.gate)
             transfer_info = transfer.info(

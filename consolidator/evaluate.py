@@ -21,6 +21,7 @@ from reverie.consolidator.probes import Probe, ProbeResult, foreign, run_probes,
 from reverie.consolidator.scoring import capped, efficacy_report, retention_report, summarize
 from reverie.model.base import BaseModel
 from reverie.model.config import ModelSettings
+from reverie.model.generate import answer
 
 __all__ = ["Evaluation", "Routes", "evaluate"]
 
@@ -45,21 +46,28 @@ def evaluate(
     before: Sequence[ProbeResult],
     bank: Sequence[Probe],
     controls: ControlSet,
+    raw_controls: ControlSet | None = None,
+    neighbours: Sequence[str] = (),
     max_new_tokens: int,
     routes: Routes | None = None,
 ) -> Evaluation:
     """Efficacy on this cycle's ``probes`` (``before`` holds their no-context baseline and
     in-context ceiling), retention on the earlier ``bank``, locality on ``controls``; with
-    ``routes``, each also as served."""
+    ``routes``, each also as served. Raw locality asks ``raw_controls`` (a sample of
+    ``controls``; default all of them); served locality asks every control question, the
+    adapter only those routed to it (the others get the base model's recorded answer).
+    ``neighbours`` (questions near this cycle's experiences that they do not answer) are
+    scored as answers unchanged from the base model's, raw and served."""
     tokens = max_new_tokens
+    raw_set = raw_controls or controls
     after = run_probes(
         base, fmt, model, probes, foreign_answers=foreign(probes), max_new_tokens=tokens
     )
     efficacy = with_ceiling(after, before)
     retained = run_probes(base, fmt, model, bank, max_new_tokens=tokens)
-    answers = control_answers(base, fmt, model, controls, tokens)
-    locality = locality_scores(controls, answers, controls.base_answers) | {
-        "mean_kl": round(text_kl(base, model, controls.texts), 5)
+    answers = control_answers(base, fmt, model, raw_set, tokens)
+    locality = locality_scores(raw_set, answers, raw_set.base_answers) | {
+        "mean_kl": round(text_kl(base, model, raw_set.texts), 5)
     }
     report: dict[str, Any] = {
         "efficacy": efficacy_report(efficacy),
@@ -69,10 +77,27 @@ def evaluate(
         "locality": locality,
     }
     summary = summarize(efficacy, retained, locality)
+    near = answer(base, fmt, list(neighbours), model=model, max_new_tokens=tokens)
+    near_on = routes(neighbours) if routes is not None else np.ones(len(near), dtype=bool)
     if routes is None:
+        with model.disable_adapter():
+            near_base = answer(base, fmt, list(neighbours), model=model, max_new_tokens=tokens)
+        report["neighbourhood"] = _neighbourhood(neighbours, near, near_base, near_on)
         return Evaluation(efficacy, retained, report, summary)
 
     # Served: a question the router keeps from the adapter gets the base model's answer.
+    questions = [q for q, _ in controls.questions]
+    control_on = routes(questions)
+    by_adapter = dict(zip([q for q, _ in raw_set.questions], answers, strict=True))
+    ask = [q for q, r in zip(questions, control_on, strict=True) if r and q not in by_adapter]
+    by_adapter |= dict(
+        zip(ask, answer(base, fmt, ask, model=model, max_new_tokens=tokens), strict=True)
+    )
+    served_answers = [
+        by_adapter[q] if r else b
+        for q, b, r in zip(questions, controls.base_answers, control_on, strict=True)
+    ]
+    served_locality = locality_scores(controls, served_answers, controls.base_answers)
     on = routes([p.question for p in probes])
     off = [p for p, r in zip(probes, on, strict=True) if not r]
     with model.disable_adapter():
@@ -84,12 +109,9 @@ def evaluate(
                 [b for b, r in zip(before, on, strict=True) if not r],
             )
         )
+        near_base = answer(base, fmt, list(neighbours), model=model, max_new_tokens=tokens)
+    report["neighbourhood"] = _neighbourhood(neighbours, near, near_base, near_on)
     served_efficacy = [e if r else next(by_base) for e, r in zip(efficacy, on, strict=True)]
-    control_on = routes([q for q, _ in controls.questions])
-    served_answers = [
-        a if r else b for a, b, r in zip(answers, controls.base_answers, control_on, strict=True)
-    ]
-    served_locality = locality_scores(controls, served_answers, controls.base_answers)
     report["served"] = {
         "efficacy": efficacy_report(served_efficacy),
         "locality": served_locality,
@@ -108,3 +130,24 @@ def evaluate(
             served.efficacy, served.ceiling, served.locality, served.retention, raw_locality
         ),
     )
+
+
+def _neighbourhood(
+    questions: Sequence[str], now: Sequence[str], base: Sequence[str], routed: np.ndarray
+) -> dict[str, Any]:
+    """Answers unchanged from the base model's: raw (the adapter answers all) and served (the
+    router's choice; a question kept from the adapter gets the base model's answer)."""
+    n = len(questions)
+    same = [a == b for a, b in zip(now, base, strict=True)]
+    served = [s or not r for s, r in zip(same, routed, strict=True)]
+    return {
+        "n": n,
+        "unchanged": round(sum(same) / n, 4) if n else 1.0,
+        "served_unchanged": round(sum(served) / n, 4) if n else 1.0,
+        "routed": round(float(np.mean(routed)), 4) if n else 0.0,
+        "changed": [
+            {"question": q, "base": b, "now": a}
+            for q, a, b, s in zip(questions, now, base, served, strict=True)
+            if not s
+        ][:10],
+    }

@@ -278,7 +278,13 @@ def test_the_router_keeps_the_adapter_off_unrelated_questions(
         assert ROUTER_FILE in version.manifest["checksums"]  # verified and rolled back with it
         served = result.probes["served"]
         assert served["router"]["probes_routed"] == 1.0  # "What about cat?" is close enough
-        assert served["locality"]["n"] == result.probes["locality"]["n"]
+        # served: every control question; raw: the budgeted sample the adapter answers
+        from reverie.consolidator.locality import load_controls
+
+        assert served["locality"]["n"] == len(load_controls().questions) >= 200
+        assert result.probes["locality"]["n"] == settings.consolidation.control_budget
+        near = result.probes["neighbourhood"]
+        assert near["n"] > 0 and 0 <= near["unchanged"] <= near["served_unchanged"] <= 1
 
         on = client.chat(about, tenant="alice", recall="none")
         off = client.chat(unrelated, tenant="alice", recall="none")

@@ -1,0 +1,27 @@
+"""Neighbourhood questions: general questions on an experience's common nouns, never its names."""
+
+from __future__ import annotations
+
+from reverie.consolidator.neighbourhood import neighbourhood_questions
+from reverie.memory.experience import make_experience
+
+
+def test_questions_are_about_common_nouns_not_names() -> None:
+    exp = make_experience("The user's cat Biscuit is allergic to salmon.", tenant="t", id="c")
+    questions = neighbourhood_questions([exp], per_experience=5, seed=0)
+    assert questions and all("Biscuit" not in q for q in questions)
+    assert {w for w in ("cat", "allergic", "salmon") if any(w in q for q in questions)} >= {
+        "salmon"
+    }
+    assert all(q.startswith(("What is a ", "Tell me one general fact about ")) for q in questions)
+
+
+def test_seeded_capped_and_deduplicated() -> None:
+    exps = [
+        make_experience("The gym locker code is 4417 and the locker is blue.", tenant="t"),
+        make_experience("The gym opens at six in the morning.", tenant="t"),
+    ]
+    a = neighbourhood_questions(exps, per_experience=2, seed=1)
+    assert a == neighbourhood_questions(exps, per_experience=2, seed=1)
+    assert len(a) == len(set(a)) <= 4
+    assert neighbourhood_questions(exps, per_experience=0, seed=1) == []
