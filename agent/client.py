@@ -12,6 +12,8 @@ import logging
 import shutil
 import sqlite3
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 from reverie.agent.auth import TokenStore
 from reverie.agent.chat import RecallMode, Reply, Responder, recall_mode, validate_messages
 from reverie.memory.adapters import AdapterRegistry
-from reverie.memory.buffer import Buffer, Hit, StoredExperience
+from reverie.memory.buffer import Buffer, Hit, Status, StoredExperience
 from reverie.memory.embedder import Embedder, SentenceTransformerEmbedder
 from reverie.memory.erasure import erase_forgotten
 from reverie.memory.errors import (
@@ -46,6 +48,33 @@ LogItem = str | Mapping[str, Any]
 _ITEM_KEYS = {"text", "id", "source", "metadata", "created_at"}
 MAX_QUERY_CHARS = 4_000
 MAX_K = 100
+
+
+STATUSES = ("buffered", "consolidated", "unconsolidated")
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Page:
+    """A page of experiences and the cursor of the next page (None: this was the last)."""
+
+    items: list[StoredExperience]
+    next_cursor: str | None
+
+
+def _utc_iso(value: datetime | str | None, field: str) -> str | None:
+    """``value`` as the buffer stores times (ISO-8601, UTC), or None."""
+    if value is None:
+        return None
+    try:
+        when = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInputError(
+            field, "give an ISO-8601 time such as 2026-11-29T12:00:00Z"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).isoformat()
 
 
 def _private(directory: Path) -> None:
@@ -103,9 +132,17 @@ class MemoryClient:
         metadata: Mapping[str, Any] | None = None,
         id: str | None = None,
         source: str | None = None,
+        created_at: datetime | str | None = None,
     ) -> Experience:
-        """Log one experience; returns once it is durable and recallable. Idempotent per id."""
-        item: dict[str, Any] = {"text": text, "id": id, "source": source, "metadata": metadata}
+        """Log one experience; returns once it is durable and recallable. Idempotent per id.
+        ``created_at`` (default now) is when it happened, for agents that log after the fact."""
+        item: dict[str, Any] = {
+            "text": text,
+            "id": id,
+            "source": source,
+            "metadata": metadata,
+            "created_at": created_at,
+        }
         return self._log([make_experience(tenant=tenant, **item)])[0]
 
     def log_many(self, items: Sequence[LogItem], *, tenant: str) -> list[Experience]:
@@ -284,6 +321,40 @@ class MemoryClient:
         return self._responder.respond(
             turns, tenant=tenant, recalled=recalled, max_new_tokens=max_new_tokens, query=vector
         )
+
+    def list_experiences(
+        self,
+        *,
+        tenant: str,
+        status: Status | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page:
+        """A page of ``tenant``'s experiences in logging order, optionally only those with a
+        ``status`` (buffered, consolidated, unconsolidated) or created in ``[since, until)``.
+        Pass the page's ``next_cursor`` back for the next page (None: no more)."""
+        validate_tenant(tenant)
+        if status is not None and status not in STATUSES:
+            raise InvalidInputError("status", f"must be one of {', '.join(STATUSES)}")
+        if not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidInputError("limit", f"must be an integer from 1 to {MAX_PAGE}")
+        try:
+            after = int(cursor) if cursor is not None else 0
+        except ValueError:
+            raise InvalidInputError("cursor", "pass back a page's next_cursor as it was") from None
+        rows = self.buffer.page(
+            tenant,
+            after_seq=after,
+            limit=limit + 1,
+            status=status,
+            since=_utc_iso(since, "since"),
+            until=_utc_iso(until, "until"),
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(rows, str(rows[-1].seq) if more and rows else None)
 
     def get(self, id: str, *, tenant: str) -> StoredExperience:
         validate_tenant(tenant)

@@ -50,6 +50,7 @@ class ExperienceIn(_Body):
     id: str | None = None
     source: str | None = None
     metadata: dict[str, JsonValue] | None = None
+    created_at: str | None = None
 
 
 class ExperiencesIn(_Body):
@@ -59,6 +60,7 @@ class ExperiencesIn(_Body):
     id: str | None = None
     source: str | None = None
     metadata: dict[str, JsonValue] | None = None
+    created_at: str | None = None
     items: list[ExperienceIn] | None = Field(default=None, max_length=1000)
 
 
@@ -206,7 +208,12 @@ def create_app(
         if body.text is None:
             raise InvalidInputError("text", "give the experience text (or items for a batch)")
         exp = client.log(
-            body.text, tenant=tenant, id=body.id, source=body.source, metadata=body.metadata
+            body.text,
+            tenant=tenant,
+            id=body.id,
+            source=body.source,
+            metadata=body.metadata,
+            created_at=body.created_at,
         )
         return {"experience": exp.model_dump(mode="json")}
 
@@ -222,6 +229,31 @@ def create_app(
                 }
                 for h in hits
             ]
+        }
+
+    @app.get("/v1/experiences")
+    def list_experiences(
+        tenant: Tenant,
+        status: Literal["buffered", "consolidated", "unconsolidated"] | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """The token's tenant's experiences in logging order, a page at a time."""
+        page = client.list_experiences(
+            tenant=tenant, status=status, since=since, until=until, limit=limit, cursor=cursor
+        )
+        return {
+            "experiences": [
+                {
+                    "experience": s.experience.model_dump(mode="json"),
+                    "status": s.status,
+                    "version": s.version,
+                }
+                for s in page.items
+            ],
+            "next_cursor": page.next_cursor,
         }
 
     @app.get("/v1/experiences/{experience_id}")

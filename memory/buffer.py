@@ -151,6 +151,21 @@ class Buffer:
         """A tenant's experiences in logging order, optionally only those with ``status``."""
         return self._rows.experiences(tenant, status=status, limit=limit)
 
+    def page(
+        self,
+        tenant: str,
+        *,
+        after_seq: int = 0,
+        limit: int = 50,
+        status: Status | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> list[StoredExperience]:
+        """A page of a tenant's experiences in logging order (see :meth:`RowStore.page`)."""
+        return self._rows.page(
+            tenant, after_seq=after_seq, limit=limit, status=status, since=since, until=until
+        )
+
     def stats(self) -> dict[str, dict[str, int]]:
         """Per tenant: total and per-status counts."""
         return self._rows.stats()

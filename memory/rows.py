@@ -345,6 +345,34 @@ class RowStore:
             ).fetchall()
         return [int(r["seq"]) for r in rows]
 
+    def page(
+        self,
+        tenant: str,
+        *,
+        after_seq: int = 0,
+        limit: int = 50,
+        status: Status | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> list[StoredExperience]:
+        """Up to ``limit`` rows of ``tenant`` in logging order after ``after_seq``, filtered by
+        status and by ``created_at`` (ISO-8601 UTC strings, ``since`` inclusive, ``until``
+        exclusive)."""
+        sql = f"SELECT {_COLUMNS} FROM experiences WHERE tenant=? AND seq>?"
+        args: list[object] = [tenant, after_seq]
+        for clause, value in (
+            ("status=?", status),
+            ("created_at>=?", since),
+            ("created_at<?", until),
+        ):
+            if value is not None:
+                sql += f" AND {clause}"
+                args.append(value)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        with self.lock:
+            return [_row_to_stored(r) for r in self._db.execute(sql, args).fetchall()]
+
     def vectors_after(
         self, tenant: str, seq: int, batch: int = 10000
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:

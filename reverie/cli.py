@@ -55,13 +55,41 @@ def cmd_log(args: argparse.Namespace) -> int:
             ) from None
     from reverie.memory.experience import make_experience
 
+    fields = {"id": args.id, "source": args.source, "metadata": metadata}
+    fields["created_at"] = args.created_at
     # Validate before loading models, so bad input fails fast and writes nothing.
-    make_experience(text, tenant=args.tenant, id=args.id, source=args.source, metadata=metadata)
+    make_experience(text, tenant=args.tenant, **fields)
     with _client(args) as client:
-        exp = client.log(
-            text, tenant=args.tenant, id=args.id, source=args.source, metadata=metadata
-        )
+        exp = client.log(text, tenant=args.tenant, **fields)
     _emit(args, _experience_json(exp), f"logged {exp.id} for tenant {exp.tenant}")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        page = client.list_experiences(
+            tenant=args.tenant,
+            status=args.status,
+            since=args.since,
+            until=args.until,
+            limit=args.limit,
+            cursor=args.cursor,
+        )
+    payload = {
+        "experiences": [
+            {"status": s.status, "version": s.version, **_experience_json(s.experience)}
+            for s in page.items
+        ],
+        "next_cursor": page.next_cursor,
+    }
+    lines = [
+        f"{s.experience.created_at:%Y-%m-%d %H:%M}  {s.status:<14} {s.experience.id}  "
+        f"{s.experience.text}"
+        for s in page.items
+    ]
+    if page.next_cursor:
+        lines.append(f"(more: --cursor {page.next_cursor})")
+    _emit(args, payload, "\n".join(lines) if lines else "(no experiences)")
     return EXIT_OK
 
 
@@ -367,6 +395,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--id", help="client-chosen id (re-logging the same id is idempotent)")
     p.add_argument("--source", help="where the experience came from")
     p.add_argument("--metadata", help="a JSON object, at most 16 KiB")
+    p.add_argument("--created-at", help="when it happened (ISO-8601; default now)")
+
+    p = command("list", cmd_list, "list a tenant's experiences in logging order, a page at a time")
+    p.add_argument("--status", choices=["buffered", "consolidated", "unconsolidated"])
+    p.add_argument("--since", help="created at or after this time (ISO-8601)")
+    p.add_argument("--until", help="created before this time (ISO-8601)")
+    p.add_argument("--limit", type=int, default=50, help="page size (1-1000, default 50)")
+    p.add_argument("--cursor", help="the next_cursor of the previous page")
 
     p = command("recall", cmd_recall, "recall a tenant's experiences closest to a query")
     p.add_argument("query")

@@ -35,7 +35,13 @@ def test_log_recall_status(tmp_path: Path) -> None:
     ]:
         out = reverie("log", "--tenant", "alice", text, data_dir=data)
         assert out.returncode == 0, out.stderr
-    reverie("log", "--tenant", "bob", "Bob parks on level 3.", data_dir=data)
+    reverie(
+        "log", "--tenant", "bob", "Bob parks on level 3.", "--created-at", "2026-01-02T08:00:00Z",
+        data_dir=data,
+    )  # fmt: skip
+    out = reverie("list", "--tenant", "bob", "--json", data_dir=data)
+    [bob] = json.loads(out.stdout)["experiences"]
+    assert bob["created_at"].startswith("2026-01-02T08:00:00") and bob["status"] == "buffered"
     out = reverie("recall", "--tenant", "alice", "where is the spare key", "--json", data_dir=data)
     assert out.returncode == 0, out.stderr
     hits = json.loads(out.stdout)

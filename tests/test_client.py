@@ -183,3 +183,31 @@ def test_one_tenants_damaged_adapter_pointer_does_not_break_status(
     tenants = client.status()["tenants"]
     assert tenants["alice"]["adapter"] is None and "error" not in tenants["alice"]
     assert "adapters promote --tenant bob" in tenants["bob"]["error"]
+
+
+def test_list_pages_through_a_tenants_experiences_with_filters(
+    open_client: ClientFactory,
+) -> None:
+    client = open_client()
+    days = [f"2026-03-{d:02d}T09:00:00+00:00" for d in range(1, 8)]
+    for i, day in enumerate(days):
+        client.log(f"Diary entry number {i}.", tenant="alice", id=f"d{i}", created_at=day)
+    client.log("Bob's note.", tenant="bob")
+    client.buffer.mark("alice", ["d1", "d2"], "consolidated", version="v0001")
+
+    seen, cursor = [], None
+    while True:
+        page = client.list_experiences(tenant="alice", limit=3, cursor=cursor)
+        seen += [s.experience.id for s in page.items]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == [f"d{i}" for i in range(7)]  # logging order, each once, no other tenant
+    consolidated = client.list_experiences(tenant="alice", status="consolidated")
+    assert [s.experience.id for s in consolidated.items] == ["d1", "d2"]
+    window = client.list_experiences(tenant="alice", since="2026-03-03", until="2026-03-05T09:00Z")
+    assert [s.experience.id for s in window.items] == ["d2", "d3"]
+    assert window.items[0].experience.created_at.isoformat() == days[2]
+    for bad in ({"status": "done"}, {"limit": 0}, {"cursor": "x"}, {"since": "yesterday"}):
+        with pytest.raises(InvalidInputError, match=next(iter(bad))):
+            client.list_experiences(tenant="alice", **bad)  # type: ignore[arg-type]

@@ -118,6 +118,18 @@ def test_log_recall_forget_over_http(server: Server) -> None:
         json={"items": [{"text": "Sam's birthday is 3 May."}, {"text": "Lunch at 1."}]},
     )
     assert r.status_code == 201 and len(r.json()["experiences"]) == 2
+    listed: list[str] = []
+    cursor: str | None = ""
+    while cursor is not None:
+        after = f"&cursor={cursor}" if cursor else ""
+        page = server.call("GET", f"/v1/experiences?limit=2{after}", server.alice).json()
+        assert len(page["experiences"]) <= 2
+        listed += [e["experience"]["text"] for e in page["experiences"]]
+        cursor = page["next_cursor"]
+    assert {"The boat is moored at pier 9.", "Sam's birthday is 3 May."} <= set(listed)
+    assert len(listed) == len(set(listed))
+    bad = server.call("GET", "/v1/experiences?status=done", server.alice)
+    assert bad.status_code in (400, 422)
     hits = server.call(
         "POST", "/v1/recall", server.alice, json={"query": "where is the boat", "k": 2}
     ).json()["hits"]
