@@ -23,7 +23,7 @@ from reverie.agent.chat import RecallMode, Reply, Responder, recall_mode, valida
 from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.buffer import Buffer, Hit, Status, StoredExperience
 from reverie.memory.embedder import Embedder, SentenceTransformerEmbedder
-from reverie.memory.erasure import erase_forgotten
+from reverie.memory.erasure import erase_forgotten, erase_holding
 from reverie.memory.errors import (
     ConflictError,
     IntegrityError,
@@ -242,6 +242,37 @@ class MemoryClient:
         if stored.position is not None:  # the logged record, its text overwritten in place
             self._stream.redact(stored.position, tenant, id)
         return erase_forgotten(self.registry, self.buffer, tenant)
+
+    def update(
+        self,
+        id: str,
+        text: str,
+        *,
+        tenant: str,
+        metadata: Mapping[str, Any] | None = None,
+        source: str | None = None,
+        created_at: datetime | str | None = None,
+    ) -> Experience:
+        """Replace experience ``id`` by a new revision. The old one is forgotten as by
+        :meth:`forget` (adapter versions holding it erased at once, its stream record
+        overwritten where the stream allows it); the new one is buffered, recallable at once
+        and consolidated by the next cycle. The same content again changes nothing."""
+        new = make_experience(
+            text, tenant=tenant, id=id, source=source, metadata=metadata, created_at=created_at
+        )
+        vector = self._embedder.embed([new.text])[0]
+        with self.buffer.ingest_lock(tenant):
+            stored = self.buffer.get(tenant, id)
+            if stored is None:
+                raise NotFoundError(f"tenant {tenant!r} has no experience {id!r} to update")
+            if stored.experience.content_key() == new.content_key():
+                return stored.experience
+            [position] = self._stream.append([StreamRecord.updated(new)])
+            self.buffer.replace(new, vector, position)
+            if stored.position is not None:
+                self._stream.redact(stored.position, tenant, id)
+            erase_holding(self.registry, self.buffer, tenant, {id}, reason=f"updated: {id}")
+        return new
 
     def delete_tenant(self, tenant: str) -> dict[str, int]:
         """Erase a whole tenant the way :meth:`forget` erases one experience: every experience

@@ -265,6 +265,21 @@ def create_app(
             "version": stored.version,
         }
 
+    @app.put("/v1/experiences/{experience_id}")
+    def update_experience(experience_id: str, body: ExperienceIn, tenant: Tenant) -> dict[str, Any]:
+        """Replace the experience by a new revision (the old one is forgotten)."""
+        if body.id is not None and body.id != experience_id:
+            raise InvalidInputError("id", "the body's id must match the path's, or be left out")
+        exp = client.update(
+            experience_id,
+            body.text,
+            tenant=tenant,
+            metadata=body.metadata,
+            source=body.source,
+            created_at=body.created_at,
+        )
+        return {"experience": exp.model_dump(mode="json")}
+
     @app.delete("/v1/experiences/{experience_id}", status_code=204)
     def forget(experience_id: str, tenant: Tenant) -> Response:
         client.forget(experience_id, tenant=tenant)

@@ -28,6 +28,7 @@ from reverie.consolidator.probes import Probe, ProbeResult
 from reverie.memory.adapters import AdapterRegistry, VersionInfo
 from reverie.memory.buffer import Buffer, StoredExperience
 from reverie.memory.errors import ConflictError, IntegrityError
+from reverie.memory.experience import Experience
 from reverie.memory.files import read_jsonl, write_jsonl
 from reverie.memory.router import Router, save_router
 
@@ -149,7 +150,7 @@ def settle(
     registry: AdapterRegistry,
     buffer: Buffer,
     tenant: str,
-    ids: Sequence[str],
+    experiences: Sequence[Experience],
     version: str,
     decision: GateDecision,
     *,
@@ -161,12 +162,17 @@ def settle(
     the cycle's outcome.
 
     A version is promoted only on top of the version it trained from and only if none of its
-    experiences was forgotten meanwhile; otherwise it is erased (a forget moved the tenant on)
-    and its experiences stay buffered for the next cycle."""
+    experiences was forgotten or updated meanwhile; otherwise it is erased (a forget or an
+    update moved the tenant on) and its experiences stay buffered for the next cycle."""
+    ids = [e.id for e in experiences]
     if decision.outcome is Outcome.PROMOTED:
         try:
-            if any(buffer.is_forgotten(tenant, i) for i in ids):
-                raise ConflictError("one of its experiences was forgotten while it trained")
+            now = buffer.get_many(tenant, ids)
+            if any(
+                e.id not in now or now[e.id].experience.content_key() != e.content_key()
+                for e in experiences
+            ):
+                raise ConflictError("one of its experiences was forgotten or updated meanwhile")
             registry.promote(tenant, version, expect_current=parent)
         except (ConflictError, IntegrityError) as err:
             registry.erase(tenant, [version], reason=f"not promoted: {err}")

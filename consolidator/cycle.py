@@ -265,7 +265,7 @@ class Consolidator:
                     router=router,
                 )
                 outcome = settle(
-                    self.registry, self.buffer, tenant, ids, info.version, decision,
+                    self.registry, self.buffer, tenant, experiences, info.version, decision,
                     parent=current.version if current else None, max_attempts=s.gate.max_attempts,
                 )  # fmt: skip
         except TrainingInterrupted as stop:

@@ -161,13 +161,15 @@ class Daemon:
                 for msg in good:
                     record = msg.record
                     assert record is not None
-                    key = (record.tenant, record.id) if record.kind == "experience" else None
+                    logged = record.kind in ("experience", "update")
+                    key = (record.tenant, record.id) if logged else None
                     self.tracker.track(msg.partition, msg.offset, key)
             self.commit()
             self._trigger_full_buffers()
             # A forgotten experience may live in an adapter: its tenant's next cycle erases
             # that lineage and rebuilds it without the experience, so run one soon.
-            for tenant in {m.record.tenant for m in good if m.record and m.record.kind == "forget"}:
+            changed = {"forget", "update"}
+            for tenant in {m.record.tenant for m in good if m.record and m.record.kind in changed}:
                 if self.stream.partition_for(tenant) in self._assigned:
                     self._queue(tenant, "an experience was forgotten")
             self._last_poll = time.time()

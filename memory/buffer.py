@@ -107,6 +107,16 @@ class Buffer:
         with self._lock:
             self._index.drop(tenant)
 
+    def replace(
+        self, experience: Experience, vector: np.ndarray, position: Position | None = None
+    ) -> None:
+        """Put a new revision of an experience in place of the old one (see :meth:`update`)."""
+        with self._lock:
+            old = self._rows.get_many(experience.tenant, [experience.id]).get(experience.id)
+            self._rows.replace(experience, np.ascontiguousarray(vector, np.float32), position)
+            if old is not None:
+                self._index.remove(experience.tenant, [old.seq])
+
     def mark(
         self,
         tenant: str,

@@ -14,7 +14,7 @@ import logging
 from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.buffer import Buffer
 
-__all__ = ["erase_forgotten"]
+__all__ = ["erase_forgotten", "erase_holding"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,19 +30,27 @@ def erase_forgotten(registry: AdapterRegistry, buffer: Buffer, tenant: str) -> l
     forgotten = {i for i in held if buffer.is_forgotten(tenant, i)}
     if not forgotten:
         return []
-    erased = registry.erase_holding(
-        tenant, forgotten, reason=f"forgotten: {', '.join(sorted(forgotten))}"
+    return erase_holding(
+        registry, buffer, tenant, forgotten, reason=f"forgotten: {', '.join(sorted(forgotten))}"
     )
-    again = sorted(
-        {e["id"] for info in erased for e in info.manifest.get("experiences", [])} - forgotten
-    )
+
+
+def erase_holding(
+    registry: AdapterRegistry, buffer: Buffer, tenant: str, ids: set[str], *, reason: str
+) -> list[str]:
+    """Erase the versions of ``tenant`` whose weights hold any of ``ids`` (forgotten, or
+    replaced by a new revision); their other experiences go back to the buffer."""
+    erased = registry.erase_holding(tenant, ids, reason=reason)
+    if not erased:
+        return []
+    again = sorted({e["id"] for info in erased for e in info.manifest.get("experiences", [])} - ids)
     buffer.mark(tenant, again, "buffered")
     current = registry.current(tenant)
     logger.warning(
-        "tenant %s: erased %s holding %s; serving %s; %d experiences will be consolidated again",
+        "tenant %s: erased %s (%s); serving %s; %d experiences will be consolidated again",
         tenant,
         [v.version for v in erased],
-        sorted(forgotten),
+        reason,
         current.version if current else "the base model",
         len(again),
     )

@@ -191,25 +191,28 @@ class RowStore:
                 if self._is_forgotten(exp.tenant, exp.id):
                     inserted.append(False)
                     continue
-                cur = self._db.execute(
-                    "INSERT OR IGNORE INTO experiences (tenant, id, text, source, created_at, "
-                    'metadata, vector, partition, "offset", logged_at) '
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        exp.tenant,
-                        exp.id,
-                        exp.text,
-                        exp.source,
-                        exp.created_at.isoformat(),
-                        json.dumps(exp.metadata, ensure_ascii=False),
-                        vec.tobytes(),
-                        pos.partition if pos else None,
-                        pos.offset if pos else None,
-                        now,
-                    ),
-                )
-                inserted.append(cur.rowcount == 1)
+                inserted.append(self._insert(exp, vec, pos, now))
         return inserted
+
+    def _insert(self, exp: Experience, vec: np.ndarray, pos: Position | None, now: str) -> bool:
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO experiences (tenant, id, text, source, created_at, "
+            'metadata, vector, partition, "offset", logged_at) '
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                exp.tenant,
+                exp.id,
+                exp.text,
+                exp.source,
+                exp.created_at.isoformat(),
+                json.dumps(exp.metadata, ensure_ascii=False),
+                vec.tobytes(),
+                pos.partition if pos else None,
+                pos.offset if pos else None,
+                now,
+            ),
+        )
+        return cur.rowcount == 1
 
     def delete(self, tenant: str, ids: Iterable[str]) -> list[int]:
         """Remove rows and remember that their ids were forgotten; returns the removed
@@ -230,6 +233,19 @@ class RowStore:
             # empty the log (best effort: a reader in another process may hold it a moment).
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return seqs
+
+    def replace(
+        self, experience: Experience, vector: np.ndarray, position: Position | None
+    ) -> None:
+        """A new revision of ``experience.id``: the old row (if any) goes, the id is no longer
+        forgotten, and the new row is buffered, in one transaction."""
+        t, i = experience.tenant, experience.id
+        with self.lock, self._tx():
+            self._db.execute("DELETE FROM experiences WHERE tenant=? AND id=?", (t, i))
+            self._db.execute("DELETE FROM forgotten WHERE tenant=? AND id=?", (t, i))
+            self._insert(experience, vector.reshape(-1), position, datetime.now(UTC).isoformat())
+        with self.lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the old text out of the log
 
     def mark(
         self,

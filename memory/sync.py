@@ -50,6 +50,13 @@ def apply_messages(buffer: Buffer, embedder: Embedder, messages: Sequence[Stream
         elif record.kind == "forget":
             flush()
             buffer.delete(record.tenant, record.id)
+        elif record.kind == "update" and record.experience is not None:
+            flush()
+            stored = buffer.get(record.tenant, record.id)
+            if stored is None or stored.experience.content_key() != record.experience.content_key():
+                vector = embedder.embed([record.experience.text])[0]
+                buffer.replace(record.experience, vector, Position(msg.partition, msg.offset))
+                added += 1
         elif (
             record.experience is not None
             and (record.tenant, record.id) not in pending_keys

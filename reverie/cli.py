@@ -109,6 +109,14 @@ def cmd_recall(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    text = sys.stdin.read() if args.text == "-" else args.text
+    with _client(args) as client:
+        exp = client.update(args.id, text, tenant=args.tenant)
+    _emit(args, _experience_json(exp), f"updated {exp.id} of tenant {exp.tenant}")
+    return EXIT_OK
+
+
 def cmd_forget(args: argparse.Namespace) -> int:
     with _client(args) as client:
         client.forget(args.id, tenant=args.tenant)
@@ -407,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("recall", cmd_recall, "recall a tenant's experiences closest to a query")
     p.add_argument("query")
     p.add_argument("-k", type=int, default=5, help="how many (1-100, default 5)")
+
+    p = command("update", cmd_update, "replace an experience by a new revision")
+    p.add_argument("id")
+    p.add_argument("text", help="the new text; '-' reads it from standard input")
 
     p = command("forget", cmd_forget, "erase an experience")
     p.add_argument("id")

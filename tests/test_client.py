@@ -211,3 +211,27 @@ def test_list_pages_through_a_tenants_experiences_with_filters(
     for bad in ({"status": "done"}, {"limit": 0}, {"cursor": "x"}, {"since": "yesterday"}):
         with pytest.raises(InvalidInputError, match=next(iter(bad))):
             client.list_experiences(tenant="alice", **bad)  # type: ignore[arg-type]
+
+
+def test_update_replaces_a_revision_and_survives_a_replay(open_client: ClientFactory) -> None:
+    client = open_client()
+    client.log("The spare key is under the blue flowerpot.", tenant="alice", id="key")
+    client.log("The plants need water on Sundays.", tenant="alice", id="plants")
+    new = client.update("key", "The spare key is now in the mailbox.", tenant="alice")
+    assert new.id == "key" and client.get("key", tenant="alice").experience.text == new.text
+    hit = client.recall("where is the spare key", tenant="alice", k=1)[0]
+    assert (
+        hit.experience.text == "The spare key is now in the mailbox." and hit.status == "buffered"
+    )
+    assert client.update("key", new.text, tenant="alice").created_at == new.created_at  # same
+    with pytest.raises(NotFoundError):
+        client.update("nope", "Anything.", tenant="alice")
+    # A fresh buffer rebuilt from the stream alone holds the new revision, once.
+    client.close()
+    for f in (client.settings.data_dir / "buffer").glob("buffer.sqlite3*"):
+        f.unlink()
+    again = open_client()
+    assert [s.experience.text for s in again.list_experiences(tenant="alice").items] == [
+        "The plants need water on Sundays.",
+        "The spare key is now in the mailbox.",
+    ]

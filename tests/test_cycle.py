@@ -345,7 +345,10 @@ def test_a_candidate_is_erased_not_promoted_when_a_forget_moved_the_tenant_on(
     registry.promote("alice", v1)
     v2 = version(v1, "cat")
     registry.promote("alice", version(None, "other"))  # the tenant moved on meanwhile
-    outcome = settle(registry, buffer, "alice", ["cat"], v2, promoted, parent=v1, max_attempts=3)
+    cat_exp = buffer.get("alice", "cat")
+    assert cat_exp is not None
+    trained = [cat_exp.experience]
+    outcome = settle(registry, buffer, "alice", trained, v2, promoted, parent=v1, max_attempts=3)
     assert outcome is Outcome.FAILED and "erased" in registry.get("alice", v2).manifest
     cat = buffer.get("alice", "cat")
     assert cat is not None and cat.status == "buffered" and cat.attempts == 0
@@ -355,7 +358,7 @@ def test_a_candidate_is_erased_not_promoted_when_a_forget_moved_the_tenant_on(
     v4 = version(current.version, "cat")
     buffer.delete("alice", "cat")  # forgotten while the cycle trained
     settled = settle(
-        registry, buffer, "alice", ["cat"], v4, promoted, parent=current.version, max_attempts=3
+        registry, buffer, "alice", trained, v4, promoted, parent=current.version, max_attempts=3
     )
     assert settled is Outcome.FAILED
     assert registry.current("alice") == current and "erased" in registry.get("alice", v4).manifest
@@ -419,3 +422,24 @@ def test_delete_tenant_erases_everything_of_it_and_nothing_else(
         assert holding == []
     with MemoryClient(settings, embedder=embedder) as again:  # a replay brings nothing back
         assert again.buffer.experiences("gone") == []
+
+
+def test_update_erases_the_versions_holding_the_old_revision_at_once(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, embedder: Any
+) -> None:
+    from reverie import MemoryClient
+
+    old = "The storage unit code is Larkspur-8120."
+    settings = settings_for(tmp_path, tiny_model_dir)
+    with MemoryClient(settings, embedder=embedder) as client:
+        client.log(old, tenant="al", id="code")
+        client.log(FACTS[1][1], tenant="al", id="cat")
+        cycle = Consolidator(settings, buffer=client.buffer, base=tiny_base).run_cycle
+        assert cycle("al").version == "v0001"
+        client.update("code", "The storage unit code is Foxglove-2271.", tenant="al")
+        assert client.registry.current("al") is None  # v0001 held the old text
+        assert not [
+            p for p in settings.data_dir.rglob("*") if p.is_file() and b"Larkspur" in p.read_bytes()
+        ]
+        result = cycle("al")  # both consolidated again, the new revision this time
+        assert result.outcome == "promoted" and set(result.experience_ids) == {"code", "cat"}

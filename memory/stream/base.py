@@ -31,13 +31,14 @@ __all__ = [
     "encode_record",
 ]
 
-RecordKind = Literal["experience", "forget"]
+RecordKind = Literal["experience", "forget", "update"]
 _FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
 class StreamRecord:
-    """One event on the stream: an experience was logged, or an experience was forgotten."""
+    """One event on the stream: an experience was logged, forgotten, or replaced by a new
+    revision under the same id (``update``: the earlier revision is forgotten first)."""
 
     kind: RecordKind
     tenant: str
@@ -51,6 +52,10 @@ class StreamRecord:
     @classmethod
     def forgotten(cls, tenant: str, id: str) -> StreamRecord:
         return cls("forget", tenant, id)
+
+    @classmethod
+    def updated(cls, experience: Experience) -> StreamRecord:
+        return cls("update", experience.tenant, experience.id, experience)
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,7 @@ def decode_record(raw: bytes) -> StreamRecord:
         raise ValueError("record lacks a tenant or id")
     if kind == "forget":
         return StreamRecord.forgotten(tenant, id_)
-    if kind != "experience":
+    if kind not in ("experience", "update"):
         raise ValueError(f"unknown record kind {kind!r}")
     try:
         experience = Experience.model_validate(body.get("experience"))
@@ -106,7 +111,7 @@ def decode_record(raw: bytes) -> StreamRecord:
         raise ValueError(f"invalid experience: {err.errors()[0]['msg']}") from None
     if (experience.tenant, experience.id) != (tenant, id_):
         raise ValueError("record key does not match its experience")
-    return StreamRecord.logged(experience)
+    return StreamRecord.updated(experience) if kind == "update" else StreamRecord.logged(experience)
 
 
 def dead_letter_payload(stream: str, message: StreamMessage, reason: str) -> bytes:
