@@ -46,12 +46,6 @@ class Router:
         """``[m]`` bool: which queries the adapter answers."""
         return self.scores(queries) >= self.threshold
 
-    def extended(self, keys: np.ndarray) -> Router:
-        """This router with more keys (a new version's, on top of its lineage's)."""
-        return Router(
-            np.vstack([self.keys, np.asarray(keys, np.float32)]), self.threshold, self.embedder
-        )
-
 
 def save_router(router: Router, directory: Path) -> None:
     buf = io.BytesIO()

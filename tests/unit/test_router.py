@@ -30,12 +30,6 @@ def test_no_keys_routes_nothing() -> None:
     assert router.routes(unit([1, 0, 0])).tolist() == [False]
 
 
-def test_extended_adds_keys_and_keeps_the_rule() -> None:
-    router = Router(unit([1, 0, 0]), 0.9, "e").extended(unit([0, 0, 1]))
-    assert router.keys.shape == (2, 3) and router.threshold == 0.9
-    assert router.routes(unit([0, 0, 1])).tolist() == [True]
-
-
 def test_saved_and_loaded_as_it_was(tmp_path: Path) -> None:
     router = Router(unit([1, 2, 3], [3, 2, 1]), 0.45, "all-MiniLM-L6-v2")
     save_router(router, tmp_path)
