@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 
 from reverie.consolidator.config import TrainSettings
 from reverie.consolidator.distill import (
@@ -31,7 +32,7 @@ from reverie.consolidator.distill import (
     right_padded,
 )
 from reverie.memory.files import atomic_write_bytes
-from reverie.model.base import BaseModel, attach_adapter, last_layers
+from reverie.model.base import BaseModel, attach_adapter, last_layers, native_bfloat16
 
 __all__ = [
     "Example",
@@ -76,6 +77,7 @@ class Example:
 class TrainStats:
     steps: int = 0
     tokens: int = 0
+    positions: int = 0  # tokens plus padding: what the model computed on
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
     resumed_from: int = 0
@@ -91,6 +93,7 @@ class TrainStats:
             "tokens": self.tokens,
             "seconds": round(self.seconds, 2),
             "tokens_per_s": round(self.tokens_per_s, 1),
+            "padding_share": round(1 - self.tokens / self.positions, 3) if self.positions else 0.0,
             "first_loss": round(sum(head) / len(head), 5) if head else None,
             "final_loss": round(sum(tail) / len(tail), 5) if tail else None,
             "resumed_from_step": self.resumed_from,
@@ -157,8 +160,10 @@ def _load_checkpoint(path: Path, model: Any, optimizer: Any, key: str) -> int:
     return int(state["step"])
 
 
-def autocast_dtype(precision: str) -> torch.dtype | None:
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for training matmuls under ``precision`` (None = plain float32)."""
+    if precision == "auto":
+        precision = "bfloat16" if native_bfloat16(device) else "float32"
     return torch.bfloat16 if precision == "bfloat16" else None
 
 
@@ -176,21 +181,28 @@ def batch_loss(
     ids, mask = right_padded([e.prompt_ids + e.answer_ids for e in batch], pad_id)
     rows = torch.cat([torch.full((len(e.answer_ids),), r) for r, e in enumerate(batch)])
     cols = torch.cat([answer_positions(len(e.prompt_ids), len(e.answer_ids)) for e in batch])
-    dtype = autocast_dtype(settings.precision)
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-        hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-        logits = head(hidden[rows.to(device), cols.to(device)])  # the LM head at answer positions
+    dtype = autocast_dtype(settings.precision, device)
+    autocast = torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    with autocast, record_function("body"):
+        out = body(input_ids=ids.to(device), attention_mask=mask.to(device))
+    # The LM head runs at answer positions only (most of a sequence is prompt), outside autocast
+    # and in the head's own dtype: bfloat16 logits (3 significant digits on values near 20) add
+    # noise to the KL larger than the signal it carries near convergence.
+    with record_function("lm_head"):
+        picked = out.last_hidden_state[rows.to(device), cols.to(device)]
+        logits = head(picked.to(head.weight.dtype))
     distill = settings.method == "distill"
-    loss, parts = distill_loss(
-        logits,
-        torch.cat([e.targets.ids for e in batch]).to(device),
-        torch.cat([e.targets.logp for e in batch]).to(device),
-        torch.cat([torch.tensor(e.answer_ids) for e in batch]).to(device),
-        torch.cat([torch.full((len(e.answer_ids),), e.weight) for e in batch]).to(device),
-        temperature=settings.temperature,
-        ce_weight=settings.ce_weight if distill else 1.0,
-        kl_weight=1.0 if distill else 0.0,
-    )
+    with record_function("loss"):
+        loss, parts = distill_loss(
+            logits,
+            torch.cat([e.targets.ids for e in batch]).to(device),
+            torch.cat([e.targets.logp for e in batch]).to(device),
+            torch.cat([torch.tensor(e.answer_ids) for e in batch]).to(device),
+            torch.cat([torch.full((len(e.answer_ids),), e.weight) for e in batch]).to(device),
+            temperature=settings.temperature,
+            ce_weight=settings.ce_weight if distill else 1.0,
+            kl_weight=1.0 if distill else 0.0,
+        )
     return loss, parts, int(mask.sum())
 
 
@@ -255,12 +267,15 @@ def train(
                 step, len(plan), settings.warmup, settings.schedule
             )
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-        optimizer.step()
+        with record_function("backward"):
+            loss.backward()
+        with record_function("optimizer"):
+            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+            optimizer.step()
         # ------------------------------------------------------------------------------------
         stats.steps += 1
         stats.tokens += n_tokens
+        stats.positions += len(batch) * max(len(e) for e in batch)
         stats.losses.append(float(loss.detach()))  # .item() syncs with the device: once a step
         stats.seconds = time.perf_counter() - began
         progress.update(step + 1, stats, parts)
