@@ -78,7 +78,7 @@ def base_control_answers(
     max_new_tokens: int | None = None,
 ) -> list[str]:
     """The base model's answers to the control questions, recorded once per base model."""
-    key = [fmt.model_dump(), controls.questions, max_new_tokens]
+    key = [fmt.answers_key(), controls.questions, max_new_tokens]
     path = cache_dir / "control_answers.json"
     cached = read_keyed(path, key)
     if cached is not None:

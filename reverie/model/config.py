@@ -37,4 +37,20 @@ class ModelSettings(BaseModel):
         default=None, description="System turn text; None = no system turn (chatml)."
     )
     max_new_tokens: int = Field(default=48, ge=1, le=2048, description="Answer length cap.")
-    threads: int | None = Field(default=None, ge=1, description="torch CPU threads.")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="torch CPU threads (None = torch's default, one per core). Training on two "
+        "cores runs 1.7x faster than on one (benchmarks/throughput.py).",
+    )
+    attention: Literal["sdpa", "eager"] = Field(
+        default="sdpa",
+        description="Attention kernel. eager trains 1.3x faster under bfloat16 on CPU (the SDPA "
+        "kernel's backward dominates at tens of tokens); sdpa generates 1.1x faster and trains "
+        "as fast in float32 (benchmarks/throughput.py).",
+    )
+
+    def answers_key(self) -> dict[str, object]:
+        """What the base model's cached answers depend on: these settings less the thread count,
+        which changes speed, not answers."""
+        return self.model_dump(exclude={"threads"})
