@@ -112,11 +112,12 @@ class Consolidator:
 
     def warm_up(self) -> float:
         """Fill the per-base-model caches a cycle reads (the base model's answers to every
-        control question and anchor prompt), so the first cycle costs what later ones do.
-        Returns the seconds it took (nothing to do when the caches exist)."""
+        control question and anchor prompt, its targets along the anchor answers), so the first
+        cycle costs what later ones do. Returns the seconds it took (none when cached)."""
         start = time.perf_counter()
         self.controls  # noqa: B018 (the property computes and caches the base answers)
-        self.anchors.items(len(anchor_prompts()), random.Random(0))
+        items = self.anchors.items(len(anchor_prompts()), random.Random(0))
+        self.anchors.targets(self.base.model, items, self.settings.train.top_k)
         return time.perf_counter() - start
 
     # -- the cycle -------------------------------------------------------------------------
@@ -206,6 +207,7 @@ class Consolidator:
                     anchors,
                     top_k=recipe.top_k,
                     weight=s.consolidation.anchor_weight,
+                    cache=self.anchors,
                 )
             stop_point("training")
             with timer("train"):

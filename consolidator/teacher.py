@@ -12,6 +12,7 @@ the student's targets.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import random
@@ -29,7 +30,7 @@ from reverie.consolidator.items import TransferItem
 from reverie.consolidator.metrics import normalize
 from reverie.consolidator.spans import content_words, grounding, key_spans
 from reverie.consolidator.train import Example
-from reverie.memory.files import read_keyed, write_keyed
+from reverie.memory.files import atomic_write_bytes, read_keyed, write_keyed
 from reverie.model.base import BaseModel
 from reverie.model.config import ModelSettings
 from reverie.model.generate import generate_ids
@@ -71,7 +72,6 @@ def teacher_answers(
         eos_id=base.eos_id,
         pad_id=base.pad_id,
         max_new_tokens=max_new_tokens,
-        batch_size=32,
         device=base.device,
     )
     by_item = {
@@ -121,6 +121,30 @@ class AnchorCache:
 
     def __init__(self, base: BaseModel, fmt: ModelSettings, path: Path) -> None:
         self.base, self.fmt, self.path = base, fmt, path
+        self.targets_path = path.with_name(path.stem + "_targets.pt")
+
+    def targets(
+        self, model: Any, items: Sequence[TransferItem], top_k: int
+    ) -> list[TeacherTargets]:
+        """The base model's top-k targets along each anchor's answer (``model``'s adapter off),
+        computed once per base model, prompt format and k: the same every cycle, and about half
+        of the teacher stage when recomputed."""
+        key = json.dumps([self.fmt.answers_key(), top_k], sort_keys=True)
+        cached: dict[str, tuple[list[int], torch.Tensor, torch.Tensor]] = {}
+        if self.targets_path.exists():
+            blob = torch.load(self.targets_path, map_location="cpu", weights_only=True)
+            cached = blob["targets"] if blob.get("key") == key else {}
+        fresh = [
+            i for i in items if i.student not in cached or cached[i.student][0] != i.answer_ids
+        ]
+        if fresh:
+            computed = _base_targets(self.base, self.fmt, model, fresh, top_k)
+            for item, t in zip(fresh, computed, strict=True):
+                cached[item.student] = (list(item.answer_ids), t.ids, t.logp)
+            buffer = io.BytesIO()
+            torch.save({"key": key, "targets": cached}, buffer)
+            atomic_write_bytes(self.targets_path, buffer.getvalue())
+        return [TeacherTargets(cached[i.student][1], cached[i.student][2]) for i in items]
 
     def items(self, n: int, rng: random.Random, model: Any = None) -> list[TransferItem]:
         """``n`` anchor prompts (a sample drawn from ``rng``) with the base model's answers
@@ -129,7 +153,7 @@ class AnchorCache:
             return []
         prompts = anchor_prompts()
         chosen = rng.sample(prompts, min(n, len(prompts)))
-        key = self.fmt.model_dump()
+        key = self.fmt.answers_key()
         answers: dict[str, list[int]] = read_keyed(self.path, key) or {}
         missing = [p for p in chosen if p not in answers]
         if missing:
@@ -142,7 +166,6 @@ class AnchorCache:
                     eos_id=self.base.eos_id,
                     pad_id=self.base.pad_id,
                     max_new_tokens=ANCHOR_MAX_NEW_TOKENS,
-                    batch_size=32,
                     device=self.base.device,
                 )
             answers.update(zip(missing, generated, strict=True))
@@ -187,7 +210,7 @@ def teacher_targets(
     *,
     pad_id: int,
     top_k: int = 64,
-    batch_size: int = 16,
+    batch_size: int = 64,
     device: torch.device | None = None,
 ) -> list[TeacherTargets]:
     """Run the teacher on ``prompt + answer`` for every item (right padding, masked by position)
@@ -272,10 +295,15 @@ def anchor_examples(
     *,
     top_k: int,
     weight: float,
+    cache: AnchorCache | None = None,
 ) -> list[Example]:
-    """Anchor items tokenised, with the base model's targets (``model``'s adapter off)."""
-    with model.disable_adapter():
-        targets = _targets(base, fmt, model, anchors, top_k)
+    """Anchor items tokenised, with the base model's targets (``model``'s adapter off). They
+    depend on the base model alone, so ``cache`` keeps them between cycles."""
+    targets = (
+        cache.targets(model, anchors, top_k)
+        if cache is not None
+        else _base_targets(base, fmt, model, anchors, top_k)
+    )
     return [
         Example(
             _prompt_ids(base, fmt, a, "student"),
@@ -286,3 +314,11 @@ def anchor_examples(
         )
         for a, t in zip(anchors, targets, strict=True)
     ]
+
+
+def _base_targets(
+    base: BaseModel, fmt: ModelSettings, model: Any, items: Sequence[TransferItem], top_k: int
+) -> list[TeacherTargets]:
+    off = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+    with off:
+        return _targets(base, fmt, model, items, top_k)

@@ -1,0 +1,51 @@
+"""Anchor targets depend on the base model alone: computed once, the same every cycle."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from reverie.consolidator import teacher
+from reverie.consolidator.teacher import AnchorCache, anchor_examples
+from reverie.model.config import ModelSettings
+
+FMT = ModelSettings(max_new_tokens=8)
+
+
+def test_anchor_targets_are_computed_once_and_equal_fresh_ones(
+    tiny_base: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = AnchorCache(tiny_base, FMT, tmp_path / "anchors.json")
+    items = cache.items(6, random.Random(0))
+    fresh = anchor_examples(tiny_base, FMT, tiny_base.model, items, top_k=8, weight=1.0)
+    first = anchor_examples(
+        tiny_base, FMT, tiny_base.model, items, top_k=8, weight=1.0, cache=cache
+    )
+    calls: list[int] = []
+    compute = teacher._base_targets
+    monkeypatch.setattr(teacher, "_base_targets", lambda *a: calls.append(len(a[3])) or compute(*a))
+    again = anchor_examples(
+        tiny_base, FMT, tiny_base.model, items, top_k=8, weight=1.0, cache=cache
+    )
+    assert calls == []  # nothing recomputed
+    for a, b, c in zip(fresh, first, again, strict=True):
+        assert torch.equal(a.targets.ids, b.targets.ids) and torch.equal(
+            b.targets.ids, c.targets.ids
+        )
+        torch.testing.assert_close(a.targets.logp, c.targets.logp)
+    # another k, or an anchor whose cached answer changed, is computed again
+    anchor_examples(tiny_base, FMT, tiny_base.model, items[:2], top_k=4, weight=1.0, cache=cache)
+    assert calls == [2]
+    moved = [replace(items[0], answer_ids=[5, 6, 2])]
+    anchor_examples(tiny_base, FMT, tiny_base.model, moved, top_k=4, weight=1.0, cache=cache)
+    assert calls == [2, 1]
+
+
+def test_the_thread_count_does_not_invalidate_cached_answers() -> None:
+    assert ModelSettings(threads=1).answers_key() == ModelSettings(threads=2).answers_key()
+    assert ModelSettings().answers_key() != ModelSettings(max_new_tokens=9).answers_key()
