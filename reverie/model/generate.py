@@ -16,7 +16,12 @@ from reverie.model.base import BaseModel
 from reverie.model.config import ModelSettings
 from reverie.model.prompts import encode, render_user
 
-__all__ = ["answer", "generate_ids"]
+__all__ = ["BATCH", "answer", "generate_ids"]
+
+# Sequences generated together. Decoding is bound by reading the weights once per step, so a
+# batch of 64 costs little more per step than one of 16: 128 probe-length prompts took 13.2 s at
+# 64 against 21.6 s at 16 on two cores (teacher-length: 37.4 s against 42.0 s at 32).
+BATCH = 64
 
 
 @torch.no_grad()
@@ -27,7 +32,7 @@ def generate_ids(
     eos_id: int,
     pad_id: int,
     max_new_tokens: int,
-    batch_size: int = 16,
+    batch_size: int = BATCH,
     device: torch.device | None = None,
 ) -> list[list[int]]:
     """Greedy continuation of each prompt, cut after the first EOS (which is kept)."""
@@ -64,7 +69,7 @@ def answer(
     *,
     model: Any = None,
     max_new_tokens: int | None = None,
-    batch_size: int = 16,
+    batch_size: int = BATCH,
 ) -> list[str]:
     """Greedy answers to user turns, by ``model`` (default the base model)."""
     prompts = [encode(base.tokenizer, render_user(base.tokenizer, u, settings)) for u in users]
