@@ -1,6 +1,7 @@
 """How fast a cycle runs against what this machine can do.
 
-    python -m benchmarks.throughput [--threads 1,2] [--n 20] [--skip-cycle] [--json FILE]
+    python -m benchmarks.throughput [--threads 1,2] [--n 20] [--parts peak,step,cycle]
+        [--json FILE]
 
 Three parts, in one run:
 
@@ -8,19 +9,21 @@ Three parts, in one run:
    count: the median of repeated products shaped like training's (tokens x 576 x 1536) and one
    large square product; the best of those is the peak.
 2. **One training step, profiled.** A batch shaped like a cycle's (8 examples of 15-40 prompt and
-   3-20 answer tokens, random tokens: only shapes matter for speed) trained under the default
-   recipe. Its FLOPs are counted by ``torch.utils.flop_counter`` (every matmul, forward and
-   backward, as executed, padding included); its time is split by the loop's own labels (body,
-   LM head, loss, backward, optimiser) and, within them, by operator kind (matmul, attention,
-   element-wise, copies and casts, other), plus what no operator accounts for (Python and
-   dispatch). Model FLOP utilisation (MFU) = counted FLOPs / step time / peak at the step's
-   precision and thread count.
+   3-20 answer tokens, random tokens: only shapes matter for speed, bucketed by length as
+   training buckets them) trained in float32 and bfloat16, each with the SDPA and the eager
+   attention kernel, at each thread count. Its FLOPs are counted by
+   ``torch.utils.flop_counter`` (every matmul, forward and backward, as executed, padding
+   included); its time is split by the loop's own labels (body, LM head, loss, backward,
+   optimiser) and by operator kind (matmul, attention, element-wise, copies and casts, other),
+   plus what no operator accounts for (Python and dispatch). Model FLOP utilisation (MFU) =
+   counted FLOPs / step time / peak at the step's precision and thread count.
 3. **A cycle through the command users run.** ``--n`` fictional_dev experiences (with their
    held-out questions as probes) are logged into a fresh data dir, the per-base-model caches are
    filled (a deployed daemon pays that once), then ``reverie consolidate --once --json`` runs in a
-   subprocess with the thread count given. Reported: the subprocess's wall time, each stage's
-   seconds, training tokens/s, training MFU (the step's FLOPs per token x the cycle's tokens /
-   training seconds / peak) and the cycle's own efficacy/ceiling and locality.
+   subprocess at each thread count, trained as the settings say (``REVERIE_TRAIN__PRECISION``,
+   ``REVERIE_MODEL__ATTENTION`` from the environment reach it). Reported: the subprocess's wall
+   time, each stage's seconds, training tokens/s, training MFU (the step's FLOPs per token x the
+   cycle's tokens / training seconds / peak) and the cycle's own efficacy/ceiling and locality.
 """
 
 from __future__ import annotations
