@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import pickle
 import random
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -132,8 +133,13 @@ class AnchorCache:
         key = json.dumps([self.fmt.answers_key(), top_k], sort_keys=True)
         cached: dict[str, tuple[list[int], torch.Tensor, torch.Tensor]] = {}
         if self.targets_path.exists():
-            blob = torch.load(self.targets_path, map_location="cpu", weights_only=True)
-            cached = blob["targets"] if blob.get("key") == key else {}
+            try:
+                blob = torch.load(self.targets_path, map_location="cpu", weights_only=True)
+                cached = blob["targets"] if blob.get("key") == key else {}
+            except (RuntimeError, EOFError, ValueError, KeyError, pickle.UnpicklingError) as err:
+                logger.warning(
+                    "recomputing unreadable anchor targets %s: %s", self.targets_path, err
+                )
         fresh = [
             i for i in items if i.student not in cached or cached[i.student][0] != i.answer_ids
         ]

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from reverie.consolidator.cycle import Consolidator
 from reverie.memory.adapters import AdapterRegistry
@@ -203,8 +204,10 @@ def test_warm_up_caches_every_anchor_and_control_answer(
     settings = settings_for(tmp_path, tiny_model_dir)
     consolidator(settings, buffer, tiny_base).warm_up()
     cache = settings.data_dir / "models" / "cache" / tiny_base.name
-    anchors = read_keyed(cache / "anchors.json", settings.model.model_dump())
+    anchors = read_keyed(cache / "anchors.json", settings.model.answers_key())
     assert set(anchors) == set(anchor_prompts())
+    targets = torch.load(cache / "anchors_targets.pt", weights_only=True)["targets"]
+    assert set(targets) == set(anchor_prompts())
     # a fresh consolidator (a restarted daemon) reads the caches instead of generating
     fresh = consolidator(settings, buffer, tiny_base)
     generate = tiny_base.model.generate

@@ -49,3 +49,15 @@ def test_anchor_targets_are_computed_once_and_equal_fresh_ones(
 def test_the_thread_count_does_not_invalidate_cached_answers() -> None:
     assert ModelSettings(threads=1).answers_key() == ModelSettings(threads=2).answers_key()
     assert ModelSettings().answers_key() != ModelSettings(max_new_tokens=9).answers_key()
+
+
+def test_an_unreadable_targets_file_is_recomputed_not_fatal(tiny_base: Any, tmp_path: Path) -> None:
+    cache = AnchorCache(tiny_base, FMT, tmp_path / "anchors.json")
+    items = cache.items(3, random.Random(0))
+    first = cache.targets(tiny_base.model, items, 8)
+    blob = bytearray(cache.targets_path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # a flipped byte
+    cache.targets_path.write_bytes(bytes(blob[: len(blob) // 2]))  # and a torn write
+    again = cache.targets(tiny_base.model, items, 8)
+    assert all(torch.equal(a.ids, b.ids) for a, b in zip(first, again, strict=True))
+    assert torch.load(cache.targets_path, weights_only=True)["targets"]  # rewritten whole
