@@ -77,9 +77,9 @@ class TrainSettings(_Section):
         description="Training matmuls in float32, or under bfloat16 autocast (weights, optimiser, "
         "LM head and loss stay float32); auto = bfloat16 where the hardware multiplies it "
         "natively (CUDA, a CPU with AVX512-BF16 or AMX). On the reference CPU (AVX512-BF16, "
-        "2 cores) bfloat16 with model.attention=eager trains 1.2x faster in a cycle and recalls "
-        "a little less (fictional_dev efficacy/ceiling 0.51-0.54 against 0.56 on seed 0), so it "
-        "is opt-in. Teacher, probes and serving are unaffected.",
+        "2 cores) bfloat16 with model.attention=eager trains 1.4x faster per step "
+        "(benchmarks/throughput.py) and recalled less on the tuning split, so it is opt-in. "
+        "Teacher, probes and serving are unaffected.",
     )
     seed: int = Field(
         default=0, description="Seeds the adapter init, the samples drawn and the batch order."

@@ -40,14 +40,14 @@ class ModelSettings(BaseModel):
     threads: int | None = Field(
         default=None,
         ge=1,
-        description="torch CPU threads (None = torch's default, one per core). Training on two "
-        "cores runs 1.7x faster than on one (benchmarks/throughput.py).",
+        description="torch CPU threads (None = torch's default, one per core). A cycle on two "
+        "cores runs 1.36x faster than on one (benchmarks/throughput.py).",
     )
     attention: Literal["sdpa", "eager"] = Field(
         default="sdpa",
-        description="Attention kernel. eager trains 1.3x faster under bfloat16 on CPU (the SDPA "
-        "kernel's backward dominates at tens of tokens); sdpa generates 1.1x faster and trains "
-        "as fast in float32 (benchmarks/throughput.py).",
+        description="Attention kernel. eager trains 1.1-1.2x faster under bfloat16 on CPU (the "
+        "SDPA kernel's backward dominates at tens of tokens; benchmarks/throughput.py); sdpa "
+        "trains as fast in float32 and generates a little faster.",
     )
 
     def answers_key(self) -> dict[str, object]:
