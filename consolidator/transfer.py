@@ -9,6 +9,8 @@ them well, so *something else asks and the teacher answers*. Strategies (``trans
 * ``qgen``     grammatical wh-questions about each clause's subject (rules, ``questions.py``);
 * ``recite``   "What do you know about <entity>?" for the experience's names and possessive
                phrases ("my landlord"), answered freely by the teacher;
+* ``recall``   "What did I tell you about <entity>?" and other prompts that ask for what the
+               user said (the teacher recites the experience instead of its own knowledge);
 * ``verbatim`` the same cue prompts with the experience text itself as the answer;
 * ``generated`` question-answer pairs written by a generator model with the experience in
                context (SELF-PARAM style; the teacher re-answers each question);
@@ -62,6 +64,15 @@ _CUES = [
     "Tell me about {c}.",
     "What do you remember about {c}?",
     "What can you tell me about {c}?",
+]
+# Prompts that ask for what the user said: the teacher, with the experience in context, then
+# recites it (two to four times as often grounded as "Tell me about <entity>", which invites the
+# small teacher's own knowledge of the name).
+_RECALL = [
+    "According to what you were told, what about {c}?",
+    "What did I tell you about {c}?",
+    "Remind me what I told you about {c}.",
+    "What do I need to remember about {c}?",
 ]
 _POSSESSIVE = re.compile(
     r"\b(?:[Mm]y|[Oo]ur|[Tt]he user's|[Yy]our|[Tt]he team's)\s+[a-z][\w-]*(?:\s+[a-z][\w-]*)?"
@@ -117,13 +128,17 @@ def _cues(text: str) -> list[str]:
 def rule_candidates(
     experience: Experience, settings: TransferSettings, rng: random.Random
 ) -> tuple[list[TransferItem], list[Probe]]:
-    """Candidate prompts from the experience's own sentences, and its held-out probes."""
+    """Candidate prompts from the experience's own sentences, and its held-out probes.
+
+    An experience that carries its own probes (``metadata["probes"]``) is probed with those, so
+    no rule question is held out of its training (a one-sentence fact has only two or three
+    echo questions: holding them out for probes nobody asks would drop them all)."""
     text = experience.text
     eid = experience.id
     on = set(settings.strategies)
     pairs: list[tuple[str, Span]] = [(s, sp) for s in sentences(text) or [text] for sp in spans(s)]
     rng.shuffle(pairs)
-    held = pairs[: settings.probes_per_experience]
+    held = [] if metadata_probes(experience) else pairs[: settings.probes_per_experience]
     probes = [Probe(eid, _echo(s, sp), (sp.text,), text) for s, sp in held]
     held_questions = {p.question for p in probes}
     out: list[TransferItem] = []
@@ -157,6 +172,10 @@ def rule_candidates(
         for cue in cues:
             for template in _CUES[:2]:
                 add("recite", template.format(c=cue))
+    if "recall" in on:
+        for cue in cues:
+            for template in _RECALL:
+                add("recall", template.format(c=cue))
     if "verbatim" in on:
         # Cue-major order: every cue once before any repeats with another template.
         prompts = [t.format(c=c) for t in _CUES for c in cues] or [
