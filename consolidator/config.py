@@ -72,6 +72,20 @@ class TrainSettings(_Section):
     )
     ce_weight: float = Field(default=0.25, ge=0, description="Extra CE on the teacher's answer.")
     top_k: int = Field(default=128, ge=1, description="Teacher tokens kept per position.")
+    hidden_weight: float = Field(
+        default=0.0,
+        ge=0,
+        description="Weight of the hidden-state term (deep context distillation): at every "
+        "answer position the student's hidden states at hidden_layers layers match the "
+        "teacher's, which had the experience in context (L1 distance over the teacher's L1 "
+        "norm). 0 = logits only.",
+    )
+    hidden_layers: int = Field(
+        default=6,
+        ge=1,
+        description="How many evenly spaced decoder layers (the last included) the hidden-state "
+        "term compares.",
+    )
     precision: Literal["float32", "bfloat16", "auto"] = Field(
         default="float32",
         description="Training matmuls in float32, or under bfloat16 autocast (weights, optimiser, "
@@ -137,7 +151,17 @@ class TransferSettings(_Section):
     """How each experience's transfer set (what the student learns from) is built."""
 
     strategies: list[
-        Literal["cloze", "echo", "qgen", "recite", "verbatim", "generated", "continuation", "split"]
+        Literal[
+            "cloze",
+            "echo",
+            "qgen",
+            "recite",
+            "recall",
+            "verbatim",
+            "generated",
+            "continuation",
+            "split",
+        ]
     ] = Field(
         default=["cloze", "echo", "qgen", "recite", "verbatim"],
         min_length=1,

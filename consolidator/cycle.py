@@ -47,7 +47,7 @@ from reverie.consolidator.retry import retry_plan
 from reverie.consolidator.routing import cycle_router, routes
 from reverie.consolidator.scoring import sample_bank
 from reverie.consolidator.teacher import AnchorCache, anchor_examples, anchor_prompts, fact_examples
-from reverie.consolidator.train import TrainingInterrupted, student_model, train
+from reverie.consolidator.train import TrainingInterrupted, deep_layers, student_model, train
 from reverie.consolidator.transfer import cycle_transfer
 from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.buffer import Buffer
@@ -193,6 +193,7 @@ class Consolidator:
                         transfer.items + replay,
                         top_k=recipe.top_k,
                         min_confidence=s.transfer.min_confidence,
+                        hidden_layers=deep_layers(base, recipe),
                     )
             with timer("teacher"):
                 n_anchors = max(

@@ -24,6 +24,8 @@ __all__ = [
     "TeacherTargets",
     "answer_positions",
     "distill_loss",
+    "hidden_layer_ids",
+    "hidden_loss",
     "kl_to_reference",
     "lm_parts",
     "right_padded",
@@ -80,6 +82,34 @@ def distill_loss(
     return loss, {"kl": float(kl.detach().mean()), "ce": float(ce.detach().mean())}
 
 
+def hidden_loss(
+    student: torch.Tensor, teacher: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The hidden-state term of deep context distillation: how far the student's hidden states
+    at the answer positions are from the teacher's, which had the experience in context.
+
+    Shapes: ``student`` and ``teacher`` ``[N, H, D]`` (N answer positions, H compared layers, D
+    hidden size), ``weights`` ``[N]``. Per position and layer the L1 distance over the teacher's
+    L1 norm (scale-free: hidden norms grow with depth), averaged over layers, then the
+    weighted mean over positions. 0 when they match; 1 when the student's state is zero.
+    """
+    if student.shape != teacher.shape or student.ndim != 3:
+        raise ValueError("expected student and teacher hidden states of one shape [N, H, D]")
+    teacher = teacher.float()
+    distance = (student.float() - teacher).abs().sum(-1) / teacher.abs().sum(-1).clamp_min(1e-6)
+    per_position = distance.mean(-1)
+    if weights is None:
+        weights = torch.ones_like(per_position)
+    return (per_position * weights).sum() / weights.sum().clamp_min(1e-8)
+
+
+def hidden_layer_ids(n_layers: int, count: int) -> list[int]:
+    """``count`` evenly spaced decoder layers, the last included, as indices into a model's
+    ``hidden_states`` (0 is the embeddings). Example: 30 layers, 6 -> [5, 10, 15, 20, 25, 30]."""
+    count = max(0, min(count, n_layers))
+    return sorted({round(n_layers * (i + 1) / count) for i in range(count)})
+
+
 def kl_to_reference(reference_logp: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
     """Per-position KL(reference || model) for full log-prob rows ``[N, V]`` -> ``[N]``."""
     return (reference_logp.exp() * (reference_logp - logp)).sum(-1)
@@ -91,6 +121,7 @@ class TeacherTargets:
 
     ids: torch.Tensor  # [A, k] int32
     logp: torch.Tensor  # [A, k] float16
+    hidden: torch.Tensor | None = None  # [A, H, D] float16: hidden states at chosen layers
 
 
 def answer_positions(prompt_len: int, answer_len: int) -> torch.Tensor:

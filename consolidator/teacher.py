@@ -218,10 +218,13 @@ def teacher_targets(
     top_k: int = 64,
     batch_size: int = 64,
     device: torch.device | None = None,
+    hidden_layers: Sequence[int] = (),
 ) -> list[TeacherTargets]:
     """Run the teacher on ``prompt + answer`` for every item (right padding, masked by position)
-    and keep its top-k log-probabilities where it predicts each answer token."""
+    and keep its top-k log-probabilities where it predicts each answer token, and its hidden
+    states there at ``hidden_layers`` (indices into ``hidden_states``; none by default)."""
     device = device or torch.device("cpu")
+    layers = list(hidden_layers)
     out: list[TeacherTargets | None] = [None] * len(prompts)
     lengths = [len(p) + len(a) for p, a in zip(prompts, answers, strict=True)]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
@@ -229,12 +232,23 @@ def teacher_targets(
         idx = order[start : start + batch_size]
         ids, mask = right_padded([list(prompts[i]) + list(answers[i]) for i in idx], pad_id)
         body, head = lm_parts(model)
-        hidden = body(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        result = body(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            output_hidden_states=bool(layers),
+        )
+        hidden = result.last_hidden_state
         for row, i in enumerate(idx):
             pos = answer_positions(len(prompts[i]), len(answers[i])).to(device)
             logp = torch.log_softmax(head(hidden[row, pos]).float(), dim=-1)
             values, indices = logp.topk(min(top_k, logp.shape[-1]), dim=-1)
-            out[i] = TeacherTargets(indices.to(torch.int32).cpu(), values.to(torch.float16).cpu())
+            states = None
+            if layers:
+                picked = [result.hidden_states[layer][row, pos] for layer in layers]
+                states = torch.stack(picked, dim=1).to(torch.float16).cpu()
+            out[i] = TeacherTargets(
+                indices.to(torch.int32).cpu(), values.to(torch.float16).cpu(), states
+            )
     return [t for t in out if t is not None]
 
 
@@ -249,7 +263,12 @@ def _prompt_ids(base: BaseModel, fmt: ModelSettings, item: TransferItem, who: st
 
 
 def _targets(
-    base: BaseModel, fmt: ModelSettings, model: Any, group: Sequence[TransferItem], top_k: int
+    base: BaseModel,
+    fmt: ModelSettings,
+    model: Any,
+    group: Sequence[TransferItem],
+    top_k: int,
+    hidden_layers: Sequence[int] = (),
 ) -> list[TeacherTargets]:
     return teacher_targets(
         model,
@@ -258,6 +277,7 @@ def _targets(
         pad_id=base.pad_id,
         top_k=top_k,
         device=base.device,
+        hidden_layers=hidden_layers,
     )
 
 
@@ -269,11 +289,13 @@ def fact_examples(
     *,
     top_k: int,
     min_confidence: float,
+    hidden_layers: Sequence[int] = (),
 ) -> list[Example]:
     """Fact and replay items tokenised, with the targets of ``teacher`` (the current adapter,
-    experience in context). Items the teacher gives with a mean probability under
-    ``min_confidence`` are dropped (its own greedy answers usually pass; a forced verbatim text
-    or an old replayed answer may not any more)."""
+    experience in context), its hidden states at ``hidden_layers`` included. Items the teacher
+    gives with a mean probability under ``min_confidence`` are dropped (its own greedy answers
+    usually pass; a forced verbatim text or an old replayed answer may not any more)."""
+    targets = _targets(base, fmt, teacher, items, top_k, hidden_layers)
     examples = [
         Example(
             _prompt_ids(base, fmt, i, "student"),
@@ -281,7 +303,7 @@ def fact_examples(
             t,
             kind="replay" if i.strategy == "replay" else "fact",
         )
-        for i, t in zip(items, _targets(base, fmt, teacher, items, top_k), strict=True)
+        for i, t in zip(items, targets, strict=True)
         if answer_confidence(t, i.answer_ids) >= min_confidence
     ]
     if len(examples) < len(items):

@@ -28,6 +28,8 @@ from reverie.consolidator.distill import (
     TeacherTargets,
     answer_positions,
     distill_loss,
+    hidden_layer_ids,
+    hidden_loss,
     lm_parts,
     right_padded,
 )
@@ -41,6 +43,7 @@ __all__ = [
     "autocast_dtype",
     "batch_loss",
     "batches",
+    "deep_layers",
     "lr_factor",
     "mean_loss",
     "train",
@@ -183,8 +186,12 @@ def batch_loss(
     cols = torch.cat([answer_positions(len(e.prompt_ids), len(e.answer_ids)) for e in batch])
     dtype = autocast_dtype(settings.precision, device)
     autocast = torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    deep = settings.method == "distill" and settings.hidden_weight > 0
+    deep = deep and any(e.targets.hidden is not None for e in batch)
     with autocast, record_function("body"):
-        out = body(input_ids=ids.to(device), attention_mask=mask.to(device))
+        out = body(
+            input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=deep
+        )
     # The LM head runs at answer positions only (most of a sequence is prompt), outside autocast
     # and in the head's own dtype: bfloat16 logits (3 significant digits on values near 20) add
     # noise to the KL larger than the signal it carries near convergence.
@@ -203,7 +210,36 @@ def batch_loss(
             ce_weight=settings.ce_weight if distill else 1.0,
             kl_weight=1.0 if distill else 0.0,
         )
+        if deep:
+            term = _hidden_term(body, out.hidden_states, batch, rows, cols, settings)
+            loss = loss + settings.hidden_weight * term
+            parts["hidden"] = float(term.detach())
     return loss, parts, int(mask.sum())
+
+
+def _hidden_term(
+    body: Any,
+    states: Sequence[torch.Tensor],
+    batch: Sequence[Example],
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    settings: TrainSettings,
+) -> torch.Tensor:
+    """The hidden-state term over the batch's answer positions whose example carries the
+    teacher's hidden states (anchors carry none)."""
+    layers = hidden_layer_ids(int(body.config.num_hidden_layers), settings.hidden_layers)
+    has = torch.cat([torch.full((len(e.answer_ids),), e.targets.hidden is not None) for e in batch])
+    device = states[0].device
+    r, c = rows[has].to(device), cols[has].to(device)
+    student = torch.stack([states[layer][r, c] for layer in layers], dim=1)
+    teacher = torch.cat([e.targets.hidden for e in batch if e.targets.hidden is not None])
+    if teacher.shape[1] != len(layers):
+        raise ValueError(
+            f"the teacher's hidden states have {teacher.shape[1]} layers, the recipe compares "
+            f"{len(layers)}: compute them with the same train.hidden_layers"
+        )
+    weights = torch.cat([torch.full((len(e.answer_ids),), e.weight) for e in batch])[has]
+    return hidden_loss(student, teacher.to(device), weights.to(device))
 
 
 @torch.no_grad()
@@ -326,6 +362,14 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def deep_layers(base: BaseModel, settings: TrainSettings) -> list[int]:
+    """The ``hidden_states`` indices the hidden-state term compares ([] when it is off): the
+    teacher keeps its hidden states there."""
+    if settings.method != "distill" or settings.hidden_weight <= 0:
+        return []
+    return hidden_layer_ids(int(base.model.config.num_hidden_layers), settings.hidden_layers)
 
 
 def student_model(base: BaseModel, path: Path | None, recipe: TrainSettings) -> Any:

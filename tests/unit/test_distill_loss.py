@@ -110,3 +110,26 @@ def test_answer_confidence_worked_example() -> None:
     assert answer_confidence(targets, [5, 5]) == pytest.approx(0.55, abs=1e-3)
     assert answer_confidence(targets, [3, 3]) == 0.0
     assert answer_confidence(targets, []) == 0.0
+
+
+def test_hidden_loss_worked_example() -> None:
+    from reverie.consolidator.distill import hidden_loss
+
+    teacher = torch.tensor([[[1.0, -1.0]], [[2.0, 2.0]]])  # 2 positions, 1 layer, 2 dims
+    student = torch.tensor([[[1.0, 0.0]], [[2.0, 2.0]]])
+    # position 0: |0| + |1| over |1| + |1| = 0.5; position 1: 0
+    assert hidden_loss(student, teacher).item() == pytest.approx(0.25)
+    weighted = hidden_loss(student, teacher, torch.tensor([3.0, 1.0]))
+    assert weighted.item() == pytest.approx(0.375)
+    assert hidden_loss(teacher, teacher).item() == 0.0
+    assert hidden_loss(torch.zeros_like(teacher), teacher).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one shape"):
+        hidden_loss(student[:, 0], teacher)
+
+
+def test_hidden_layer_ids_are_evenly_spaced_and_end_at_the_last() -> None:
+    from reverie.consolidator.distill import hidden_layer_ids
+
+    assert hidden_layer_ids(30, 6) == [5, 10, 15, 20, 25, 30]
+    assert hidden_layer_ids(30, 1) == [30]
+    assert hidden_layer_ids(2, 6) == [1, 2]

@@ -234,3 +234,46 @@ def test_training_lowers_the_loss_in_either_precision(tiny_base: Any, precision:
     before = mean_loss(model, exs, reference, pad_id=tiny_base.pad_id)
     train(model, exs, settings, pad_id=tiny_base.pad_id)
     assert mean_loss(model, exs, reference, pad_id=tiny_base.pad_id) < before
+
+
+def test_the_hidden_state_term_pulls_the_student_to_the_teachers_states(tiny_base: Any) -> None:
+    from reverie.consolidator.distill import hidden_layer_ids
+    from reverie.consolidator.train import deep_layers
+
+    settings = TrainSettings(lr=5e-3, epochs=6, batch_size=2, hidden_weight=1.0, hidden_layers=2)
+    layers = deep_layers(tiny_base, settings)
+    n = int(tiny_base.model.config.num_hidden_layers)
+    assert layers == hidden_layer_ids(n, 2) and layers[-1] == n
+    model = lora(tiny_base)
+    tok = tiny_base.tokenizer
+    teacher_prompts = [
+        encode(tok, render_user(tok, context_prompt(FACT, q), FMT)) for q in QUESTIONS
+    ]
+    answers = [[*encode(tok, "Biscuit is allergic to salmon."), tiny_base.eos_id]] * 4
+    targets = teacher_targets(
+        model, teacher_prompts, answers, pad_id=tiny_base.pad_id, top_k=16, hidden_layers=layers
+    )
+    hidden_size = int(tiny_base.model.config.hidden_size)
+    assert all(t.hidden is not None for t in targets)
+    assert targets[0].hidden.shape == (len(answers[0]), len(layers), hidden_size)
+    student = [encode(tok, render_user(tok, q, FMT)) for q in QUESTIONS]
+    data = [Example(p, a, t) for p, a, t in zip(student, answers, targets, strict=True)]
+    anchor = Example(student[0], answers[0], replace_hidden(targets[0]), kind="anchor")
+    pad = tiny_base.pad_id
+    _, parts, _ = batch_loss(model, [*data[:1], anchor], settings, pad_id=pad)
+    _, logits_only, _ = batch_loss(
+        model, data[:1], settings.model_copy(update={"hidden_weight": 0}), pad_id=pad
+    )
+    assert parts["hidden"] > 0 and "hidden" not in logits_only
+    before = parts["hidden"]
+    train(model, data, settings, pad_id=pad)
+    _, after, _ = batch_loss(model, data[:1], settings, pad_id=pad)
+    assert after["hidden"] < 0.9 * before
+    assert deep_layers(tiny_base, settings.model_copy(update={"method": "sft"})) == []
+
+
+def replace_hidden(targets: Any) -> Any:
+    """The same targets without hidden states (what an anchor carries)."""
+    from dataclasses import replace
+
+    return replace(targets, hidden=None)
