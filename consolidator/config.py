@@ -86,6 +86,14 @@ class TrainSettings(_Section):
         description="How many evenly spaced decoder layers (the last included) the hidden-state "
         "term compares.",
     )
+    on_policy_epochs: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Epochs trained after the main ones on the student's own greedy answers to "
+        "the fact prompts, with the teacher's distribution along them (on-policy distillation: "
+        "the student is corrected where it actually goes wrong). 0 = off.",
+    )
     precision: Literal["float32", "bfloat16", "auto"] = Field(
         default="float32",
         description="Training matmuls in float32, or under bfloat16 autocast (weights, optimiser, "

@@ -40,6 +40,7 @@ from reverie.consolidator.evaluate import evaluate
 from reverie.consolidator.gate import Outcome, decide
 from reverie.consolidator.locality import ControlSet, base_control_answers, load_controls
 from reverie.consolidator.neighbourhood import neighbourhood_questions
+from reverie.consolidator.onpolicy import on_policy_round, snapshot
 from reverie.consolidator.probes import run_probes
 from reverie.consolidator.recovery import reconcile
 from reverie.consolidator.result import CycleResult, StageTimer
@@ -212,16 +213,21 @@ class Consolidator:
                 )
             stop_point("training")
             with timer("train"):
+                run_key = f"{transfer.digest()}:{current.version if current else ''}:{attempt}"
+                teacher_state = snapshot(model)
                 stats = train(
-                    model,
-                    examples,
-                    recipe,
-                    pad_id=base.pad_id,
-                    device=base.device,
-                    checkpoint=self._work / tenant / "checkpoint.pt",
-                    run_key=f"{transfer.digest()}:{current.version if current else ''}:{attempt}",
+                    model, examples, recipe, pad_id=base.pad_id, device=base.device,
+                    checkpoint=self._work / tenant / "checkpoint.pt", run_key=run_key,
                     should_stop=should_stop,
-                )
+                )  # fmt: skip
+                if recipe.on_policy_epochs:
+                    stats += on_policy_round(
+                        base, s.model, model, transfer.items + replay,
+                        [e for e in examples if e.kind == "anchor"], teacher_state, recipe,
+                        max_new_tokens=s.transfer.teacher_max_new_tokens,
+                        checkpoint=self._work / tenant / "checkpoint.pt", run_key=run_key,
+                        should_stop=should_stop,
+                    )  # fmt: skip
             with timer("probe"), merged(model):
                 router = cycle_router(
                     self.embedder, s.router, self.buffer, tenant, experiences, transfer.items,

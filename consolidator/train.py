@@ -85,6 +85,17 @@ class TrainStats:
     losses: list[float] = field(default_factory=list)
     resumed_from: int = 0
 
+    def __add__(self, other: TrainStats) -> TrainStats:
+        """Two rounds of one cycle's training as one."""
+        return TrainStats(
+            self.steps + other.steps,
+            self.tokens + other.tokens,
+            self.positions + other.positions,
+            self.seconds + other.seconds,
+            self.losses + other.losses,
+            self.resumed_from,
+        )
+
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds if self.seconds else 0.0

@@ -1,0 +1,132 @@
+"""On-policy distillation: the student answers its own prompts; the teacher corrects it there.
+
+The main training matches the teacher along the *teacher's* answers. After it, the student
+(adapter on, no experience in context) answers every fact prompt greedily, and the teacher (the
+model as it was before this cycle, experience in context) gives its distribution along the
+*student's* answer. Training then continues on those examples, so the student is corrected on the
+paths it actually takes (another fact's name where this fact's belongs is the typical slip). This
+is the on-policy idea of GKD and SDFT (trl's ``GKDTrainer``, ``SDFTTrainer``), applied as one
+extra round over our own top-k targets rather than through a trainer that generates every step,
+which would cost a generation per step on a CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reverie.consolidator.config import TrainSettings
+from reverie.consolidator.items import TransferItem
+from reverie.consolidator.teacher import _prompt_ids, teacher_targets
+from reverie.consolidator.train import Example, TrainStats, train
+from reverie.model.base import BaseModel, merged
+from reverie.model.config import ModelSettings
+from reverie.model.generate import generate_ids
+
+__all__ = ["adapter_state", "on_policy_examples", "on_policy_round", "snapshot"]
+
+logger = logging.getLogger(__name__)
+
+
+def snapshot(model: Any) -> dict[str, torch.Tensor]:
+    """A copy of the trainable (adapter) weights."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+@contextmanager
+def adapter_state(model: Any, state: dict[str, torch.Tensor]) -> Iterator[Any]:
+    """``model`` with the adapter weights of ``state`` for the duration, its own after."""
+    params = dict(model.named_parameters())
+    own = {n: params[n].detach().clone() for n in state}
+    with torch.no_grad():
+        for n, value in state.items():
+            params[n].copy_(value)
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for n, value in own.items():
+                params[n].copy_(value)
+
+
+def on_policy_examples(
+    base: BaseModel,
+    fmt: ModelSettings,
+    model: Any,
+    items: Sequence[TransferItem],
+    teacher_state: dict[str, torch.Tensor],
+    *,
+    top_k: int,
+    max_new_tokens: int,
+) -> list[Example]:
+    """The student's greedy answers to the chat items' prompts, with the targets of the teacher
+    (``model`` under ``teacher_state``, experience in context) along them."""
+    chat = [i for i in items if not i.raw]
+    prompts = [_prompt_ids(base, fmt, i, "student") for i in chat]
+    with merged(model):
+        answers = generate_ids(
+            model,
+            prompts,
+            eos_id=base.eos_id,
+            pad_id=base.pad_id,
+            max_new_tokens=max_new_tokens,
+            device=base.device,
+        )
+    keep = [i for i, a in enumerate(answers) if a]
+    with adapter_state(model, teacher_state), merged(model):
+        targets = teacher_targets(
+            model,
+            [_prompt_ids(base, fmt, chat[i], "teacher") for i in keep],
+            [answers[i] for i in keep],
+            pad_id=base.pad_id,
+            top_k=top_k,
+            device=base.device,
+        )
+    return [
+        Example(prompts[i], answers[i], t, kind="on_policy")
+        for i, t in zip(keep, targets, strict=True)
+    ]
+
+
+def on_policy_round(
+    base: BaseModel,
+    fmt: ModelSettings,
+    model: Any,
+    items: Sequence[TransferItem],
+    anchors: Sequence[Example],
+    teacher_state: dict[str, torch.Tensor],
+    recipe: TrainSettings,
+    *,
+    max_new_tokens: int,
+    checkpoint: Path | None = None,
+    run_key: str = "",
+    should_stop: Any = None,
+) -> TrainStats:
+    """``recipe.on_policy_epochs`` more epochs on the student's own answers (with the anchors,
+    as in the main round)."""
+    examples = on_policy_examples(
+        base,
+        fmt,
+        model,
+        items,
+        teacher_state,
+        top_k=recipe.top_k,
+        max_new_tokens=max_new_tokens,
+    )
+    logger.info("on-policy round: %d student answers, %d anchors", len(examples), len(anchors))
+    model.train()
+    return train(
+        model,
+        [*examples, *anchors],
+        recipe.model_copy(update={"epochs": recipe.on_policy_epochs, "seed": recipe.seed + 1}),
+        pad_id=base.pad_id,
+        device=base.device,
+        checkpoint=checkpoint,
+        run_key=f"{run_key}:on-policy",
+        should_stop=should_stop,
+    )
