@@ -9,18 +9,25 @@ sentence-transformers model directory; the default is all-MiniLM-L6-v2 from the 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from reverie.memory.config import EmbedderSettings
 from reverie.memory.errors import ConfigError
 
-__all__ = ["DEFAULT_EMBEDDER", "Embedder", "SentenceTransformerEmbedder", "resolve_model_dir"]
+__all__ = [
+    "DEFAULT_EMBEDDER",
+    "Embedder",
+    "SentenceTransformerEmbedder",
+    "dimension_on_disk",
+    "resolve_model_dir",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,26 +67,85 @@ def resolve_model_dir(model: str) -> Path:
     return path
 
 
+_POOLING_MODES = (
+    "pooling_mode_cls_token",
+    "pooling_mode_mean_tokens",
+    "pooling_mode_max_tokens",
+    "pooling_mode_mean_sqrt_len_tokens",
+)
+
+
+def dimension_on_disk(path: Path) -> int | None:
+    """The embedding dimension a sentence-transformers directory declares, without loading it:
+    the last Dense layer's ``out_features``, else the Pooling layer's width times its active
+    modes. None when the configs do not say (the model must then be loaded to know)."""
+    try:
+        modules = json.loads((path / "modules.json").read_text())
+        for module in reversed(modules):
+            kind = str(module.get("type", ""))
+            config_file = path / str(module.get("path", "")) / "config.json"
+            if kind.endswith(".Dense"):
+                return int(json.loads(config_file.read_text())["out_features"])
+            if kind.endswith(".Pooling"):
+                config = json.loads(config_file.read_text())
+                unknown = [
+                    k for k, v in config.items()
+                    if k.startswith("pooling_mode_") and k not in _POOLING_MODES and v
+                ]  # fmt: skip
+                modes = sum(bool(config.get(m)) for m in _POOLING_MODES)
+                if unknown or not modes:
+                    return None
+                return int(config["word_embedding_dimension"]) * modes
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return None
+
+
 class SentenceTransformerEmbedder:
-    """Any sentence-transformers model directory (offline)."""
+    """Any sentence-transformers model directory (offline).
+
+    The model loads on the first :meth:`embed` (or :meth:`load`): commands that only read the
+    data dir (``reverie status``, ``list``, ``forget``...) never pay for it. The dimension is read
+    from the directory's module configs; a directory whose configs do not tell it loads at once.
+    """
 
     def __init__(self, settings: EmbedderSettings | None = None) -> None:
-        settings = settings or EmbedderSettings()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer  # heavy import, done on first use
+        self._settings = settings or EmbedderSettings()
+        self._path = resolve_model_dir(self._settings.model)
+        self._model: Any = None
+        self._batch_size = self._settings.batch_size
+        self._small = self._settings.single_thread_below
+        self._name = self._settings.model
+        self._dim: int | None = dimension_on_disk(self._path)
+        if self._dim is None:
+            self.load()
 
-        path = resolve_model_dir(settings.model)
-        self._model = SentenceTransformer(str(path), device=settings.device, local_files_only=True)
-        self._batch_size = settings.batch_size
-        self._small = settings.single_thread_below
-        self._name = settings.model
-        # sentence-transformers renamed the method; support both spellings.
-        get_dim = getattr(self._model, "get_embedding_dimension", None)
-        dim = get_dim() if get_dim else self._model.get_sentence_embedding_dimension()
-        if dim is None:
-            raise ConfigError("embedder.model", f"{settings.model!r} does not report a dimension")
-        self._dim = int(dim)
-        logger.info("embedder %s loaded from %s (dim %d)", self._name, path, self._dim)
+    def load(self) -> int:
+        """Load the model now (idempotent); returns its dimension."""
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer  # heavy: seconds to import
+
+            model = SentenceTransformer(
+                str(self._path), device=self._settings.device, local_files_only=True
+            )
+            # sentence-transformers renamed the method; support both spellings.
+            get_dim = getattr(model, "get_embedding_dimension", None)
+            dim = get_dim() if get_dim else model.get_sentence_embedding_dimension()
+            if dim is None:
+                raise ConfigError(
+                    "embedder.model", f"{self._settings.model!r} does not report a dimension"
+                )
+            if self._dim is not None and self._dim != int(dim):
+                raise ConfigError(
+                    "embedder.model",
+                    f"{self._settings.model!r} embeds in {dim} dimensions; its configs say "
+                    f"{self._dim}",
+                )
+            self._model, self._dim = model, int(dim)
+            logger.info("embedder %s loaded from %s (dim %d)", self._name, self._path, dim)
+        assert self._dim is not None
+        return self._dim
 
     @property
     def name(self) -> str:
@@ -87,11 +153,11 @@ class SentenceTransformerEmbedder:
 
     @property
     def dim(self) -> int:
-        return self._dim
+        return self._dim if self._dim is not None else self.load()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
-            return np.zeros((0, self._dim), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
         import torch  # loaded with the model already; imported here so the module stays light
 
         if len(texts) <= self._small and torch.get_num_threads() > 1:
@@ -107,6 +173,7 @@ class SentenceTransformerEmbedder:
         return self._encode(texts)
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        self.load()
         vectors = self._model.encode(
             list(texts),
             batch_size=self._batch_size,

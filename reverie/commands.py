@@ -244,6 +244,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from reverie.settings import load_settings
 
     with MemoryClient(load_settings(args.config)) as client:
+        load = getattr(client.embedder, "load", None)
+        if load is not None:
+            load()  # the first request should not pay for loading the embedder
         app = create_app(client, max_request_bytes=args.max_request_bytes)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return EXIT_OK

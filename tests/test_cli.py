@@ -148,3 +148,29 @@ def test_commands_write_to_kafka(tmp_path: Path, kafka: Broker) -> None:
         ("alice", "boat", "The boat is moored at pier 9.")
     ]
     assert values[0]["kind"] == "experience"
+
+
+def test_commands_that_read_the_data_dir_load_no_model(tmp_path: Path) -> None:
+    """status, list, forget, adapters, tokens and report import neither torch nor a model
+    library (seconds of start-up); arguments are refused before any model loads."""
+    data = tmp_path / "data"
+    logged = reverie("log", "--tenant", "alice", "The key is under the mat.", data_dir=data)
+    assert logged.returncode == 0, logged.stderr
+    eid = logged.stdout.split()[1]
+    heavy = ("torch", "transformers", "sentence_transformers")
+    commands = [
+        ["status"],
+        ["list", "--tenant", "alice"],
+        ["adapters", "list", "--tenant", "alice"],
+        ["tokens", "list"],
+        ["report", "--tenant", "alice"],
+        ["recall", "--tenant", "alice", "-k", "500", "key"],
+        ["forget", "--tenant", "alice", eid],
+    ]
+    for args in commands:
+        out = reverie(*args, data_dir=data, env={"PYTHONPROFILEIMPORTTIME": "1"})
+        imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()}
+        assert not imported & set(heavy), (args, imported & set(heavy))
+        assert "Traceback" not in out.stderr, (args, out.stderr[-2000:])
+    out = reverie("list", "--tenant", "alice", "--json", data_dir=data)
+    assert json.loads(out.stdout)["experiences"] == []  # the forget above took effect

@@ -233,3 +233,41 @@ def test_rejections_count_until_unconsolidated(tmp_path: Path, rng: np.random.Ge
     assert e1.outcome == "rejected_efficacy"
     assert [h.experience.id for h in buf.search("a", unit(rng, 1)[0], k=2)] != []  # recallable
     buf.close()
+
+
+def test_the_embedders_dimension_is_read_from_its_configs(tmp_path: Path) -> None:
+    import json as _json
+
+    from reverie.memory.embedder import dimension_on_disk, resolve_model_dir
+
+    assert dimension_on_disk(resolve_model_dir("all-MiniLM-L6-v2")) == 384
+
+    def directory(modules: list[tuple[str, str, dict[str, object]]]) -> Path:
+        root = tmp_path / str(len(list(tmp_path.iterdir())))
+        root.mkdir()
+        entries = []
+        for i, (kind, path, config) in enumerate(modules):
+            (root / path).mkdir(parents=True, exist_ok=True)
+            (root / path / "config.json").write_text(_json.dumps(config))
+            entries.append({"idx": i, "name": str(i), "path": path, "type": kind})
+        (root / "modules.json").write_text(_json.dumps(entries))
+        return root
+
+    pooling = "sentence_transformers.models.Pooling"
+    both = {"word_embedding_dimension": 64, "pooling_mode_mean_tokens": True,
+            "pooling_mode_max_tokens": True}  # fmt: skip
+    assert dimension_on_disk(directory([(pooling, "1_Pooling", both)])) == 128
+    dense = ("sentence_transformers.models.Dense", "2_Dense", {"out_features": 32})
+    assert dimension_on_disk(directory([(pooling, "1_Pooling", both), dense])) == 32
+    odd = {"word_embedding_dimension": 64, "pooling_mode_weightedmean_tokens": True}
+    assert dimension_on_disk(directory([(pooling, "1_Pooling", odd)])) is None  # loads to know
+    assert dimension_on_disk(tmp_path / "missing") is None
+
+
+def test_the_embedder_loads_its_model_on_first_use() -> None:
+    from reverie.memory.embedder import SentenceTransformerEmbedder
+
+    embedder = SentenceTransformerEmbedder()
+    assert embedder._model is None and embedder.dim == 384
+    vectors = embedder.embed(["hello"])
+    assert vectors.shape == (1, 384) and embedder._model is not None
