@@ -155,8 +155,13 @@ def create_app(
         response = await call_next(request)
         route = request.scope.get("route")
         name = getattr(route, "path", "unmatched")
+        seconds = time.perf_counter() - start
         requests.labels(name, str(response.status_code)).inc()
-        latency.labels(name).observe(time.perf_counter() - start)
+        latency.labels(name).observe(seconds)
+        logger.info(
+            "%s %s %d %.0f ms", request.method, request.url.path, response.status_code,
+            seconds * 1000,
+        )  # fmt: skip
         return response
 
     @app.exception_handler(InvalidInputError)

@@ -15,7 +15,7 @@ from typing import Any
 
 from reverie.memory.errors import InvalidInputError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
 
 def _emit(args: argparse.Namespace, payload: Any, text: str) -> None:
@@ -236,6 +236,20 @@ def _json_logging() -> None:
         handler.setFormatter(_JsonFormatter())
 
 
+def _port_free(host: str, port: int) -> bool:
+    """Whether ``host:port`` can be bound now (checked before any model loads)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -243,11 +257,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from reverie.agent.server import create_app
     from reverie.settings import load_settings
 
+    if args.port and not _port_free(args.host, args.port):
+        print(
+            f"reverie: error: {args.host}:{args.port} is in use (another server?); "
+            "stop it or choose another --port",
+            file=sys.stderr,
+        )
+        return EXIT_UNAVAILABLE
     with MemoryClient(load_settings(args.config)) as client:
         load = getattr(client.embedder, "load", None)
         if load is not None:
             load()  # the first request should not pay for loading the embedder
         app = create_app(client, max_request_bytes=args.max_request_bytes)
+        url = f"http://{args.host}:{args.port}"
+        print(f"serving on {url} (OpenAI-compatible base URL {url}/v1)", file=sys.stderr)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return EXIT_OK
 

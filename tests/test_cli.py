@@ -174,3 +174,16 @@ def test_commands_that_read_the_data_dir_load_no_model(tmp_path: Path) -> None:
         assert "Traceback" not in out.stderr, (args, out.stderr[-2000:])
     out = reverie("list", "--tenant", "alice", "--json", data_dir=data)
     assert json.loads(out.stdout)["experiences"] == []  # the forget above took effect
+
+
+def test_serve_on_a_busy_port_says_so_in_one_line_and_exits_3(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        out = reverie("serve", "--port", str(port), data_dir=tmp_path / "data")
+    assert out.returncode == 3
+    assert f"127.0.0.1:{port} is in use" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -267,3 +267,10 @@ def test_delete_tenant_over_http_erases_it_and_its_tokens(server: Server) -> Non
     assert gone.json() == {"tenant": "carol", "experiences": 1, "versions": 0, "tokens": 1}
     assert server.call("POST", "/v1/recall", carol, json={"query": "locker"}).status_code == 401
     assert server.call("GET", "/v1/adapters", server.alice).status_code == 200  # others stay
+
+
+def test_serve_prints_its_url_and_logs_requests(server: Server) -> None:
+    assert server.call("GET", "/v1/nothing-here", server.alice).status_code == 404
+    log = server.log.read_text()
+    assert f"serving on {server.url} (OpenAI-compatible base URL {server.url}/v1)" in log
+    assert "GET /healthz 200" in log and "GET /v1/nothing-here 404" in log
