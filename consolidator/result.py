@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from reverie.consolidator.gate import Outcome
 
-__all__ = ["CycleResult", "StageTimer"]
+__all__ = ["CycleResult", "StageTimer", "summary_table"]
 
 
 @dataclass(frozen=True)
@@ -56,3 +56,47 @@ class StageTimer:
             self.seconds[stage] = round(
                 self.seconds.get(stage, 0.0) + time.perf_counter() - start, 2
             )
+
+
+def summary_table(results: Sequence[dict[str, Any]]) -> str:
+    """One row per tenant's cycle (``CycleResult.to_json()`` dicts): outcome, version, how much
+    reached the weights, what was kept, and seconds per stage.
+
+    efficacy/ceiling = held-out questions answered from the weights over those answered with the
+    experience in context; locality = unrelated questions still answered as the base model did
+    (served: the router decides which reach the adapter); retention = earlier facts still known.
+    """
+    head = ["tenant", "outcome", "version", "exp", "eff/ceil", "locality", "retention"]
+    stages = ["transfer", "teacher", "train", "probe"]
+    rows = [[*head, *(f"{s} s" for s in stages), "total s"]]
+    for r in results:
+        probes = r.get("probes") or {}
+        served = probes.get("served") or {}
+        efficacy = served.get("efficacy") or probes.get("efficacy") or {}
+        locality = served.get("locality") or probes.get("locality") or {}
+        retention = probes.get("retention") or {}
+        timings = r.get("timings") or {}
+        rows.append(
+            [
+                str(r["tenant"]),
+                str(r["outcome"]),
+                str(r.get("version") or "-"),
+                str(len(r.get("experience_ids") or [])),
+                _num(efficacy.get("ratio")),
+                _num(locality.get("ratio"), 3),
+                _num(retention.get("ratio") if retention.get("n") else None),
+                *(_num(timings.get(s), 0) for s in stages),
+                _num(sum(v for v in timings.values() if isinstance(v, int | float)), 0),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        pairs = enumerate(zip(row, widths, strict=True))
+        cells = [c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in pairs]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _num(value: Any, digits: int = 2) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"

@@ -175,22 +175,10 @@ def cmd_consolidate(args: argparse.Namespace) -> int:
             else [t for t, c in client.buffer.stats().items() if c["buffered"]]
         )
         results = [consolidator.run_cycle(t).to_json() for t in tenants]
-    lines = []
-    for r in results:
-        eff = r["probes"].get("efficacy") or {}
-        loc = r["probes"].get("locality") or {}
-        lines.append(
-            f"{r['tenant']}: {r['outcome']} {r['version'] or ''} "
-            f"({len(r['experience_ids'])} experiences"
-            + (
-                f"; efficacy {eff.get('accuracy', 0):.2f} of ceiling {eff.get('ceiling', 0):.2f}, "
-                f"locality {loc.get('ratio', 0):.2f}"
-                if eff
-                else ""
-            )
-            + ")"
-            + (f" - {'; '.join(r['reasons'])}" if r["reasons"] else "")
-        )
+    from reverie.consolidator.result import summary_table
+
+    lines = [summary_table(results)] if results else []
+    lines += [f"{r['tenant']}: {'; '.join(r['reasons'])}" for r in results if r["reasons"]]
     _emit(args, results, "\n".join(lines) if lines else "nothing to consolidate")
     failed = any(r["outcome"] == "failed" for r in results)
     return EXIT_FAILURE if failed else EXIT_OK
