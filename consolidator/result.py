@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -11,6 +12,8 @@ from typing import Any
 from reverie.consolidator.gate import Outcome
 
 __all__ = ["CycleResult", "StageTimer", "summary_table"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,13 @@ class StageTimer:
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         start = time.perf_counter()
+        logger.info("stage %s: started", stage)
         try:
             yield
         finally:
-            self.seconds[stage] = round(
-                self.seconds.get(stage, 0.0) + time.perf_counter() - start, 2
-            )
+            took = time.perf_counter() - start
+            self.seconds[stage] = round(self.seconds.get(stage, 0.0) + took, 2)
+            logger.info("stage %s: %.1f s", stage, took)
 
 
 def summary_table(results: Sequence[dict[str, Any]]) -> str:
