@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -165,6 +166,11 @@ def _configure_logging(verbose: int) -> None:
         # transformers reads this when it is first imported (by the commands that load a
         # model): importing it here to switch its bars off cost every command 0.7-3 s.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        # Deprecation notices between the model libraries (peft calling transformers) are for
+        # their developers, not for users of this command; -vv shows them.
+        for library in ("transformers", "peft", "sentence_transformers"):
+            warnings.filterwarnings("ignore", category=FutureWarning, module=rf"{library}(\.|$)")
+            warnings.filterwarnings("ignore", category=UserWarning, module=rf"{library}(\.|$)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

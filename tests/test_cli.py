@@ -187,3 +187,30 @@ def test_serve_on_a_busy_port_says_so_in_one_line_and_exits_3(tmp_path: Path) ->
     assert out.returncode == 3
     assert f"127.0.0.1:{port} is in use" in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_consolidate_reports_each_stage_and_ends_with_a_table(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    config = tmp_path / "reverie.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n[model]\nbase = "{tiny_model_dir}"\n'
+        'max_new_tokens = 8\n[transfer]\nstrategies = ["verbatim"]\n'
+        "max_items_per_experience = 2\n[train]\nepochs = 1\nlora_r = 2\n"
+        'target_modules = ["q_proj"]\n[consolidation]\nanchor_ratio = 0.0\ncontrol_budget = 4\n'
+        "[gate]\nmin_efficacy = 0.0\nmin_retention = 0.0\nmin_locality = 0.0\n"
+        "min_raw_locality = 0.0\n"
+    )
+    env = {"REVERIE_CONFIG": str(config)}
+    for text in ["The spare key is under the blue flowerpot.", "Rent is due on the 3rd."]:
+        logged = reverie("log", "--tenant", "alice", text, data_dir=tmp_path / "data", env=env)
+        assert logged.returncode == 0, logged.stderr
+    out = reverie("consolidate", "--once", data_dir=tmp_path / "data", env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    header, row = out.stdout.splitlines()[:2]
+    assert header.split()[:7] == ["tenant", "outcome", "version", "exp", "eff/ceil", "locality",
+                                  "retention"]  # fmt: skip
+    assert row.split()[:4] == ["alice", "promoted", "v0001", "2"]
+    for stage in ("transfer", "teacher", "train", "probe"):
+        assert f"stage {stage}: started" in out.stderr
+    assert "FutureWarning" not in out.stderr and "Loading weights" not in out.stderr
