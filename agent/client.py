@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sqlite3
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -112,6 +113,7 @@ class MemoryClient:
         )
         self.registry = AdapterRegistry(self.settings.data_dir / "adapters")
         self._responder: Responder | None = None  # the language model loads on the first chat
+        self._responder_lock = threading.Lock()
         if sync:
             self.sync()
 
@@ -347,11 +349,21 @@ class MemoryClient:
                 for h in hits
                 if h.score >= min_score and not (only_new and h.status == "consolidated")
             ][:k]
-        if self._responder is None:
-            self._responder = Responder(self.settings)
-        return self._responder.respond(
+        return self.load_model().respond(
             turns, tenant=tenant, recalled=recalled, max_new_tokens=max_new_tokens, query=vector
         )
+
+    def load_model(self) -> Responder:
+        """Load the language model now (it otherwise loads on the first chat); idempotent and
+        safe to call from a background thread while other requests are served."""
+        with self._responder_lock:
+            if self._responder is None:
+                self._responder = Responder(self.settings)
+            return self._responder
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._responder is not None
 
     def list_experiences(
         self,

@@ -376,8 +376,12 @@ def create_app(
 
     # -- operations ------------------------------------------------------------------------------
     @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        return {"status": "ok", "stream": client.stream.name}
+    def healthz() -> JSONResponse:
+        """200 once the language model is loaded (``reverie serve`` loads it at start); 503
+        with status "loading" until then, so an orchestrator sends no chat to a cold server."""
+        ready = client.model_loaded
+        body = {"status": "ok" if ready else "loading", "stream": client.stream.name}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics")
     def prometheus() -> Response:

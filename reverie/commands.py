@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +257,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         load = getattr(client.embedder, "load", None)
         if load is not None:
             load()  # the first request should not pay for loading the embedder
+        # The language model loads while the server already answers (/healthz: 503 until then).
+        threading.Thread(target=client.load_model, name="load-model", daemon=True).start()
         app = create_app(client, max_request_bytes=args.max_request_bytes)
         url = f"http://{args.host}:{args.port}"
         print(f"serving on {url} (OpenAI-compatible base URL {url}/v1)", file=sys.stderr)

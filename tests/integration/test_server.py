@@ -274,3 +274,22 @@ def test_serve_prints_its_url_and_logs_requests(server: Server) -> None:
     log = server.log.read_text()
     assert f"serving on {server.url} (OpenAI-compatible base URL {server.url}/v1)" in log
     assert "GET /healthz 200" in log and "GET /v1/nothing-here 404" in log
+
+
+def test_healthz_is_not_ready_until_the_model_loads(
+    tmp_path: Path, tiny_model_dir: Path, embedder: Any
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from reverie.agent import MemoryClient
+    from reverie.agent.server import create_app
+
+    config = tmp_path / "reverie.toml"
+    config.write_text(TOML.format(data=tmp_path / "data", model=tiny_model_dir))
+    with MemoryClient(load_settings(config), embedder=embedder) as client:
+        http = TestClient(create_app(client))
+        cold = http.get("/healthz")
+        assert cold.status_code == 503 and cold.json()["status"] == "loading"
+        client.load_model()
+        warm = http.get("/healthz")
+        assert warm.status_code == 200 and warm.json()["status"] == "ok"
