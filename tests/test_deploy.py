@@ -98,8 +98,20 @@ def test_dockerfile_installs_cpu_torch_first_and_exposes_the_ports() -> None:
     assert 'ENTRYPOINT ["reverie"]' in lines
 
 
-def test_example_settings_file_loads() -> None:
+def test_compose_services_have_healthchecks_on_their_healthz() -> None:
+    services = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    for name, port in (("api", 8080), ("daemon", 9464)):
+        check = " ".join(services[name]["healthcheck"]["test"])
+        assert f"http://127.0.0.1:{port}/healthz" in check
+
+
+def test_example_settings_file_loads_and_needs_no_broker(tmp_path: Path) -> None:
+    from reverie.memory.stream import open_stream
+
     s = load_settings(DEPLOY / "reverie.toml")
-    assert s.stream.bootstrap_servers == "localhost:9092"
+    assert s.stream.bootstrap_servers is None  # the embedded log unless a broker is configured
+    stream = open_stream(s.stream, tmp_path)
+    assert stream.name.startswith("embedded:")
+    stream.close()
     assert s.daemon.metrics_port == 9464
     assert s.gate.min_locality == 0.9
