@@ -27,6 +27,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from reverie.consolidator.artifact import (
     probe_bank,
@@ -82,6 +83,7 @@ class Consolidator:
         self._base = base
         self._controls = controls
         self._work = settings.data_dir / "work"
+        self.progress: dict[str, Any] = {"tenant": None, "stage": None, "step": 0}
 
     # -- lazily loaded parts ---------------------------------------------------------------
     @property
@@ -121,6 +123,12 @@ class Consolidator:
         self.anchors.targets(self.base.model, items, self.settings.train.top_k)
         return time.perf_counter() - start
 
+    def _stage(self, stage: str | None) -> None:
+        self.progress.update(stage=stage)
+
+    def _step(self, step: int) -> None:
+        self.progress.update(step=step)
+
     # -- the cycle -------------------------------------------------------------------------
     def run_cycle(
         self, tenant: str, *, should_stop: Callable[[], bool] | None = None
@@ -140,9 +148,12 @@ class Consolidator:
                 return CycleResult(
                     tenant, Outcome.FAILED, reasons=(f"{type(err).__name__}: {err}",)
                 )
+            finally:
+                self.progress.update(tenant=None, stage=None, step=0)
 
     def _cycle(self, tenant: str, should_stop: Callable[[], bool] | None) -> CycleResult:
-        s, base, timer = self.settings, self.base, StageTimer()
+        s, base, timer = self.settings, self.base, StageTimer(self._stage)
+        self.progress.update(tenant=tenant, step=0)
         with timer("drain"):
             reconcile(self.registry, self.buffer, tenant)
             pending = self.buffer.experiences(
@@ -218,7 +229,7 @@ class Consolidator:
                 stats = train(
                     model, examples, recipe, pad_id=base.pad_id, device=base.device,
                     checkpoint=self._work / tenant / "checkpoint.pt", run_key=run_key,
-                    should_stop=should_stop,
+                    should_stop=should_stop, on_step=self._step,
                 )  # fmt: skip
                 if recipe.on_policy_epochs:
                     stats += on_policy_round(

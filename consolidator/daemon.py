@@ -38,10 +38,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from reverie.consolidator.config import ConsolidatorSettings
 from reverie.consolidator.cycle import Consolidator, CycleResult
+from reverie.consolidator.gate import Outcome
 from reverie.consolidator.offsets import OffsetTracker
 from reverie.memory.buffer import Buffer
 from reverie.memory.embedder import Embedder
-from reverie.memory.errors import StreamError
+from reverie.memory.errors import IntegrityError, StreamError
 from reverie.memory.stream import ExperienceStream
 from reverie.memory.sync import apply_messages
 
@@ -84,6 +85,40 @@ class Metrics:
             "reverie_dead_letters", "Messages sent to the dead-letter queue", registry=r
         )
         self.polls = Counter("reverie_polls", "Stream polls", registry=r)
+        self.current_stage = Gauge(
+            "reverie_cycle_stage",
+            "1 for the stage the running cycle is in (label tenant, stage), else absent",
+            ["tenant", "stage"],
+            registry=r,
+        )
+        self.training_step = Gauge(
+            "reverie_cycle_training_step", "Training step of the running cycle", registry=r
+        )
+        self.last_success = Gauge(
+            "reverie_last_promoted_timestamp_seconds",
+            "When a cycle last promoted a version, per tenant (Unix time)",
+            ["tenant"],
+            registry=r,
+        )
+        self.gate = Gauge(
+            "reverie_last_cycle_score",
+            "The gate's inputs in the tenant's last cycle (efficacy_over_ceiling, locality and "
+            "retention as served, raw_locality)",
+            ["tenant", "score"],
+            registry=r,
+        )
+        self.oldest = Gauge(
+            "reverie_oldest_buffered_age_seconds",
+            "Age of the tenant's oldest experience waiting for consolidation",
+            ["tenant"],
+            registry=r,
+        )
+        self.live = Gauge(
+            "reverie_live_adapter_version",
+            "The number of the tenant's live adapter version (v0003 -> 3; 0 = base model)",
+            ["tenant"],
+            registry=r,
+        )
 
     def record(self, result: CycleResult) -> None:
         self.cycles.labels(result.outcome).inc()
@@ -91,6 +126,29 @@ class Metrics:
             self.stage.labels(stage).observe(seconds)
         if result.train.get("tokens_per_s"):
             self.tokens_per_s.set(result.train["tokens_per_s"])
+        if result.outcome == Outcome.PROMOTED:
+            self.last_success.labels(result.tenant).set(time.time())
+        for score, value in gate_scores(result.probes).items():
+            self.gate.labels(result.tenant, score).set(value)
+
+    def progress(self, progress: dict[str, Any]) -> None:
+        """The running cycle's stage and training step (read when /metrics is scraped)."""
+        self.current_stage.clear()
+        if progress.get("tenant") and progress.get("stage"):
+            self.current_stage.labels(progress["tenant"], progress["stage"]).set(1)
+        self.training_step.set(progress.get("step") or 0)
+
+
+def gate_scores(probes: dict[str, Any]) -> dict[str, float]:
+    """The gate's inputs from a cycle's probe report: served scores where the router ran."""
+    served = probes.get("served") or {}
+    picks = {
+        "efficacy_over_ceiling": (served.get("efficacy") or probes.get("efficacy") or {}),
+        "locality": (served.get("locality") or probes.get("locality") or {}),
+        "retention": probes.get("retention") or {},
+        "raw_locality": probes.get("locality") or {},
+    }
+    return {k: float(v["ratio"]) for k, v in picks.items() if v.get("ratio") is not None}
 
 
 class Daemon:
@@ -199,15 +257,30 @@ class Daemon:
     # -- consolidation side (cycles thread) ------------------------------------------------
     def owned_tenants(self) -> list[str]:
         """Tenants with buffered experiences whose partition this member owns."""
-        stats = self.buffer.stats()
-        for tenant, counts in stats.items():
-            for status in ("buffered", "consolidated", "unconsolidated"):
-                self.metrics.buffer.labels(tenant, status).set(counts[status])
+        stats = self.refresh_gauges()
         return [
             t
             for t, c in stats.items()
             if c["buffered"] and self.stream.partition_for(t) in self._assigned
         ]
+
+    def refresh_gauges(self) -> dict[str, dict[str, int]]:
+        """Per-tenant gauges from the buffer and the registry (before cycles and on each scrape);
+        returns the buffer's counts."""
+        stats = self.buffer.stats()
+        now = datetime.now(UTC)
+        oldest = self.buffer.oldest_buffered()
+        for tenant, counts in stats.items():
+            for status in ("buffered", "consolidated", "unconsolidated"):
+                self.metrics.buffer.labels(tenant, status).set(counts[status])
+            age = (now - oldest[tenant]).total_seconds() if tenant in oldest else 0.0
+            self.metrics.oldest.labels(tenant).set(max(0.0, age))
+            try:
+                current = self.consolidator.registry.current(tenant)
+            except IntegrityError:  # reported by the tenant's next cycle; metrics go on
+                continue
+            self.metrics.live.labels(tenant).set(int(current.version[1:]) if current else 0)
+        return stats
 
     def _trigger_full_buffers(self) -> None:
         trigger = self.settings.daemon.buffer_trigger
@@ -336,6 +409,8 @@ class Daemon:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path == "/metrics":
+                    daemon.metrics.progress(daemon.consolidator.progress)
+                    daemon.refresh_gauges()
                     body, kind = generate_latest(daemon.metrics.registry), "text/plain"
                 elif self.path == "/healthz":
                     body, kind = json.dumps(daemon.health()).encode(), "application/json"

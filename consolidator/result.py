@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,18 +45,22 @@ class CycleResult:
 
 
 class StageTimer:
-    """Seconds per stage; a stage timed twice adds up."""
+    """Seconds per stage; a stage timed twice adds up. ``on_stage`` hears each stage as it
+    starts, and None when it ends (the daemon's "current stage" metric)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_stage: Callable[[str | None], None] | None = None) -> None:
         self.seconds: dict[str, float] = {}
+        self._on_stage = on_stage or (lambda _: None)
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         start = time.perf_counter()
         logger.info("stage %s: started", stage)
+        self._on_stage(stage)
         try:
             yield
         finally:
+            self._on_stage(None)
             took = time.perf_counter() - start
             self.seconds[stage] = round(self.seconds.get(stage, 0.0) + took, 2)
             logger.info("stage %s: %.1f s", stage, took)

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,10 @@ class Buffer:
     def stats(self) -> dict[str, dict[str, int]]:
         """Per tenant: total and per-status counts."""
         return self._rows.stats()
+
+    def oldest_buffered(self) -> dict[str, datetime]:
+        """Per tenant with buffered experiences: when the oldest of them was logged."""
+        return {t: datetime.fromisoformat(v) for t, v in self._rows.oldest_buffered().items()}
 
     def count(self, tenant: str) -> int:
         return self._rows.count(tenant)

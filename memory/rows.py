@@ -422,6 +422,15 @@ class RowStore:
             counts["total"] += r["n"]
         return dict(sorted(out.items()))
 
+    def oldest_buffered(self) -> dict[str, str]:
+        """Per tenant with experiences waiting for consolidation: the earliest ``logged_at``."""
+        with self.lock:
+            rows = self._db.execute(
+                "SELECT tenant, min(logged_at) AS t FROM experiences WHERE status='buffered' "
+                "GROUP BY tenant"
+            ).fetchall()
+        return {r["tenant"]: r["t"] for r in rows}
+
     def count(self, tenant: str) -> int:
         with self.lock:
             return int(

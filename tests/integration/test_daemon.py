@@ -206,6 +206,13 @@ def test_daemon_promotes_exposes_metrics_and_stops_on_sigterm(
         30,
         "metrics",
     )
+    metrics = get(f"http://127.0.0.1:{d.port}/metrics")
+    for tenant in ("alice", "bob"):
+        assert f'reverie_live_adapter_version{{tenant="{tenant}"}} 1.0' in metrics
+        assert f'reverie_last_cycle_score{{score="locality",tenant="{tenant}"}}' in metrics
+        assert f'reverie_last_promoted_timestamp_seconds{{tenant="{tenant}"}}' in metrics
+    assert "reverie_oldest_buffered_age_seconds" in metrics
+    assert "reverie_cycle_training_step 0.0" in metrics  # no cycle running now
     d.wait(
         lambda: json.loads(get(f"http://127.0.0.1:{d.port}/healthz"))["pending_messages"] == 0,
         30,

@@ -271,3 +271,16 @@ def test_the_embedder_loads_its_model_on_first_use() -> None:
     assert embedder._model is None and embedder.dim == 384
     vectors = embedder.embed(["hello"])
     assert vectors.shape == (1, 384) and embedder._model is not None
+
+
+def test_oldest_buffered_is_the_earliest_logged_per_tenant(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    buffer = Buffer(tmp_path / "b", dim=4, embedder_name="fake", settings=BufferSettings())
+    before = datetime.now(UTC)
+    first = make_experience("first", tenant="t", id="a")
+    buffer.add(first, np.eye(4, dtype=np.float32)[0])
+    buffer.add(make_experience("second", tenant="t", id="b"), np.eye(4, dtype=np.float32)[1])
+    oldest = buffer.oldest_buffered()
+    assert set(oldest) == {"t"} and before <= oldest["t"] <= datetime.now(UTC)
+    buffer.close()
