@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -66,6 +67,8 @@ class Reply:
     finish_reason: str = "stop"
     recalled: tuple[Experience, ...] = field(default=(), repr=False)
     routed: bool = False  # the adapter answered (False: no adapter, or its router kept it off)
+    queue_seconds: float = 0.0  # waiting for the model (another chat was generating)
+    generate_seconds: float = 0.0
 
 
 def build_messages(messages: Sequence[Message], recalled: Sequence[Experience]) -> list[Message]:
@@ -189,7 +192,9 @@ class Responder:
                 f"{limit} tokens to generate at most {context - limit:,} fit the model's "
                 f"{context:,}-token context: send fewer or shorter messages, or lower max_tokens",
             )
+        waited = time.perf_counter()
         with self._lock:
+            started = time.perf_counter()
             active = self._activate(tenant)
             version, router = active if active is not None else (None, None)
             routed = version is not None and (
@@ -202,6 +207,7 @@ class Responder:
                     ids = self._generate(self._peft, prompt, limit)
             else:
                 ids = self._generate(base.model, prompt, limit)
+            done = time.perf_counter()
         ended = bool(ids) and ids[-1] == base.eos_id
         text = base.tokenizer.decode(ids, skip_special_tokens=True).strip()
         return Reply(
@@ -213,6 +219,8 @@ class Responder:
             "stop" if ended else "length",
             tuple(recalled),
             routed,
+            started - waited,
+            done - started,
         )
 
     def _generate(self, model: Any, prompt: list[int], limit: int) -> list[int]:

@@ -238,8 +238,18 @@ def test_openai_client_and_hot_swap(server: Server, tiny_model_dir: Path) -> Non
 def test_openapi_and_metrics(server: Server) -> None:
     spec = httpx.get(server.url + "/openapi.json").json()
     assert "/v1/chat/completions" in spec["paths"] and "/v1/experiences" in spec["paths"]
+    chat = {"model": "reverie", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    assert server.call("POST", "/v1/chat/completions", server.alice, json=chat).status_code == 200
     metrics = httpx.get(server.url + "/metrics").text
     assert "reverie_http_requests_total" in metrics
+    assert "reverie_model_loaded 1.0" in metrics
+    assert "reverie_chat_queue_seconds_count" in metrics
+    generated = next(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("reverie_generated_tokens_total")
+    )
+    assert generated >= 1
 
 
 def test_example_agent_loop_runs_against_the_server(server: Server) -> None:
