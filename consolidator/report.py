@@ -72,10 +72,20 @@ def build_report(
         by_fact: dict[str, list[dict[str, Any]]] = {}
         for r in results.get(info.version, []):
             by_fact.setdefault(r["experience_id"], []).append(r)
+        for e in m.get("experiences", []):  # every experience, probed or not
+            fact = facts.setdefault(e["id"], _new_fact(e["id"]))
+            if fact["trained_in"] is None and m.get("outcome") == "promoted":
+                fact["trained_in"] = info.version
         for eid, rs in by_fact.items():
-            fact = facts.setdefault(
-                eid, {"experience_id": eid, "trained_in": None, "ceiling": None, "by_version": {}}
-            )
+            fact = facts.setdefault(eid, _new_fact(eid))
+            for r in rs:
+                answers = fact["questions"].setdefault(
+                    r["question"], {"gold": r.get("answers"), "by_version": {}}
+                )
+                answers["by_version"][info.version] = {
+                    "answer": r.get("prediction"),
+                    "correct": r.get("correct"),
+                }
             if rs[0]["role"] == "efficacy":
                 fact["trained_in"] = info.version
                 ceil = [r["ceiling_correct"] for r in rs if r.get("ceiling_correct") is not None]
@@ -91,6 +101,16 @@ def build_report(
         "current": current,
         "versions": rows,
         "facts": sorted(facts.values(), key=lambda f: (f["trained_in"] or "", f["experience_id"])),
+    }
+
+
+def _new_fact(eid: str) -> dict[str, Any]:
+    return {
+        "experience_id": eid,
+        "trained_in": None,
+        "ceiling": None,
+        "by_version": {},
+        "questions": {},
     }
 
 
@@ -166,7 +186,24 @@ def to_markdown(report: dict[str, Any]) -> str:
             f"| {f['experience_id']} | {_fmt(f['trained_in'])} | "
             f"{_fmt(f['ceiling'])} | " + " | ".join(cells) + " |"
         )
+    unprobed = [f["experience_id"] for f in report["facts"] if not f["questions"]]
+    if unprobed:
+        lines += ["", "Experiences without probes (no question could be asked about them): "
+                  + ", ".join(unprobed)]  # fmt: skip
+    lines += ["", "## Answers (per probe question, per version; ✓ right, ✗ wrong)", ""]
+    for f in report["facts"]:
+        for question, q in f["questions"].items():
+            gold = ", ".join(q["gold"] or [])
+            lines.append(f"- {f['experience_id']}: *{_md(question)}* (expected: {_md(gold)})")
+            for version, a in q["by_version"].items():
+                mark = "✓" if a["correct"] else "✗"
+                lines.append(f"  - {version} {mark} {_md(str(a['answer'] or ''))}")
     return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    """One line of Markdown-safe text."""
+    return " ".join(text.split()).replace("|", "\\|").replace("*", "\\*")
 
 
 def plot_forgetting(report: dict[str, Any], path: Path) -> None:

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from reverie.memory.errors import InvalidInputError
+from reverie.memory.errors import InvalidInputError, NotFoundError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
 
@@ -369,6 +369,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     registry = AdapterRegistry(load_settings(args.config).data_dir / "adapters")
     report = load_report(registry, args.tenant)
+    if not report["versions"]:
+        raise NotFoundError(
+            f"tenant {args.tenant!r} has no adapter versions yet: nothing to report "
+            "(a consolidation cycle writes the first)"
+        )
     if args.plot:
         plot_forgetting(report, Path(args.plot))
     if args.format == "json" or args.json:

@@ -214,3 +214,10 @@ def test_consolidate_reports_each_stage_and_ends_with_a_table(
     for stage in ("transfer", "teacher", "train", "probe"):
         assert f"stage {stage}: started" in out.stderr
     assert "FutureWarning" not in out.stderr and "Loading weights" not in out.stderr
+
+
+def test_report_of_an_unknown_tenant_is_an_error_and_writes_no_plot(tmp_path: Path) -> None:
+    plot = tmp_path / "curve.png"
+    out = reverie("report", "--tenant", "nobody", "--plot", str(plot), data_dir=tmp_path / "d")
+    assert out.returncode == 1 and "no adapter versions" in out.stderr
+    assert not plot.exists()
