@@ -42,6 +42,7 @@ from reverie.consolidator.cycle import Consolidator
 from reverie.consolidator.locality import load_controls
 from reverie.consolidator.metrics import best
 from reverie.memory.embedder import SentenceTransformerEmbedder
+from reverie.memory.files import read_jsonl
 from reverie.model.base import BaseModel, load_base
 from reverie.settings import Settings, load_settings
 
@@ -141,6 +142,15 @@ def run_one(
         wall = time.perf_counter() - start
         if served:
             path["after"] = served_path(client, rows, "after")
+        version = next(
+            (v for v in consolidator.registry.versions("bench") if v.version == result.version),
+            None,
+        )
+        answers = [
+            {k: r.get(k) for k in ("question", "answers", "prediction", "correct", "bleed")}
+            for r in (read_jsonl(version.path / "results.jsonl") if version else [])
+            if r.get("role") == "efficacy"
+        ]
     probes = result.probes
     gate_view = probes.get("served") or {}
     eff, before, loc = probes["efficacy"], probes["before"], probes["locality"]
@@ -173,6 +183,7 @@ def run_one(
         "transfer": result.transfer,
         "train": result.train,
         "stage_seconds": result.timings,
+        "probe_answers": answers,  # every held-out question's answer from the weights
         "consolidation_seconds": round(
             sum(
                 v

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -140,3 +141,24 @@ def test_first_cycle_kept_counts_from_the_cycle_that_promoted_its_facts() -> Non
     assert summarize("replay", {}, matrix, outcomes, done=3)["first_cycle_kept"] == 0.5
     rejected = [{**o, "outcome": "rejected_efficacy"} for o in outcomes]
     assert summarize("replay", {}, matrix, rejected, done=3)["first_cycle_kept"] is None
+
+
+def test_consolidation_run_reports_every_held_out_answer(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, embedder: Any
+) -> None:
+    from reverie.benchmarks.consolidation import fictional, run_one
+
+    rows = fictional(2)
+    overrides = {
+        "model": {"base": str(tiny_model_dir), "max_new_tokens": 4},
+        "transfer": {"strategies": ["verbatim"], "max_items_per_experience": 2},
+        "train": {"epochs": 1, "lora_r": 2, "target_modules": ["q_proj"]},
+        "consolidation": {"anchor_ratio": 0.0, "probe_max_new_tokens": 4, "control_budget": 4},
+    }
+    out = run_one(rows, "distill", 0, tiny_base, embedder, tmp_path, overrides)
+    asked = [p["question"] for r in rows for p in r["probes"]]
+    assert [a["question"] for a in out["probe_answers"]] == asked
+    assert all(isinstance(a["prediction"], str) for a in out["probe_answers"])
+    assert out["no_context_after"] == round(
+        sum(a["correct"] for a in out["probe_answers"]) / len(asked), 4
+    )
