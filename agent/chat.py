@@ -33,11 +33,48 @@ from reverie.settings import Settings
 if TYPE_CHECKING:
     from reverie.model.base import BaseModel
 
-__all__ = ["RECALL_MODES", "RecallMode", "Reply", "Responder", "build_messages", "recall_mode"]
+__all__ = [
+    "RECALL_MODES",
+    "RecallMode",
+    "Reply",
+    "Responder",
+    "Sampling",
+    "build_messages",
+    "recall_mode",
+]
 
 logger = logging.getLogger(__name__)
 
-_ROLES = {"system", "user", "assistant"}
+_ROLES = {"system", "developer", "user", "assistant", "tool"}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How an answer is decoded: greedy (temperature 0, the default) or sampled."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+def _text(content: object, where: str) -> str:
+    """A message's content as text: a string, or OpenAI's list of parts (text parts only)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text":
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise InvalidInputError(
+                    f"{where}[{j}]", f"only text parts are supported, got {kind!r}"
+                )
+            if not isinstance(part.get("text"), str):
+                raise InvalidInputError(f"{where}[{j}].text", "must be a string")
+            texts.append(part["text"])
+        return "\n".join(texts)
+    raise InvalidInputError(where, "must be a string or a list of text parts")
+
 
 RecallMode = Literal["all", "unconsolidated", "none"]
 RECALL_MODES: tuple[RecallMode, ...] = ("all", "unconsolidated", "none")
@@ -69,6 +106,7 @@ class Reply:
     routed: bool = False  # the adapter answered (False: no adapter, or its router kept it off)
     queue_seconds: float = 0.0  # waiting for the model (another chat was generating)
     generate_seconds: float = 0.0
+    model: str = ""  # the base model that answered
 
 
 def build_messages(messages: Sequence[Message], recalled: Sequence[Experience]) -> list[Message]:
@@ -95,10 +133,18 @@ def validate_messages(messages: object) -> list[Message]:
     out: list[Message] = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or m.get("role") not in _ROLES:
-            raise InvalidInputError(f"messages[{i}].role", "must be system, user or assistant")
-        if not isinstance(m.get("content"), str):
-            raise InvalidInputError(f"messages[{i}].content", "must be a string")
-        out.append({"role": m["role"], "content": m["content"]})
+            raise InvalidInputError(
+                f"messages[{i}].role", "must be system, developer, user, assistant or tool"
+            )
+        text = _text(m.get("content"), f"messages[{i}].content")
+        role = m["role"]
+        # The chat template knows system, user and assistant: a developer turn is a system
+        # instruction, a tool result comes back to the model as a user turn that says so.
+        if role == "developer":
+            role = "system"
+        elif role == "tool":
+            role, text = "user", f"Tool result: {text}"
+        out.append({"role": role, "content": text})
     if not any(m["role"] == "user" for m in out):
         raise InvalidInputError("messages", "needs at least one user message")
     return out
@@ -174,6 +220,7 @@ class Responder:
         recalled: Sequence[Experience] = (),
         max_new_tokens: int | None = None,
         query: np.ndarray | None = None,
+        sampling: Sampling | None = None,
     ) -> Reply:
         """Answer ``messages`` for ``tenant`` with ``recalled`` experiences in the prompt.
         ``query`` is the last user turn's embedding: the tenant's router decides from it whether
@@ -201,12 +248,12 @@ class Responder:
                 router is None or query is None or bool(router.routes(query[None])[0])
             )
             if routed:
-                ids = self._generate(self._peft, prompt, limit)
+                ids = self._generate(self._peft, prompt, limit, sampling)
             elif self._peft is not None:  # the base model: the loaded adapters switched off
                 with self._peft.disable_adapter():
-                    ids = self._generate(self._peft, prompt, limit)
+                    ids = self._generate(self._peft, prompt, limit, sampling)
             else:
-                ids = self._generate(base.model, prompt, limit)
+                ids = self._generate(base.model, prompt, limit, sampling)
             done = time.perf_counter()
         ended = bool(ids) and ids[-1] == base.eos_id
         text = base.tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -221,12 +268,17 @@ class Responder:
             routed,
             started - waited,
             done - started,
+            base.name,
         )
 
-    def _generate(self, model: Any, prompt: list[int], limit: int) -> list[int]:
+    def _generate(
+        self, model: Any, prompt: list[int], limit: int, sampling: Sampling | None = None
+    ) -> list[int]:
         from reverie.model.generate import generate_ids
 
         base = self.base
+        if sampling is not None and sampling.temperature > 0:
+            return _sample(model, prompt, limit, sampling, base)
         return generate_ids(
             model,
             [prompt],
@@ -236,3 +288,29 @@ class Responder:
             batch_size=1,
             device=base.device,
         )[0]
+
+
+def _sample(model: Any, prompt: list[int], limit: int, sampling: Sampling, base: Any) -> list[int]:
+    """One sampled answer (temperature, nucleus top_p), reproducible when seeded."""
+    import torch
+
+    generator_state = torch.random.get_rng_state()
+    if sampling.seed is not None:
+        torch.manual_seed(sampling.seed)
+    try:
+        ids = torch.tensor([prompt], device=base.device)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_new_tokens=limit,
+                pad_token_id=base.pad_id,
+                eos_token_id=base.eos_id,
+            )[0, len(prompt) :].tolist()
+    finally:
+        if sampling.seed is not None:
+            torch.random.set_rng_state(generator_state)
+    return list(out[: out.index(base.eos_id) + 1] if base.eos_id in out else out)

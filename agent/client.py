@@ -20,7 +20,14 @@ from types import TracebackType
 from typing import Any
 
 from reverie.agent.auth import TokenStore
-from reverie.agent.chat import RecallMode, Reply, Responder, recall_mode, validate_messages
+from reverie.agent.chat import (
+    RecallMode,
+    Reply,
+    Responder,
+    Sampling,
+    recall_mode,
+    validate_messages,
+)
 from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.buffer import Buffer, Hit, Status, StoredExperience
 from reverie.memory.embedder import Embedder, SentenceTransformerEmbedder
@@ -316,13 +323,16 @@ class MemoryClient:
 
     def chat(
         self,
-        messages: Sequence[Mapping[str, str]],
+        messages: Sequence[Mapping[str, Any]],
         *,
         tenant: str,
         recall: bool | RecallMode = "all",
         k: int = 3,
         max_new_tokens: int | None = None,
         min_score: float = 0.25,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
     ) -> Reply:
         """Answer with the base model + the tenant's current adapter and, by ``recall``, the
         ``k`` experiences closest to the last user turn (cosine >= ``min_score``) in the prompt:
@@ -332,9 +342,12 @@ class MemoryClient:
         * ``"unconsolidated"``: only experiences not yet in the adapter's weights;
         * ``"none"`` (or False): nothing recalled; the answer comes from the weights alone.
 
-        The reply names the adapter version and the recalled experience ids."""
+        Decoding is greedy unless ``temperature`` > 0 (then sampled, nucleus ``top_p``,
+        reproducible with ``seed``). The reply names the adapter version and the recalled
+        experience ids."""
         validate_tenant(tenant)
         turns = validate_messages(list(messages))
+        sampling = _sampling(temperature, top_p, seed)
         mode = recall_mode(recall)
         if not isinstance(k, int) or not 0 <= k <= MAX_K:
             raise InvalidInputError("k", f"must be an integer from 0 to {MAX_K}, got {k!r}")
@@ -350,7 +363,12 @@ class MemoryClient:
                 if h.score >= min_score and not (only_new and h.status == "consolidated")
             ][:k]
         return self.load_model().respond(
-            turns, tenant=tenant, recalled=recalled, max_new_tokens=max_new_tokens, query=vector
+            turns,
+            tenant=tenant,
+            recalled=recalled,
+            max_new_tokens=max_new_tokens,
+            query=vector,
+            sampling=sampling,
         )
 
     def load_model(self) -> Responder:
@@ -449,3 +467,16 @@ class MemoryClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _sampling(temperature: object, top_p: object, seed: object) -> Sampling:
+    """Validated decoding settings (errors name the field and the range)."""
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float):
+        raise InvalidInputError("temperature", "must be a number from 0 to 2")
+    if not 0 <= temperature <= 2:
+        raise InvalidInputError("temperature", f"must be from 0 to 2, got {temperature}")
+    if isinstance(top_p, bool) or not isinstance(top_p, int | float) or not 0 < top_p <= 1:
+        raise InvalidInputError("top_p", f"must be a number in (0, 1], got {top_p!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise InvalidInputError("seed", f"must be an integer, got {seed!r}")
+    return Sampling(float(temperature), float(top_p), seed)

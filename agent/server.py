@@ -72,11 +72,25 @@ class RecallIn(_Body):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: str
-    content: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+# OpenAI request fields this endpoint cannot honour: refused with a 400 naming them, never
+# silently ignored (a client relying on tool calls or JSON mode must know at once).
+_UNSUPPORTED = {
+    "tools": "tool calling is not supported; call tools in your agent and send their results "
+    "back as role 'tool' messages",
+    "tool_choice": "tool calling is not supported",
+    "functions": "function calling is not supported",
+    "function_call": "function calling is not supported",
+    "logprobs": "log-probabilities are not returned",
+    "audio": "audio output is not supported",
+}
 
 
 class ChatIn(BaseModel):
-    """OpenAI's chat completion request; unknown OpenAI fields are accepted and ignored."""
+    """OpenAI's chat completion request. Fields it cannot honour (tools, JSON modes, n > 1,
+    logprobs...) are refused with a 400 naming them; other unknown fields are ignored."""
 
     model_config = ConfigDict(extra="allow")
     model: str = "reverie"
@@ -84,6 +98,25 @@ class ChatIn(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1, le=2048)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=2048)
     stream: bool = False
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = None
+    n: int = Field(default=1, ge=1)
+    response_format: dict[str, Any] | None = None
+
+    def refusal(self) -> tuple[str, str] | None:
+        """The first field this endpoint cannot honour, with why (None: all can be)."""
+        extra = self.model_extra or {}
+        for name, why in _UNSUPPORTED.items():
+            if extra.get(name) not in (None, False, [], {}):
+                return name, why
+        if self.n != 1:
+            return "n", "one choice per request (n = 1); send several requests for more"
+        kind = (self.response_format or {}).get("type", "text")
+        if kind != "text":
+            return "response_format", f"only type 'text' is supported, got {kind!r}"
+        return None
+
     # Reverie's extension: which memories go in the prompt (true = "all", false = "none")
     recall: bool | Literal["all", "unconsolidated", "none"] = "all"
     k: int = Field(default=3, ge=0, le=20)
@@ -311,13 +344,19 @@ def create_app(
 
     # -- chat (OpenAI-compatible) ----------------------------------------------------------------
     @app.post("/v1/chat/completions", response_model=None)
-    def chat(body: ChatIn, tenant: Tenant) -> dict[str, Any] | StreamingResponse:
+    def chat(body: ChatIn, tenant: Tenant) -> dict[str, Any] | StreamingResponse | JSONResponse:
+        refused = body.refusal()
+        if refused is not None:
+            return _error(400, f"{refused[0]}: {refused[1]}", "invalid_request_error", refused[0])
         reply = client.chat(
             [{"role": m.role, "content": m.content} for m in body.messages],
             tenant=tenant,
             recall=body.recall,
             k=body.k,
             max_new_tokens=body.max_completion_tokens or body.max_tokens,
+            temperature=body.temperature or 0.0,
+            top_p=body.top_p if body.top_p is not None else 1.0,
+            seed=body.seed,
         )
         queue_wait.observe(reply.queue_seconds)
         generated.inc(reply.completion_tokens)
@@ -332,14 +371,14 @@ def create_app(
         }
         if body.stream:
             return StreamingResponse(
-                _stream(ident, created, body.model, reply.text, reply.finish_reason, extra),
+                _stream(ident, created, reply.model, reply.text, reply.finish_reason, extra),
                 media_type="text/event-stream",
             )
         return {
             "id": ident,
             "object": "chat.completion",
             "created": created,
-            "model": body.model,
+            "model": reply.model,
             "choices": [
                 {
                     "index": 0,
@@ -353,6 +392,16 @@ def create_app(
                 "total_tokens": reply.prompt_tokens + reply.completion_tokens,
             },
             "reverie": extra,
+        }
+
+    @app.get("/v1/models")
+    def models(tenant: Tenant) -> dict[str, Any]:
+        """The model that answers (OpenAI's model list): the base model, with the tenant's
+        adapter and memory applied to every chat."""
+        name = client.settings.model.model_name()
+        return {
+            "object": "list",
+            "data": [{"id": name, "object": "model", "created": 0, "owned_by": "reverie"}],
         }
 
     # -- adapters and reports --------------------------------------------------------------------

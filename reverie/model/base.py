@@ -186,7 +186,7 @@ def load_base(settings: ModelSettings, data_dir: Path) -> BaseModel:
         attention,
         time.perf_counter() - start,
     )
-    name = settings.base if settings.base == DEFAULT_BASE else path.name
+    name = settings.model_name()
     return BaseModel(model, tokenizer, name, path, device, dtype)
 
 

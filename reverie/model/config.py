@@ -5,6 +5,7 @@ Pure pydantic: importing this module loads no model code.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +50,11 @@ class ModelSettings(BaseModel):
         "SDPA kernel's backward dominates at tens of tokens; benchmarks/throughput.py); sdpa "
         "trains as fast in float32 and generates a little faster.",
     )
+
+    def model_name(self) -> str:
+        """The name the model goes by in replies and model lists: the packaged default's name,
+        or a model directory's own name."""
+        return self.base if self.base == "SmolLM2-135M-Instruct" else Path(self.base).name
 
     def answers_key(self) -> dict[str, object]:
         """What the base model's cached answers depend on: these settings less the thread count,

@@ -303,3 +303,53 @@ def test_healthz_is_not_ready_until_the_model_loads(
         client.load_model()
         warm = http.get("/healthz")
         assert warm.status_code == 200 and warm.json()["status"] == "ok"
+
+
+def test_openai_endpoint_is_faithful(server: Server, tiny_model_dir: Path) -> None:
+    """Models list and real model name; developer/tool roles and content parts accepted;
+    sampling honoured and reproducible by seed; what cannot be honoured is a clear 400."""
+    import openai
+    from openai import OpenAI
+
+    oa = OpenAI(base_url=server.url + "/v1", api_key=server.alice)
+    [model] = oa.models.list().data
+    assert model.id == tiny_model_dir.name
+    messages: Any = [
+        {"role": "developer", "content": "Answer briefly."},
+        {"role": "user", "content": [{"type": "text", "text": "What is 2 + 2?"}]},
+        {"role": "assistant", "content": "Let me check."},
+        {"role": "tool", "content": "4", "tool_call_id": "call_1"},
+    ]
+    reply = oa.chat.completions.create(model=model.id, messages=messages, max_tokens=4)
+    assert reply.model == model.id and reply.choices[0].message.content is not None
+
+    def sampled(seed: int) -> str:
+        out = oa.chat.completions.create(
+            model=model.id, messages=[{"role": "user", "content": "Say a word."}],
+            max_tokens=8, temperature=1.5, top_p=0.95, seed=seed,
+        )  # fmt: skip
+        return str(out.choices[0].message.content)
+
+    assert sampled(7) == sampled(7)
+    assert len({sampled(s) for s in range(6)}) > 1  # sampling, not greedy decoding
+
+    refused = {
+        "tools": {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
+        "n": {"n": 2},
+        "response_format": {"response_format": {"type": "json_object"}},
+    }
+    for field, extra in refused.items():
+        try:
+            oa.chat.completions.create(
+                model=model.id, messages=[{"role": "user", "content": "hi"}], **extra
+            )
+        except openai.BadRequestError as err:
+            assert err.status_code == 400 and field in str(err)
+        else:
+            raise AssertionError(f"{field} was accepted")
+    image = [{"type": "image_url", "image_url": {"url": "data:,"}}]
+    bad = server.call(
+        "POST", "/v1/chat/completions", server.alice,
+        json={"messages": [{"role": "user", "content": image}]},
+    )  # fmt: skip
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "messages[0].content[0]"
