@@ -27,6 +27,7 @@ from reverie.commands import (
     cmd_forget,
     cmd_list,
     cmd_log,
+    cmd_mcp,
     cmd_recall,
     cmd_report,
     cmd_serve,
@@ -111,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-request-bytes", type=int, default=1024 * 1024)
+
+    p = command(
+        "mcp", cmd_mcp, "serve memory tools over MCP (stdio for one tenant)", tenant=False
+    )
+    p.add_argument(
+        "--tenant",
+        default=os.environ.get("REVERIE_TENANT"),
+        help="the tenant whose memory the tools use (default: $REVERIE_TENANT)",
+    )
 
     p = command("tokens", cmd_tokens, "create, list or revoke API bearer tokens", tenant=False)
     p.add_argument("action", choices=["create", "list", "revoke"])

@@ -266,6 +266,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_mcp(args: argparse.Namespace) -> int:
+    """MCP over stdio: stdout carries the protocol, so nothing else may print there."""
+    from reverie.agent import MemoryClient
+    from reverie.agent.mcp_server import build_server
+    from reverie.memory.experience import validate_tenant
+    from reverie.settings import load_settings
+
+    if not args.tenant:
+        raise InvalidInputError("tenant", "give --tenant or set REVERIE_TENANT")
+    tenant = validate_tenant(args.tenant)
+    with MemoryClient(load_settings(args.config)) as client:
+        build_server(client, lambda: tenant).run("stdio")
+    return EXIT_OK
+
+
 def cmd_tokens(args: argparse.Namespace) -> int:
     from reverie.agent.auth import TokenStore
     from reverie.settings import load_settings
