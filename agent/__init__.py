@@ -1,7 +1,8 @@
 """The agent-facing side of Reverie: ``from agent import MemoryClient``."""
 
+from reverie.agent.aclient import AsyncMemoryClient
 from reverie.agent.client import LogItem, MemoryClient
 from reverie.memory.buffer import Hit, StoredExperience
 from reverie.memory.experience import Experience
 
-__all__ = ["Experience", "Hit", "LogItem", "MemoryClient", "StoredExperience"]
+__all__ = ["AsyncMemoryClient", "Experience", "Hit", "LogItem", "MemoryClient", "StoredExperience"]

@@ -19,6 +19,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from reverie.agent.aclient import AsyncMemoryClient
     from reverie.agent.client import LogItem, MemoryClient
     from reverie.memory.buffer import Hit, StoredExperience
     from reverie.memory.errors import (
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from reverie.settings import Settings, load_settings
 
 __all__ = [
+    "AsyncMemoryClient",
     "ConfigError",
     "ConflictError",
     "Experience",
@@ -51,6 +53,7 @@ __all__ = [
 ]
 
 _HOMES = {
+    "AsyncMemoryClient": "reverie.agent.aclient",
     "LogItem": "reverie.agent.client",
     "MemoryClient": "reverie.agent.client",
     "Hit": "reverie.memory.buffer",

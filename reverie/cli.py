@@ -113,9 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-request-bytes", type=int, default=1024 * 1024)
 
-    p = command(
-        "mcp", cmd_mcp, "serve memory tools over MCP (stdio for one tenant)", tenant=False
-    )
+    p = command("mcp", cmd_mcp, "serve memory tools over MCP (stdio for one tenant)", tenant=False)
     p.add_argument(
         "--tenant",
         default=os.environ.get("REVERIE_TENANT"),

@@ -235,3 +235,40 @@ def test_update_replaces_a_revision_and_survives_a_replay(open_client: ClientFac
         "The plants need water on Sundays.",
         "The spare key is now in the mailbox.",
     ]
+
+
+def test_async_client_has_the_same_methods_and_runs_them_concurrently(
+    open_client: ClientFactory,
+) -> None:
+    import asyncio
+    import inspect
+
+    from reverie import AsyncMemoryClient
+    from reverie.memory.errors import NotFoundError
+
+    public = {
+        n for n, f in inspect.getmembers(MemoryClient, inspect.isfunction) if not n.startswith("_")
+    }
+    missing = public - set(dir(AsyncMemoryClient)) - {"sync", "load_model"}
+    assert not missing, missing
+
+    async def scenario() -> None:
+        async with AsyncMemoryClient(client=open_client()) as memory:
+            texts = [f"Fact number {i} is about the colour {c}." for i, c in
+                     enumerate(["red", "green", "blue", "amber"])]  # fmt: skip
+            logged = await asyncio.gather(*(memory.log(t, tenant="alice") for t in texts))
+            assert sorted(e.text for e in logged) == sorted(texts)
+            hits = await memory.recall("which fact is about blue", tenant="alice", k=1)
+            assert hits[0].experience.text == texts[2]
+            page = await memory.list_experiences(tenant="alice")
+            assert len(page.items) == 4
+            await memory.forget(logged[0].id, tenant="alice")
+            try:
+                await memory.get(logged[0].id, tenant="alice")
+            except NotFoundError:
+                pass
+            else:
+                raise AssertionError("a forgotten experience is still there")
+            assert (await memory.status())["tenants"]["alice"]["total"] == 3
+
+    asyncio.run(scenario())
