@@ -331,10 +331,20 @@ def create_app(
         )
         return {"experience": exp.model_dump(mode="json")}
 
-    @app.delete("/v1/experiences/{experience_id}", status_code=204)
-    def forget(experience_id: str, tenant: Tenant) -> Response:
-        client.forget(experience_id, tenant=tenant)
-        return Response(status_code=204)
+    @app.delete("/v1/experiences/{experience_id}")
+    def forget(experience_id: str, tenant: Tenant) -> dict[str, Any]:
+        """Erase the experience everywhere; names the adapter versions erased with it."""
+        erased = client.forget(experience_id, tenant=tenant)
+        return {"forgotten": experience_id, "erased_versions": erased}
+
+    @app.get("/v1/status")
+    def status(tenant: Tenant) -> dict[str, Any]:
+        """The token's tenant and its counts (total, buffered, consolidated, unconsolidated)
+        with its live adapter version."""
+        counts = client.status()["tenants"].get(tenant) or {
+            "total": 0, "buffered": 0, "consolidated": 0, "unconsolidated": 0, "adapter": None,
+        }  # fmt: skip
+        return {"tenant": tenant, **counts}
 
     @app.delete("/v1/tenant")
     def delete_tenant(tenant: Tenant) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from reverie.agent.aclient import AsyncMemoryClient
     from reverie.agent.client import LogItem, MemoryClient
+    from reverie.agent.remote import RemoteMemoryClient
     from reverie.memory.buffer import Hit, StoredExperience
     from reverie.memory.errors import (
         ConfigError,
@@ -45,6 +46,7 @@ __all__ = [
     "LogItem",
     "MemoryClient",
     "NotFoundError",
+    "RemoteMemoryClient",
     "ReverieError",
     "Settings",
     "StoredExperience",
@@ -56,6 +58,7 @@ _HOMES = {
     "AsyncMemoryClient": "reverie.agent.aclient",
     "LogItem": "reverie.agent.client",
     "MemoryClient": "reverie.agent.client",
+    "RemoteMemoryClient": "reverie.agent.remote",
     "Hit": "reverie.memory.buffer",
     "StoredExperience": "reverie.memory.buffer",
     "Experience": "reverie.memory.experience",

@@ -134,7 +134,8 @@ def test_log_recall_forget_over_http(server: Server) -> None:
         "POST", "/v1/recall", server.alice, json={"query": "where is the boat", "k": 2}
     ).json()["hits"]
     assert hits[0]["experience"]["id"] == "boat"
-    assert server.call("DELETE", "/v1/experiences/boat", server.alice).status_code == 204
+    gone = server.call("DELETE", "/v1/experiences/boat", server.alice)
+    assert gone.status_code == 200 and gone.json() == {"forgotten": "boat", "erased_versions": []}
     assert server.call("GET", "/v1/experiences/boat", server.alice).status_code == 404
 
 
@@ -353,3 +354,51 @@ def test_openai_endpoint_is_faithful(server: Server, tiny_model_dir: Path) -> No
         json={"messages": [{"role": "user", "content": image}]},
     )  # fmt: skip
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "messages[0].content[0]"
+
+
+def test_remote_client_has_the_local_clients_methods_types_and_errors(server: Server) -> None:
+    import inspect
+
+    from reverie.agent.client import MemoryClient, Page
+    from reverie.agent.remote import RemoteMemoryClient
+    from reverie.memory.errors import ConflictError, InvalidInputError, NotFoundError
+
+    public = {
+        n for n, f in inspect.getmembers(MemoryClient, inspect.isfunction) if not n.startswith("_")
+    }
+    assert not public - set(dir(RemoteMemoryClient)) - {"sync", "load_model"}
+    carol = TokenStore(server.root / "data").create("carol")
+    with RemoteMemoryClient(server.url, carol) as memory:
+        assert memory.tenant == "carol"
+        exp = memory.log("The boat is moored at pier 7.", tenant="carol", id="boat")
+        assert exp.id == "boat" and exp.tenant == "carol"
+        memory.log_many(["Rent is due on the 3rd.", {"id": "gym", "text": "Locker 4417."}],
+                        tenant="carol")  # fmt: skip
+        hits = memory.recall("where is the boat", tenant="carol", k=1)
+        assert hits[0].experience == exp and 0 < hits[0].score <= 1
+        page = memory.list_experiences(tenant="carol", limit=2)
+        assert isinstance(page, Page) and len(page.items) == 2 and page.next_cursor
+        assert memory.get("gym", tenant="carol").experience.text == "Locker 4417."
+        assert memory.update("gym", "Locker 5521.", tenant="carol").text == "Locker 5521."
+        reply = memory.chat([{"role": "user", "content": "Where is the boat?"}], tenant="carol",
+                            max_new_tokens=4)  # fmt: skip
+        assert reply.model and "boat" in reply.recalled_ids
+        assert memory.status()["tenants"]["carol"]["total"] == 3
+        assert memory.forget("boat", tenant="carol") == []
+        try:
+            memory.get("boat", tenant="carol")
+            raise AssertionError("forgotten, yet found")
+        except NotFoundError:
+            pass
+        for call, error, field in [
+            (lambda: memory.log("", tenant="carol"), InvalidInputError, "text"),
+            (lambda: memory.recall("x", tenant="carol", k=500), InvalidInputError, "k"),
+            (lambda: memory.log("other", tenant="carol", id="gym"), ConflictError, None),
+            (lambda: memory.log("mine", tenant="alice"), InvalidInputError, "tenant"),
+        ]:
+            try:
+                call()
+            except error as err:
+                assert field is None or getattr(err, "field", None) == field, (err, field)
+            else:
+                raise AssertionError(f"no {error.__name__}")
