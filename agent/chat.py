@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -221,6 +221,7 @@ class Responder:
         max_new_tokens: int | None = None,
         query: np.ndarray | None = None,
         sampling: Sampling | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> Reply:
         """Answer ``messages`` for ``tenant`` with ``recalled`` experiences in the prompt.
         ``query`` is the last user turn's embedding: the tenant's router decides from it whether
@@ -248,12 +249,12 @@ class Responder:
                 router is None or query is None or bool(router.routes(query[None])[0])
             )
             if routed:
-                ids = self._generate(self._peft, prompt, limit, sampling)
+                ids = self._generate(self._peft, prompt, limit, sampling, on_text)
             elif self._peft is not None:  # the base model: the loaded adapters switched off
                 with self._peft.disable_adapter():
-                    ids = self._generate(self._peft, prompt, limit, sampling)
+                    ids = self._generate(self._peft, prompt, limit, sampling, on_text)
             else:
-                ids = self._generate(base.model, prompt, limit, sampling)
+                ids = self._generate(base.model, prompt, limit, sampling, on_text)
             done = time.perf_counter()
         ended = bool(ids) and ids[-1] == base.eos_id
         text = base.tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -272,13 +273,19 @@ class Responder:
         )
 
     def _generate(
-        self, model: Any, prompt: list[int], limit: int, sampling: Sampling | None = None
+        self,
+        model: Any,
+        prompt: list[int],
+        limit: int,
+        sampling: Sampling | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> list[int]:
         from reverie.model.generate import generate_ids
 
         base = self.base
+        streamer = _TextEmitter(base.tokenizer, on_text) if on_text is not None else None
         if sampling is not None and sampling.temperature > 0:
-            return _sample(model, prompt, limit, sampling, base)
+            return _sample(model, prompt, limit, sampling, base, streamer)
         return generate_ids(
             model,
             [prompt],
@@ -287,10 +294,39 @@ class Responder:
             max_new_tokens=limit,
             batch_size=1,
             device=base.device,
+            streamer=streamer,
         )[0]
 
 
-def _sample(model: Any, prompt: list[int], limit: int, sampling: Sampling, base: Any) -> list[int]:
+class _TextEmitter:
+    """A transformers streamer that hands each new piece of decoded text to ``emit`` as the
+    tokens are generated (the prompt, which generate() passes first, is skipped)."""
+
+    def __init__(self, tokenizer: Any, emit: Callable[[str], None]) -> None:
+        self.tokenizer, self.emit = tokenizer, emit
+        self.ids: list[int] = []
+        self.sent = ""
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.ids += [int(i) for i in value.reshape(-1).tolist()]
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+            return
+        if len(text) > len(self.sent):
+            self.emit(text[len(self.sent) :].lstrip() if not self.sent else text[len(self.sent) :])
+            self.sent = text
+
+    def end(self) -> None:
+        pass
+
+
+def _sample(
+    model: Any, prompt: list[int], limit: int, sampling: Sampling, base: Any, streamer: Any = None
+) -> list[int]:
     """One sampled answer (temperature, nucleus top_p), reproducible when seeded."""
     import torch
 
@@ -309,6 +345,7 @@ def _sample(model: Any, prompt: list[int], limit: int, sampling: Sampling, base:
                 max_new_tokens=limit,
                 pad_token_id=base.pad_id,
                 eos_token_id=base.eos_id,
+                streamer=streamer,
             )[0, len(prompt) :].tolist()
     finally:
         if sampling.seed is not None:

@@ -12,7 +12,7 @@ import logging
 import shutil
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -333,6 +333,7 @@ class MemoryClient:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        on_text: Callable[[str], None] | None = None,
     ) -> Reply:
         """Answer with the base model + the tenant's current adapter and, by ``recall``, the
         ``k`` experiences closest to the last user turn (cosine >= ``min_score``) in the prompt:
@@ -343,8 +344,9 @@ class MemoryClient:
         * ``"none"`` (or False): nothing recalled; the answer comes from the weights alone.
 
         Decoding is greedy unless ``temperature`` > 0 (then sampled, nucleus ``top_p``,
-        reproducible with ``seed``). The reply names the adapter version and the recalled
-        experience ids."""
+        reproducible with ``seed``). ``on_text`` hears each new piece of the answer as it is
+        generated (streaming). The reply names the adapter version and the recalled experience
+        ids."""
         validate_tenant(tenant)
         turns = validate_messages(list(messages))
         sampling = _sampling(temperature, top_p, seed)
@@ -369,6 +371,7 @@ class MemoryClient:
             max_new_tokens=max_new_tokens,
             query=vector,
             sampling=sampling,
+            on_text=on_text,
         )
 
     def load_model(self) -> Responder:

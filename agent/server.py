@@ -8,8 +8,11 @@ Errors are JSON in OpenAI's shape: ``{"error": {"message", "type", "field"}}``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import queue
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reverie.agent.auth import TokenStore
+from reverie.agent.chat import Reply
 from reverie.agent.client import MemoryClient
 from reverie.consolidator.report import load_report, to_markdown
 from reverie.memory.adapters import AdapterRegistry
@@ -358,32 +362,53 @@ def create_app(
         refused = body.refusal()
         if refused is not None:
             return _error(400, f"{refused[0]}: {refused[1]}", "invalid_request_error", refused[0])
-        reply = client.chat(
-            [{"role": m.role, "content": m.content} for m in body.messages],
-            tenant=tenant,
-            recall=body.recall,
-            k=body.k,
-            max_new_tokens=body.max_completion_tokens or body.max_tokens,
-            temperature=body.temperature or 0.0,
-            top_p=body.top_p if body.top_p is not None else 1.0,
-            seed=body.seed,
-        )
-        queue_wait.observe(reply.queue_seconds)
-        generated.inc(reply.completion_tokens)
-        generating.inc(reply.generate_seconds)
-        if reply.generate_seconds > 0:
-            speed.set(reply.completion_tokens / reply.generate_seconds)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def answer(on_text: Callable[[str], None] | None = None) -> Reply:
+            reply = client.chat(
+                [{"role": m.role, "content": m.content} for m in body.messages],
+                tenant=tenant,
+                recall=body.recall,
+                k=body.k,
+                max_new_tokens=body.max_completion_tokens or body.max_tokens,
+                temperature=body.temperature or 0.0,
+                top_p=body.top_p if body.top_p is not None else 1.0,
+                seed=body.seed,
+                on_text=on_text,
+            )
+            queue_wait.observe(reply.queue_seconds)
+            generated.inc(reply.completion_tokens)
+            generating.inc(reply.generate_seconds)
+            if reply.generate_seconds > 0:
+                speed.set(reply.completion_tokens / reply.generate_seconds)
+            return reply
+
+        if body.stream:
+            # Generation runs in a thread and hands each piece to the response as it comes.
+            # The first event is awaited here: a request the model cannot answer (a prompt too
+            # long...) is a 400 like any other, not a stream that breaks.
+            events: queue.Queue[tuple[str, Any]] = queue.Queue()
+
+            def run() -> None:
+                try:
+                    events.put(("done", answer(lambda text: events.put(("text", text)))))
+                except Exception as err:  # handed to the request (first) or the stream (later)
+                    events.put(("error", err))
+
+            threading.Thread(target=run, name=f"stream-{ident}", daemon=True).start()
+            first = events.get()
+            if first[0] == "error":
+                raise first[1]
+            name = client.settings.model.model_name()
+            return StreamingResponse(
+                _stream(ident, created, name, first, events), media_type="text/event-stream"
+            )
+        reply = answer()
         extra = {
             "adapter_version": reply.adapter_version,
             "routed": reply.routed,
             "recalled_ids": list(reply.recalled_ids),
         }
-        if body.stream:
-            return StreamingResponse(
-                _stream(ident, created, reply.model, reply.text, reply.finish_reason, extra),
-                media_type="text/event-stream",
-            )
         return {
             "id": ident,
             "object": "chat.completion",
@@ -468,24 +493,46 @@ def create_app(
 
 
 async def _stream(
-    ident: str, created: int, model: str, text: str, finish: str, extra: dict[str, Any]
+    ident: str,
+    created: int,
+    model: str,
+    first: tuple[str, Any],
+    events: queue.Queue[tuple[str, Any]],
 ) -> AsyncIterator[bytes]:
-    """Server-sent events in OpenAI's chunk format (generated whole, then sent in pieces)."""
+    """Server-sent events in OpenAI's chunk format, one per piece of text as it is generated;
+    the last chunk carries the finish reason and Reverie's fields (adapter version, routing,
+    recalled ids), known once the answer is complete."""
 
-    def chunk(delta: dict[str, Any], reason: str | None) -> bytes:
-        body = {
+    def chunk(delta: dict[str, Any], reason: str | None, extra: dict[str, Any] | None) -> bytes:
+        body: dict[str, Any] = {
             "id": ident,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": reason}],
-            "reverie": extra,
         }
+        if extra is not None:
+            body["reverie"] = extra
         return f"data: {json.dumps(body)}\n\n".encode()
 
-    yield chunk({"role": "assistant", "content": ""}, None)
-    words = text.split(" ")
-    for i, word in enumerate(words):
-        yield chunk({"content": word if i == 0 else " " + word}, None)
-    yield chunk({}, finish)
+    yield chunk({"role": "assistant", "content": ""}, None, None)
+    event = first
+    while True:
+        kind, payload = event
+        if kind == "text":
+            yield chunk({"content": payload}, None, None)
+        elif kind == "done":
+            extra = {
+                "adapter_version": payload.adapter_version,
+                "routed": payload.routed,
+                "recalled_ids": list(payload.recalled_ids),
+            }
+            yield chunk({}, payload.finish_reason, extra)
+            break
+        else:  # failed mid-answer: say so in the stream (the status line is already sent)
+            logger.error("chat stream %s failed: %s", ident, payload)
+            error = {"error": {"message": str(payload), "type": "server_error"}}
+            yield f"data: {json.dumps(error)}\n\n".encode()
+            break
+        event = await asyncio.to_thread(events.get)
     yield b"data: [DONE]\n\n"

@@ -34,8 +34,12 @@ def generate_ids(
     max_new_tokens: int,
     batch_size: int = BATCH,
     device: torch.device | None = None,
+    streamer: Any = None,
 ) -> list[list[int]]:
-    """Greedy continuation of each prompt, cut after the first EOS (which is kept)."""
+    """Greedy continuation of each prompt, cut after the first EOS (which is kept).
+    ``streamer`` (a transformers streamer; one prompt only) hears the tokens as they come."""
+    if streamer is not None and len(prompts) != 1:
+        raise ValueError("a streamer follows one prompt at a time")
     device = device or torch.device("cpu")
     out: list[list[int]] = [[] for _ in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding
@@ -55,6 +59,7 @@ def generate_ids(
             do_sample=False,
             pad_token_id=pad_id,
             eos_token_id=eos_id,
+            streamer=streamer,
         )[:, width:].tolist()
         for row, i in enumerate(idx):
             seq = generated[row]

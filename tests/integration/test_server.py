@@ -402,3 +402,22 @@ def test_remote_client_has_the_local_clients_methods_types_and_errors(server: Se
                 assert field is None or getattr(err, "field", None) == field, (err, field)
             else:
                 raise AssertionError(f"no {error.__name__}")
+
+
+def test_chat_streams_each_piece_as_it_is_generated(server: Server) -> None:
+    from openai import OpenAI
+
+    oa = OpenAI(base_url=server.url + "/v1", api_key=server.alice)
+    ask = {"model": "reverie", "messages": [{"role": "user", "content": "Count to ten."}],
+           "max_tokens": 24}  # fmt: skip
+    whole = oa.chat.completions.create(**ask)
+    chunks = list(oa.chat.completions.create(**ask, stream=True))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices[0].delta.content]
+    assert len(pieces) > 3  # token by token, not one block
+    assert "".join(pieces).strip() == (whole.choices[0].message.content or "").strip()
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert chunks[-1].model_extra and "adapter_version" in chunks[-1].model_extra["reverie"]
+    too_long = {"model": "reverie", "messages": [{"role": "user", "content": "word " * 9000}],
+                "stream": True}  # fmt: skip
+    refused = server.call("POST", "/v1/chat/completions", server.alice, json=too_long)
+    assert refused.status_code == 400 and refused.json()["error"]["field"] == "messages"
