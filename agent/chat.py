@@ -222,6 +222,7 @@ class Responder:
         query: np.ndarray | None = None,
         sampling: Sampling | None = None,
         on_text: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Reply:
         """Answer ``messages`` for ``tenant`` with ``recalled`` experiences in the prompt.
         ``query`` is the last user turn's embedding: the tenant's router decides from it whether
@@ -249,12 +250,12 @@ class Responder:
                 router is None or query is None or bool(router.routes(query[None])[0])
             )
             if routed:
-                ids = self._generate(self._peft, prompt, limit, sampling, on_text)
+                ids = self._generate(self._peft, prompt, limit, sampling, on_text, should_stop)
             elif self._peft is not None:  # the base model: the loaded adapters switched off
                 with self._peft.disable_adapter():
-                    ids = self._generate(self._peft, prompt, limit, sampling, on_text)
+                    ids = self._generate(self._peft, prompt, limit, sampling, on_text, should_stop)
             else:
-                ids = self._generate(base.model, prompt, limit, sampling, on_text)
+                ids = self._generate(base.model, prompt, limit, sampling, on_text, should_stop)
             done = time.perf_counter()
         ended = bool(ids) and ids[-1] == base.eos_id
         text = base.tokenizer.decode(ids, skip_special_tokens=True).strip()
@@ -279,13 +280,14 @@ class Responder:
         limit: int,
         sampling: Sampling | None = None,
         on_text: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[int]:
         from reverie.model.generate import generate_ids
 
         base = self.base
         streamer = _TextEmitter(base.tokenizer, on_text) if on_text is not None else None
         if sampling is not None and sampling.temperature > 0:
-            return _sample(model, prompt, limit, sampling, base, streamer)
+            return _sample(model, prompt, limit, sampling, base, streamer, should_stop)
         return generate_ids(
             model,
             [prompt],
@@ -295,6 +297,7 @@ class Responder:
             batch_size=1,
             device=base.device,
             streamer=streamer,
+            should_stop=should_stop,
         )[0]
 
 
@@ -325,8 +328,16 @@ class _TextEmitter:
 
 
 def _sample(
-    model: Any, prompt: list[int], limit: int, sampling: Sampling, base: Any, streamer: Any = None
+    model: Any,
+    prompt: list[int],
+    limit: int,
+    sampling: Sampling,
+    base: Any,
+    streamer: Any = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> list[int]:
+    from reverie.model.generate import stop_when
+
     """One sampled answer (temperature, nucleus top_p), reproducible when seeded."""
     import torch
 
@@ -346,6 +357,7 @@ def _sample(
                 pad_token_id=base.pad_id,
                 eos_token_id=base.eos_id,
                 streamer=streamer,
+                stopping_criteria=stop_when(should_stop),
             )[0, len(prompt) :].tolist()
     finally:
         if sampling.seed is not None:

@@ -334,6 +334,7 @@ class MemoryClient:
         top_p: float = 1.0,
         seed: int | None = None,
         on_text: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Reply:
         """Answer with the base model + the tenant's current adapter and, by ``recall``, the
         ``k`` experiences closest to the last user turn (cosine >= ``min_score``) in the prompt:
@@ -345,8 +346,8 @@ class MemoryClient:
 
         Decoding is greedy unless ``temperature`` > 0 (then sampled, nucleus ``top_p``,
         reproducible with ``seed``). ``on_text`` hears each new piece of the answer as it is
-        generated (streaming). The reply names the adapter version and the recalled experience
-        ids."""
+        generated (streaming); generation ends early once ``should_stop()`` is true. The reply
+        names the adapter version and the recalled experience ids."""
         validate_tenant(tenant)
         turns = validate_messages(list(messages))
         sampling = _sampling(temperature, top_p, seed)
@@ -372,6 +373,7 @@ class MemoryClient:
             query=vector,
             sampling=sampling,
             on_text=on_text,
+            should_stop=should_stop,
         )
 
     def load_model(self) -> Responder:

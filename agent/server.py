@@ -364,7 +364,10 @@ def create_app(
             return _error(400, f"{refused[0]}: {refused[1]}", "invalid_request_error", refused[0])
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-        def answer(on_text: Callable[[str], None] | None = None) -> Reply:
+        def answer(
+            on_text: Callable[[str], None] | None = None,
+            should_stop: Callable[[], bool] | None = None,
+        ) -> Reply:
             reply = client.chat(
                 [{"role": m.role, "content": m.content} for m in body.messages],
                 tenant=tenant,
@@ -375,6 +378,7 @@ def create_app(
                 top_p=body.top_p if body.top_p is not None else 1.0,
                 seed=body.seed,
                 on_text=on_text,
+                should_stop=should_stop,
             )
             queue_wait.observe(reply.queue_seconds)
             generated.inc(reply.completion_tokens)
@@ -388,10 +392,15 @@ def create_app(
             # The first event is awaited here: a request the model cannot answer (a prompt too
             # long...) is a 400 like any other, not a stream that breaks.
             events: queue.Queue[tuple[str, Any]] = queue.Queue()
+            gone = threading.Event()  # set when the client disconnects: generation stops
 
             def run() -> None:
                 try:
-                    events.put(("done", answer(lambda text: events.put(("text", text)))))
+                    reply = answer(lambda text: events.put(("text", text)), gone.is_set)
+                    if gone.is_set():
+                        logger.info("chat %s: client gone, stopped after %d tokens", ident,
+                                    reply.completion_tokens)  # fmt: skip
+                    events.put(("done", reply))
                 except Exception as err:  # handed to the request (first) or the stream (later)
                     events.put(("error", err))
 
@@ -401,7 +410,8 @@ def create_app(
                 raise first[1]
             name = client.settings.model.model_name()
             return StreamingResponse(
-                _stream(ident, created, name, first, events), media_type="text/event-stream"
+                _stream(ident, created, name, first, events, gone),
+                media_type="text/event-stream",
             )
         reply = answer()
         extra = {
@@ -498,6 +508,7 @@ async def _stream(
     model: str,
     first: tuple[str, Any],
     events: queue.Queue[tuple[str, Any]],
+    gone: threading.Event,
 ) -> AsyncIterator[bytes]:
     """Server-sent events in OpenAI's chunk format, one per piece of text as it is generated;
     the last chunk carries the finish reason and Reverie's fields (adapter version, routing,
@@ -515,6 +526,19 @@ async def _stream(
             body["reverie"] = extra
         return f"data: {json.dumps(body)}\n\n".encode()
 
+    try:
+        async for piece in _pieces(chunk, first, events, ident):
+            yield piece
+    finally:  # the client disconnected (or the answer is complete): stop generating
+        gone.set()
+
+
+async def _pieces(
+    chunk: Callable[[dict[str, Any], str | None, dict[str, Any] | None], bytes],
+    first: tuple[str, Any],
+    events: queue.Queue[tuple[str, Any]],
+    ident: str,
+) -> AsyncIterator[bytes]:
     yield chunk({"role": "assistant", "content": ""}, None, None)
     event = first
     while True:

@@ -421,3 +421,20 @@ def test_chat_streams_each_piece_as_it_is_generated(server: Server) -> None:
                 "stream": True}  # fmt: skip
     refused = server.call("POST", "/v1/chat/completions", server.alice, json=too_long)
     assert refused.status_code == 400 and refused.json()["error"]["field"] == "messages"
+
+
+def test_a_client_that_disconnects_stops_its_generation(server: Server) -> None:
+    body = {"model": "reverie", "messages": [{"role": "user", "content": "Tell a long story."}],
+            "max_tokens": 440, "stream": True, "recall": False}  # fmt: skip
+    headers = {"Authorization": f"Bearer {server.alice}"}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, headers=headers,
+                      timeout=60) as response:  # fmt: skip
+        lines = response.iter_lines()
+        got = [next(lines) for _ in range(3)]  # the role chunk and the first pieces
+    assert all(line.startswith("data: ") or not line for line in got)
+    deadline = time.monotonic() + 60
+    while "client gone, stopped after" not in server.log.read_text():
+        assert time.monotonic() < deadline, "generation did not stop"
+        time.sleep(0.2)
+    line = next(x for x in server.log.read_text().splitlines() if "client gone" in x)
+    assert int(line.split("stopped after ")[1].split()[0]) < 440
