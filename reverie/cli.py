@@ -24,7 +24,9 @@ from reverie.commands import (
     cmd_daemon,
     cmd_delete_tenant,
     cmd_demo,
+    cmd_export,
     cmd_forget,
+    cmd_import,
     cmd_list,
     cmd_log,
     cmd_mcp,
@@ -112,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback)")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-request-bytes", type=int, default=1024 * 1024)
+
+    p = command("export", cmd_export, "write a tenant (experiences and adapters) to one file")
+    p.add_argument("file", help="the archive to write (a tar file)")
+
+    p = command("import", cmd_import, "load a tenant exported by `reverie export`", tenant=False)
+    p.add_argument("file", help="the archive to read")
+    p.add_argument("--tenant", help="the tenant to create (default: the exported tenant's name)")
 
     p = command("mcp", cmd_mcp, "serve memory tools over MCP (stdio for one tenant)", tenant=False)
     p.add_argument(

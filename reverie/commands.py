@@ -266,6 +266,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from reverie.agent.archive import export_tenant
+
+    with _client(args) as client:
+        manifest = export_tenant(client, args.tenant, Path(args.file))
+    _emit(
+        args,
+        manifest,
+        f"exported {manifest['experiences']} experiences and {len(manifest['versions'])} "
+        f"adapter versions of {args.tenant} to {args.file}",
+    )
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from reverie.agent.archive import import_tenant
+
+    with _client(args) as client:
+        done = import_tenant(client, Path(args.file), args.tenant)
+    _emit(
+        args,
+        done,
+        f"imported {done['experiences']} experiences ({done['consolidated']} consolidated) and "
+        f"{done['versions']} adapter versions into {done['tenant']} (current: "
+        f"{done['current'] or 'none'})",
+    )
+    return EXIT_OK
+
+
 def cmd_mcp(args: argparse.Namespace) -> int:
     """MCP over stdio: stdout carries the protocol, so nothing else may print there."""
     from reverie.agent import MemoryClient

@@ -446,3 +446,37 @@ def test_update_erases_the_versions_holding_the_old_revision_at_once(
         ]
         result = cycle("al")  # both consolidated again, the new revision this time
         assert result.outcome == "promoted" and set(result.experience_ids) == {"code", "cat"}
+
+
+def test_a_tenant_exported_and_imported_keeps_its_memory_and_its_adapter(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, embedder: Any
+) -> None:
+    from reverie import ConflictError, MemoryClient
+    from reverie.agent.archive import export_tenant, import_tenant
+
+    settings = settings_for(tmp_path / "a", tiny_model_dir)
+    question = [{"role": "user", "content": "What is the cat Biscuit allergic to?"}]
+    with MemoryClient(settings, embedder=embedder) as client:
+        for eid, text in FACTS:
+            client.log(text, tenant="alice", id=eid, created_at="2026-01-02T03:04:05Z")
+        result = Consolidator(settings, buffer=client.buffer, base=tiny_base).run_cycle("alice")
+        assert result.outcome == "promoted"
+        client.log("Lunch with Sam is on Friday.", tenant="alice", id="lunch")  # not consolidated
+        before = client.chat(question, tenant="alice", recall="none").text
+        manifest = export_tenant(client, "alice", tmp_path / "alice.tar")
+    assert manifest["experiences"] == 3 and manifest["current"] == result.version
+
+    other = settings_for(tmp_path / "b", tiny_model_dir)
+    with MemoryClient(other, embedder=embedder) as client:
+        imported = import_tenant(client, tmp_path / "alice.tar", tenant="alicia")
+        assert imported == {"tenant": "alicia", "experiences": 3, "consolidated": 2,
+                            "versions": 1, "current": result.version}  # fmt: skip
+        stored = client.get("cat", tenant="alicia")
+        assert stored.status == "consolidated" and stored.version == result.version
+        assert stored.experience.created_at.isoformat().startswith("2026-01-02T03:04:05")
+        assert client.get("lunch", tenant="alicia").status == "buffered"
+        assert client.recall("salmon allergy", tenant="alicia", k=1)[0].experience.id == "cat"
+        after = client.chat(question, tenant="alicia", recall="none")
+        assert after.adapter_version == result.version and after.text == before
+        with pytest.raises(ConflictError, match="already has memory"):
+            import_tenant(client, tmp_path / "alice.tar", tenant="alicia")
