@@ -126,8 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tenant",
         default=os.environ.get("REVERIE_TENANT"),
-        help="the tenant whose memory the tools use (default: $REVERIE_TENANT)",
+        help="the tenant whose memory the tools use over stdio (default: $REVERIE_TENANT)",
     )
+    p.add_argument(
+        "--http", action="store_true", help="serve streamable HTTP; bearer tokens name tenants"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="bind address for --http")
+    p.add_argument("--port", type=int, default=8765, help="port for --http (default 8765)")
 
     p = command("tokens", cmd_tokens, "create, list or revoke API bearer tokens", tenant=False)
     p.add_argument("action", choices=["create", "list", "revoke"])

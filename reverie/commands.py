@@ -302,11 +302,24 @@ def cmd_mcp(args: argparse.Namespace) -> int:
     from reverie.memory.experience import validate_tenant
     from reverie.settings import load_settings
 
+    if args.http:
+        import uvicorn
+
+        from reverie.agent.mcp_server import http_app
+
+        if args.port and not _port_free(args.host, args.port):
+            print(f"reverie: error: {args.host}:{args.port} is in use", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        with MemoryClient(load_settings(args.config)) as client:
+            url = f"http://{args.host}:{args.port}/mcp"
+            print(f"MCP (streamable HTTP) on {url}; bearer tokens name tenants", file=sys.stderr)
+            uvicorn.run(http_app(client), host=args.host, port=args.port, log_level="warning")
+        return EXIT_OK
     if not args.tenant:
-        raise InvalidInputError("tenant", "give --tenant or set REVERIE_TENANT")
+        raise InvalidInputError("tenant", "give --tenant or set REVERIE_TENANT (or use --http)")
     tenant = validate_tenant(args.tenant)
     with MemoryClient(load_settings(args.config)) as client:
-        build_server(client, lambda: tenant).run("stdio")
+        build_server(client, lambda _ctx: tenant, fixed_tenant=tenant).run("stdio")
     return EXIT_OK
 
 
