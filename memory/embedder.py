@@ -20,6 +20,7 @@ import numpy as np
 
 from reverie.memory.config import EmbedderSettings
 from reverie.memory.errors import ConfigError
+from reverie.memory.pooled import MeanPooled, mean_pooled_layout
 
 __all__ = [
     "DEFAULT_EMBEDDER",
@@ -124,14 +125,20 @@ class SentenceTransformerEmbedder:
         """Load the model now (idempotent); returns its dimension."""
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            from sentence_transformers import SentenceTransformer  # heavy: seconds to import
+            model: Any
+            max_length = mean_pooled_layout(self._path)
+            if max_length is not None:  # the common layout: plain transformers, a faster start
+                model = MeanPooled(self._path, max_length, self._settings.device)
+                dim: int | None = model.dim
+            else:
+                from sentence_transformers import SentenceTransformer  # seconds to import
 
-            model = SentenceTransformer(
-                str(self._path), device=self._settings.device, local_files_only=True
-            )
-            # sentence-transformers renamed the method; support both spellings.
-            get_dim = getattr(model, "get_embedding_dimension", None)
-            dim = get_dim() if get_dim else model.get_sentence_embedding_dimension()
+                model = SentenceTransformer(
+                    str(self._path), device=self._settings.device, local_files_only=True
+                )
+                # sentence-transformers renamed the method; support both spellings.
+                get_dim = getattr(model, "get_embedding_dimension", None)
+                dim = get_dim() if get_dim else model.get_sentence_embedding_dimension()
             if dim is None:
                 raise ConfigError(
                     "embedder.model", f"{self._settings.model!r} does not report a dimension"

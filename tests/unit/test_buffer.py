@@ -284,3 +284,22 @@ def test_oldest_buffered_is_the_earliest_logged_per_tenant(tmp_path: Path) -> No
     oldest = buffer.oldest_buffered()
     assert set(oldest) == {"t"} and before <= oldest["t"] <= datetime.now(UTC)
     buffer.close()
+
+
+def test_the_mean_pooled_path_embeds_as_sentence_transformers_does() -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from reverie.memory.embedder import SentenceTransformerEmbedder, resolve_model_dir
+    from reverie.memory.pooled import MeanPooled, mean_pooled_layout
+
+    path = resolve_model_dir("all-MiniLM-L6-v2")
+    assert mean_pooled_layout(path) == 256
+    texts = ["The spare key is under the blue flowerpot.", "hi", "Rent is due on the 3rd. " * 80]
+    reference = SentenceTransformer(str(path), device="cpu", local_files_only=True).encode(
+        texts, normalize_embeddings=True, convert_to_numpy=True, batch_size=2
+    )
+    embedder = SentenceTransformerEmbedder()
+    ours = embedder.embed(texts)
+    assert isinstance(embedder._model, MeanPooled)
+    assert np.allclose(ours, reference, atol=1e-5)  # long text truncated the same way too
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
