@@ -26,8 +26,10 @@ from typing import Any
 
 from reverie.agent.client import MemoryClient
 from reverie.consolidator.recovery import reconcile
+from reverie.memory.adapters import MANIFEST
 from reverie.memory.errors import ConflictError, IntegrityError, InvalidInputError
 from reverie.memory.experience import validate_tenant
+from reverie.memory.files import atomic_write_text
 
 __all__ = ["FORMAT", "export_tenant", "import_tenant"]
 
@@ -40,6 +42,17 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.mtime = int(datetime.now(UTC).timestamp())
     info.mode = 0o600
     tar.addfile(info, io.BytesIO(data))
+
+
+def _restamp(path: Path, manifest: dict[str, Any], stored: dict[str, Any]) -> None:
+    """Point a version's experiences at their records in this deployment's stream (an imported
+    manifest names positions in the exporting one, which would read as superseded revisions)."""
+    for e in manifest.get("experiences", []):
+        row = stored.get(e["id"])
+        position = row.position if row is not None else None
+        e["partition"] = position.partition if position else None
+        e["offset"] = position.offset if position else None
+    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=True))
 
 
 def export_tenant(client: MemoryClient, tenant: str, path: Path) -> dict[str, Any]:
@@ -119,12 +132,14 @@ def import_tenant(client: MemoryClient, path: Path, tenant: str | None = None) -
         batch = rows[start : start + 500]
         client.log_many([{k: v for k, v in r.items() if k != "status"} for r in batch],
                         tenant=target)  # fmt: skip
+    stored = client.buffer.get_many(target, [r["id"] for r in rows])
     for version in client.registry.versions(target):
         try:
             client.registry.verify(target, version.version)
         except IntegrityError:
             shutil.rmtree(client.registry.root / target, ignore_errors=True)
             raise
+        _restamp(version.path / MANIFEST, version.manifest, stored)
     reconcile(client.registry, client.buffer, target)  # marks what the weights already hold
     stats = client.buffer.stats().get(target, {})
     current = client.registry.current(target)

@@ -20,18 +20,32 @@ logger = logging.getLogger(__name__)
 
 
 def erase_forgotten(registry: AdapterRegistry, buffer: Buffer, tenant: str) -> list[str]:
-    """Erase the versions of ``tenant`` that hold a forgotten experience; returns their names."""
-    held = {
-        e["id"]
+    """Erase the versions of ``tenant`` that hold a forgotten experience, or an earlier revision
+    of an updated one (a crash between an update's stream write and its erasure leaves the
+    buffer on the new revision, at a new stream position, while a version still holds the old);
+    returns their names."""
+    held = [
+        e
         for info in registry.versions(tenant)
         if "erased" not in info.manifest
         for e in info.manifest.get("experiences", [])
-    }
-    forgotten = {i for i in held if buffer.is_forgotten(tenant, i)}
-    if not forgotten:
+    ]
+    ids = {e["id"] for e in held}
+    forgotten = {i for i in ids if buffer.is_forgotten(tenant, i)}
+    stored = buffer.get_many(tenant, sorted(ids - forgotten))
+    superseded = set()
+    for e in held:
+        row = stored.get(e["id"])
+        if row is None or row.position is None or e.get("offset") is None:
+            continue  # no stream position to compare (an experience added to the buffer alone)
+        if (row.position.partition, row.position.offset) != (e["partition"], e["offset"]):
+            superseded.add(e["id"])
+    if not forgotten and not superseded:
         return []
+    reasons = [f"forgotten: {', '.join(sorted(forgotten))}"] if forgotten else []
+    reasons += [f"updated: {', '.join(sorted(superseded))}"] if superseded else []
     return erase_holding(
-        registry, buffer, tenant, forgotten, reason=f"forgotten: {', '.join(sorted(forgotten))}"
+        registry, buffer, tenant, forgotten | superseded, reason="; ".join(reasons)
     )
 
 

@@ -480,3 +480,31 @@ def test_a_tenant_exported_and_imported_keeps_its_memory_and_its_adapter(
         assert after.adapter_version == result.version and after.text == before
         with pytest.raises(ConflictError, match="already has memory"):
             import_tenant(client, tmp_path / "alice.tar", tenant="alicia")
+
+
+def test_an_update_interrupted_before_its_erasure_is_finished_by_recovery(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, embedder: Any
+) -> None:
+    """A crash after an update's stream write and buffer replace, before the versions holding
+    the old revision are erased: the next reconcile erases them."""
+    from reverie import MemoryClient
+    from reverie.consolidator.recovery import reconcile
+    from reverie.memory.stream import StreamRecord
+
+    settings = settings_for(tmp_path, tiny_model_dir)
+    with MemoryClient(settings, embedder=embedder) as client:
+        for eid, text in FACTS:
+            client.log(text, tenant="alice", id=eid)
+        result = Consolidator(settings, buffer=client.buffer, base=tiny_base).run_cycle("alice")
+        assert result.outcome == "promoted"
+        new = make_experience("The user's cat Biscuit is allergic to tuna.", tenant="alice",
+                              id="cat")  # fmt: skip
+        [position] = client.stream.append([StreamRecord.updated(new)])
+        client.buffer.replace(new, embedder.embed([new.text])[0], position)
+        # ... and the process dies here, before erase_holding
+        assert client.registry.current("alice") is not None
+        reconcile(client.registry, client.buffer, "alice")
+        assert client.registry.current("alice") is None  # no served weights hold the old text
+        assert client.get("landlord", tenant="alice").status == "buffered"  # consolidated again
+        assert client.get("cat", tenant="alice").experience.text.endswith("tuna.")
+        reconcile(client.registry, client.buffer, "alice")  # idempotent
