@@ -9,7 +9,7 @@ The file is a tar archive::
 
 Importing logs every experience through the client (durable in the stream, recallable, ids and
 timestamps kept), copies the versions into the registry (each verified against its checksums),
-then lets recovery mark the experiences the current version holds as consolidated, so nothing is
+then marks the experiences the current version's lineage holds as consolidated, so nothing is
 trained twice. The target tenant must be empty: an import never merges into existing memory.
 """
 
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from reverie.agent.client import MemoryClient
-from reverie.consolidator.recovery import reconcile
 from reverie.memory.adapters import MANIFEST
 from reverie.memory.errors import ConflictError, IntegrityError, InvalidInputError
 from reverie.memory.experience import validate_tenant
@@ -42,6 +41,16 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.mtime = int(datetime.now(UTC).timestamp())
     info.mode = 0o600
     tar.addfile(info, io.BytesIO(data))
+
+
+def _mark_consolidated(client: MemoryClient, tenant: str) -> None:
+    """Mark the experiences the current version's lineage holds as consolidated into the version
+    that trained them, so the next cycle does not train them again."""
+    current = client.registry.current(tenant)
+    lineage = client.registry.lineage(tenant) if current else []
+    for info in lineage:
+        ids = [e["id"] for e in info.manifest.get("experiences", [])]
+        client.buffer.mark(tenant, ids, "consolidated", version=info.version)
 
 
 def _restamp(path: Path, manifest: dict[str, Any], stored: dict[str, Any]) -> None:
@@ -140,7 +149,7 @@ def import_tenant(client: MemoryClient, path: Path, tenant: str | None = None) -
             shutil.rmtree(client.registry.root / target, ignore_errors=True)
             raise
         _restamp(version.path / MANIFEST, version.manifest, stored)
-    reconcile(client.registry, client.buffer, target)  # marks what the weights already hold
+    _mark_consolidated(client, target)
     stats = client.buffer.stats().get(target, {})
     current = client.registry.current(target)
     return {

@@ -19,8 +19,7 @@ from reverie.consolidator.train import mean_loss
 from reverie.model.config import ModelSettings
 from reverie.model.generate import generate_ids
 from reverie.model.prompts import context_prompt
-
-from .test_train import FACT, QUESTIONS, lora
+from tests.unit.test_train import FACT, QUESTIONS, lora
 
 FMT = ModelSettings()
 

@@ -117,12 +117,3 @@ def test_builder_counts_only_the_sampled_candidates(tiny_base: Any) -> None:
     )
     ts = build_transfer_set(tiny_base, ModelSettings(), tiny_base.model, [EXP], settings)
     assert ts.stats["cloze"]["produced"] == 3
-
-
-def test_an_experience_with_its_own_probes_holds_no_rule_question_out() -> None:
-    settings = TransferSettings(strategies=["echo"], probes_per_experience=2)
-    mine = EXP.model_copy(update={"metadata": {"probes": [{"question": "Q?", "answer": "A"}]}})
-    plain_items, plain_probes = rule_candidates(EXP, settings, random.Random(0))
-    items, probes = rule_candidates(mine, settings, random.Random(0))
-    assert len(plain_probes) == 2 and probes == []
-    assert len(items) == len(plain_items) + 2  # the echo questions it would have held out
