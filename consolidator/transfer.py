@@ -66,8 +66,8 @@ _CUES = [
     "What can you tell me about {c}?",
 ]
 # Prompts that ask for what the user said: the teacher, with the experience in context, then
-# recites it (two to four times as often grounded as "Tell me about <entity>", which invites the
-# small teacher's own knowledge of the name).
+# recites it more often than for "Tell me about <entity>", which invites the small teacher's own
+# knowledge of the name (see README, the transfer stage, for the counts).
 _RECALL = [
     "According to what you were told, what about {c}?",
     "What did I tell you about {c}?",
