@@ -40,6 +40,7 @@ from reverie.consolidator.config import ConsolidatorSettings
 from reverie.consolidator.cycle import Consolidator, CycleResult
 from reverie.consolidator.gate import Outcome
 from reverie.consolidator.offsets import OffsetTracker
+from reverie.consolidator.result import gate_scores
 from reverie.memory.buffer import Buffer
 from reverie.memory.embedder import Embedder
 from reverie.memory.errors import IntegrityError, StreamError
@@ -137,18 +138,6 @@ class Metrics:
         if progress.get("tenant") and progress.get("stage"):
             self.current_stage.labels(progress["tenant"], progress["stage"]).set(1)
         self.training_step.set(progress.get("step") or 0)
-
-
-def gate_scores(probes: dict[str, Any]) -> dict[str, float]:
-    """The gate's inputs from a cycle's probe report: served scores where the router ran."""
-    served = probes.get("served") or {}
-    picks = {
-        "efficacy_over_ceiling": (served.get("efficacy") or probes.get("efficacy") or {}),
-        "locality": (served.get("locality") or probes.get("locality") or {}),
-        "retention": probes.get("retention") or {},
-        "raw_locality": probes.get("locality") or {},
-    }
-    return {k: float(v["ratio"]) for k, v in picks.items() if v.get("ratio") is not None}
 
 
 class Daemon:

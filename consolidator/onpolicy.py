@@ -22,7 +22,7 @@ import torch
 
 from reverie.consolidator.config import TrainSettings
 from reverie.consolidator.items import TransferItem
-from reverie.consolidator.teacher import _prompt_ids, teacher_targets
+from reverie.consolidator.teacher import prompt_ids, teacher_targets
 from reverie.consolidator.train import Example, TrainStats, train
 from reverie.model.base import BaseModel, merged
 from reverie.model.config import ModelSettings
@@ -67,7 +67,7 @@ def on_policy_examples(
     """The student's greedy answers to the chat items' prompts, with the targets of the teacher
     (``model`` under ``teacher_state``, experience in context) along them."""
     chat = [i for i in items if not i.raw]
-    prompts = [_prompt_ids(base, fmt, i, "student") for i in chat]
+    prompts = [prompt_ids(base, fmt, i, "student") for i in chat]
     with merged(model):
         answers = generate_ids(
             model,
@@ -81,7 +81,7 @@ def on_policy_examples(
     with adapter_state(model, teacher_state), merged(model):
         targets = teacher_targets(
             model,
-            [_prompt_ids(base, fmt, chat[i], "teacher") for i in keep],
+            [prompt_ids(base, fmt, chat[i], "teacher") for i in keep],
             [answers[i] for i in keep],
             pad_id=base.pad_id,
             top_k=top_k,

@@ -11,7 +11,7 @@ from typing import Any
 
 from reverie.consolidator.gate import Outcome
 
-__all__ = ["CycleResult", "StageTimer", "summary_table"]
+__all__ = ["CycleResult", "StageTimer", "gate_scores", "summary_table"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +78,7 @@ def summary_table(results: Sequence[dict[str, Any]]) -> str:
     stages = ["transfer", "teacher", "train", "probe"]
     rows = [[*head, *(f"{s} s" for s in stages), "total s"]]
     for r in results:
-        probes = r.get("probes") or {}
-        served = probes.get("served") or {}
-        efficacy = served.get("efficacy") or probes.get("efficacy") or {}
-        locality = served.get("locality") or probes.get("locality") or {}
-        retention = probes.get("retention") or {}
+        scores = gate_scores(r.get("probes") or {})
         timings = r.get("timings") or {}
         rows.append(
             [
@@ -90,9 +86,9 @@ def summary_table(results: Sequence[dict[str, Any]]) -> str:
                 str(r["outcome"]),
                 str(r.get("version") or "-"),
                 str(len(r.get("experience_ids") or [])),
-                _num(efficacy.get("ratio")),
-                _num(locality.get("ratio"), 3),
-                _num(retention.get("ratio") if retention.get("n") else None),
+                _num(scores.get("efficacy_over_ceiling")),
+                _num(scores.get("locality"), 3),
+                _num(scores.get("retention")),
                 *(_num(timings.get(s), 0) for s in stages),
                 _num(sum(v for v in timings.values() if isinstance(v, int | float)), 0),
             ]
@@ -104,6 +100,21 @@ def summary_table(results: Sequence[dict[str, Any]]) -> str:
         cells = [c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in pairs]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
+
+
+def gate_scores(probes: dict[str, Any]) -> dict[str, float]:
+    """The gate's inputs from a cycle's probe report: efficacy/ceiling, locality and retention
+    as served (raw where no router ran) and raw locality; a score that was not measured (no
+    earlier facts to retain) is absent."""
+    served = probes.get("served") or {}
+    retention = probes.get("retention") or {}
+    picks = {
+        "efficacy_over_ceiling": served.get("efficacy") or probes.get("efficacy") or {},
+        "locality": served.get("locality") or probes.get("locality") or {},
+        "retention": retention if retention.get("n") else {},
+        "raw_locality": probes.get("locality") or {},
+    }
+    return {k: float(v["ratio"]) for k, v in picks.items() if v.get("ratio") is not None}
 
 
 def _num(value: Any, digits: int = 2) -> str:

@@ -45,6 +45,7 @@ __all__ = [
     "answer_confidence",
     "fact_examples",
     "informative",
+    "prompt_ids",
     "teacher_answers",
     "teacher_targets",
 ]
@@ -252,7 +253,7 @@ def teacher_targets(
     return [t for t in out if t is not None]
 
 
-def _prompt_ids(base: BaseModel, fmt: ModelSettings, item: TransferItem, who: str) -> list[int]:
+def prompt_ids(base: BaseModel, fmt: ModelSettings, item: TransferItem, who: str) -> list[int]:
     """The teacher's or the student's prompt of ``item``. Plain-text items: the teacher's
     prompt is the context, the student's is empty (an end token)."""
     tok = base.tokenizer
@@ -272,7 +273,7 @@ def _targets(
 ) -> list[TeacherTargets]:
     return teacher_targets(
         model,
-        [_prompt_ids(base, fmt, i, "teacher") for i in group],
+        [prompt_ids(base, fmt, i, "teacher") for i in group],
         [i.answer_ids for i in group],
         pad_id=base.pad_id,
         top_k=top_k,
@@ -298,7 +299,7 @@ def fact_examples(
     targets = _targets(base, fmt, teacher, items, top_k, hidden_layers)
     examples = [
         Example(
-            _prompt_ids(base, fmt, i, "student"),
+            prompt_ids(base, fmt, i, "student"),
             list(i.answer_ids),
             t,
             kind="replay" if i.strategy == "replay" else "fact",
@@ -334,7 +335,7 @@ def anchor_examples(
     )
     return [
         Example(
-            _prompt_ids(base, fmt, a, "student"),
+            prompt_ids(base, fmt, a, "student"),
             list(a.answer_ids),
             t,
             kind="anchor",

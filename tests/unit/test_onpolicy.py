@@ -14,7 +14,7 @@ from reverie.consolidator.onpolicy import (
     on_policy_round,
     snapshot,
 )
-from reverie.consolidator.teacher import _prompt_ids, teacher_targets
+from reverie.consolidator.teacher import prompt_ids, teacher_targets
 from reverie.consolidator.train import mean_loss
 from reverie.model.config import ModelSettings
 from reverie.model.generate import generate_ids
@@ -50,7 +50,7 @@ def test_examples_follow_the_students_answers_with_the_earlier_teachers_targets(
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     out = on_policy_examples(tiny_base, FMT, model, items(), teacher, top_k=8, max_new_tokens=6)
-    prompts = [_prompt_ids(tiny_base, FMT, i, "student") for i in items()]
+    prompts = [prompt_ids(tiny_base, FMT, i, "student") for i in items()]
     own = generate_ids(
         model, prompts, eos_id=tiny_base.eos_id, pad_id=tiny_base.pad_id, max_new_tokens=6
     )
@@ -58,7 +58,7 @@ def test_examples_follow_the_students_answers_with_the_earlier_teachers_targets(
     with adapter_state(model, teacher):
         expected = teacher_targets(
             model,
-            [_prompt_ids(tiny_base, FMT, i, "teacher") for i in items()],
+            [prompt_ids(tiny_base, FMT, i, "teacher") for i in items()],
             own,
             pad_id=tiny_base.pad_id,
             top_k=8,
