@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from reverie.settings import Settings
 
 if TYPE_CHECKING:
     from reverie.model.base import BaseModel
+    from reverie.model.batcher import Batcher
 
 __all__ = [
     "RECALL_MODES",
@@ -151,7 +151,10 @@ def validate_messages(messages: object) -> list[Message]:
 
 
 class Responder:
-    """Generates answers for any tenant from one base model with per-tenant adapters."""
+    """Generates answers for any tenant from one base model with per-tenant adapters.
+
+    Concurrent chats decode together (:class:`~reverie.model.batcher.Batcher`): each row of the
+    batch carries its tenant's adapter, or none where the router kept it off."""
 
     def __init__(
         self,
@@ -165,10 +168,11 @@ class Responder:
         self.registry = registry or AdapterRegistry(settings.data_dir / "adapters")
         self._base = base
         self._max_adapters = max_adapters
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # model changes and decoding steps
         self._peft: Any = None  # a PeftModel once the first adapter is loaded
         self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter name -> version, LRU order
         self._routers: dict[str, Router | None] = {}  # adapter name -> its version's router
+        self._batcher: Batcher | None = None
 
     @property
     def base(self) -> BaseModel:
@@ -179,9 +183,32 @@ class Responder:
                 self._base = load_base(self.settings.model, self.settings.data_dir)
             return self._base
 
-    def _activate(self, tenant: str) -> tuple[str, Router | None] | None:
-        """Make the tenant's current adapter active (loading it if new); return its version
-        and its router (None: the tenant has no adapter yet)."""
+    @property
+    def batcher(self) -> Batcher:
+        with self._lock:
+            if self._batcher is None:
+                from reverie.model.batcher import Batcher
+
+                base = self.base
+                self._batcher = Batcher(
+                    self._forward,
+                    eos_id=base.eos_id,
+                    device=base.device,
+                    max_batch=self.settings.model.serve_batch,
+                    lock=self._lock,
+                )
+            return self._batcher
+
+    def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any, adapters: list[str]) -> Any:
+        """One forward pass of the batch: each row through its own adapter (or none)."""
+        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        if self._peft is None:  # no adapter loaded yet: every row is the base model's
+            return self.base.model(**inputs, cache=cache, use_cache=True).logits
+        return self._peft(**inputs, cache=cache, use_cache=True, adapter_names=adapters).logits
+
+    def _activate(self, tenant: str) -> tuple[str, str, Router | None] | None:
+        """Load the tenant's current adapter if new; return its name, version and router
+        (None: the tenant has no adapter yet)."""
         current = self.registry.current(tenant)
         if current is None:
             return None
@@ -194,20 +221,22 @@ class Responder:
                 self._peft = PeftModel.from_pretrained(
                     self.base.model, str(current.path), adapter_name=name
                 )
-                self._peft.eval()
             else:
                 self._peft.load_adapter(str(current.path), adapter_name=name)
+            self._peft.eval()  # peft takes per-row adapter names only in eval mode
             self._loaded[name] = current.version
             self._routers[name] = load_router(current.path)
             logger.info("loaded adapter %s", name)
             self._evict(keep=name)
         self._loaded.move_to_end(name)
-        self._peft.set_adapter(name)
-        return current.version, self._routers[name]
+        return name, current.version, self._routers[name]
 
     def _evict(self, keep: str) -> None:
-        while len(self._loaded) > self._max_adapters:
-            name = next(n for n in self._loaded if n != keep)
+        """Unload the least recently used adapters over the bound, never one a chat is using."""
+        busy = self.batcher.adapters_in_use() | {keep}
+        for name in [n for n in self._loaded if n not in busy]:
+            if len(self._loaded) <= self._max_adapters:
+                break
             self._peft.delete_adapter(name)
             del self._loaded[name]
             self._routers.pop(name, None)
@@ -227,6 +256,8 @@ class Responder:
         """Answer ``messages`` for ``tenant`` with ``recalled`` experiences in the prompt.
         ``query`` is the last user turn's embedding: the tenant's router decides from it whether
         the adapter answers (without it, or without a router, the adapter answers)."""
+        from reverie.model.batcher import BASE_ADAPTER, DecodeRequest
+
         base = self.base
         fmt = self.settings.model
         limit = max_new_tokens or fmt.max_new_tokens
@@ -241,22 +272,30 @@ class Responder:
                 f"{limit} tokens to generate at most {context - limit:,} fit the model's "
                 f"{context:,}-token context: send fewer or shorter messages, or lower max_tokens",
             )
-        waited = time.perf_counter()
-        with self._lock:
-            started = time.perf_counter()
+        sampling = sampling or Sampling()
+        emitter = _TextEmitter(base.tokenizer, on_text) if on_text is not None else None
+        batcher = self.batcher
+        with self._lock:  # the adapter stays loaded until this request leaves the batch
             active = self._activate(tenant)
-            version, router = active if active is not None else (None, None)
-            routed = version is not None and (
+            name, version, router = active if active is not None else (None, None, None)
+            routed = name is not None and (
                 router is None or query is None or bool(router.routes(query[None])[0])
             )
-            if routed:
-                ids = self._generate(self._peft, prompt, limit, sampling, on_text, should_stop)
-            elif self._peft is not None:  # the base model: the loaded adapters switched off
-                with self._peft.disable_adapter():
-                    ids = self._generate(self._peft, prompt, limit, sampling, on_text, should_stop)
-            else:
-                ids = self._generate(base.model, prompt, limit, sampling, on_text, should_stop)
-            done = time.perf_counter()
+            request = batcher.submit(
+                DecodeRequest(
+                    prompt,
+                    limit,
+                    adapter=name if routed and name is not None else BASE_ADAPTER,
+                    group=tenant,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    seed=sampling.seed,
+                    on_token=emitter.add if emitter is not None else None,
+                    should_stop=should_stop,
+                )
+            )
+        batcher.wait(request)
+        ids = request.ids
         ended = bool(ids) and ids[-1] == base.eos_id
         text = base.tokenizer.decode(ids, skip_special_tokens=True).strip()
         return Reply(
@@ -268,98 +307,25 @@ class Responder:
             "stop" if ended else "length",
             tuple(recalled),
             routed,
-            started - waited,
-            done - started,
+            request.started - request.submitted,
+            request.finished - request.started,
             base.name,
         )
 
-    def _generate(
-        self,
-        model: Any,
-        prompt: list[int],
-        limit: int,
-        sampling: Sampling | None = None,
-        on_text: Callable[[str], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> list[int]:
-        from reverie.model.generate import generate_ids
-
-        base = self.base
-        streamer = _TextEmitter(base.tokenizer, on_text) if on_text is not None else None
-        if sampling is not None and sampling.temperature > 0:
-            return _sample(model, prompt, limit, sampling, base, streamer, should_stop)
-        return generate_ids(
-            model,
-            [prompt],
-            eos_id=base.eos_id,
-            pad_id=base.pad_id,
-            max_new_tokens=limit,
-            batch_size=1,
-            device=base.device,
-            streamer=streamer,
-            should_stop=should_stop,
-        )[0]
-
 
 class _TextEmitter:
-    """A transformers streamer that hands each new piece of decoded text to ``emit`` as the
-    tokens are generated (the prompt, which generate() passes first, is skipped)."""
+    """Hands each new piece of decoded text to ``emit`` as the tokens are chosen."""
 
     def __init__(self, tokenizer: Any, emit: Callable[[str], None]) -> None:
         self.tokenizer, self.emit = tokenizer, emit
         self.ids: list[int] = []
         self.sent = ""
-        self.prompt_seen = False
 
-    def put(self, value: Any) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        self.ids += [int(i) for i in value.reshape(-1).tolist()]
+    def add(self, token: int) -> None:
+        self.ids.append(token)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
             return
         if len(text) > len(self.sent):
             self.emit(text[len(self.sent) :].lstrip() if not self.sent else text[len(self.sent) :])
             self.sent = text
-
-    def end(self) -> None:
-        pass
-
-
-def _sample(
-    model: Any,
-    prompt: list[int],
-    limit: int,
-    sampling: Sampling,
-    base: Any,
-    streamer: Any = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> list[int]:
-    from reverie.model.generate import stop_when
-
-    """One sampled answer (temperature, nucleus top_p), reproducible when seeded."""
-    import torch
-
-    generator_state = torch.random.get_rng_state()
-    if sampling.seed is not None:
-        torch.manual_seed(sampling.seed)
-    try:
-        ids = torch.tensor([prompt], device=base.device)
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                do_sample=True,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_new_tokens=limit,
-                pad_token_id=base.pad_id,
-                eos_token_id=base.eos_id,
-                streamer=streamer,
-                stopping_criteria=stop_when(should_stop),
-            )[0, len(prompt) :].tolist()
-    finally:
-        if sampling.seed is not None:
-            torch.random.set_rng_state(generator_state)
-    return list(out[: out.index(base.eos_id) + 1] if base.eos_id in out else out)

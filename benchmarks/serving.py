@@ -3,7 +3,10 @@
     python -m benchmarks.serving [--quick] [--json FILE]
 
 Measures chat latency p50/p99 for a short answer (``max_tokens`` 16) with and without recall,
-and recall requests/s under 1, 4 and 8 concurrent clients.
+recall requests/s under 1, 4 and 8 concurrent clients, and concurrent chats: tokens/s and latency
+under 1, 4 and 8 clients (two tenants), and how long a short chat waits behind a long one. The
+chat parts run once per ``--serve-batch`` value (1 = one chat at a time, as before continuous
+batching; 8 = the default).
 """
 
 from __future__ import annotations
@@ -34,13 +37,17 @@ QUESTIONS = [
 ]
 
 
-def start_server(root: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_server(root: Path, serve_batch: int = 8) -> tuple[subprocess.Popen[bytes], str, str]:
     models = Path.home() / ".cache" / "reverie" / "models"
     (root / "data").mkdir(parents=True)
     if models.exists():
         (root / "data" / "models").symlink_to(models)
     port = free_port()
-    env = {**os.environ, "REVERIE_DATA_DIR": str(root / "data")}
+    env = {
+        **os.environ,
+        "REVERIE_DATA_DIR": str(root / "data"),
+        "REVERIE_MODEL__SERVE_BATCH": str(serve_batch),
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "reverie", "serve", "--port", str(port)],
         cwd=REPO,
@@ -60,6 +67,97 @@ def start_server(root: Path) -> tuple[subprocess.Popen[bytes], str, str]:
     token = store.create("bench")
     store.close()
     return proc, url, token
+
+
+def _chat(c: httpx.Client, question: str, max_tokens: int) -> dict[str, Any]:
+    body = {
+        "model": "reverie",
+        "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": question}],
+    }
+    r = c.post("/v1/chat/completions", json=body)
+    r.raise_for_status()
+    return dict(r.json())
+
+
+def chat_throughput(url: str, tokens: list[str], clients: int, seconds: float) -> dict[str, Any]:
+    """``clients`` threads chat (32-token answers, recall on) for ``seconds``, tenants taken in
+    turn; every reply counts its completion tokens."""
+    samples: list[float] = []
+    generated = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def worker(n: int) -> None:
+        headers = {"Authorization": f"Bearer {tokens[n % len(tokens)]}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=300) as c:
+            i = n
+            while time.monotonic() < stop:
+                start = time.perf_counter()
+                reply = _chat(c, QUESTIONS[i % len(QUESTIONS)] + " Explain.", 32)
+                with lock:
+                    samples.append(time.perf_counter() - start)
+                    generated[0] += reply["usage"]["completion_tokens"]
+                i += 1
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
+    begin = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - begin
+    return {
+        "clients": clients,
+        "tokens_per_s": round(generated[0] / elapsed, 1),
+        "requests_per_s": round(len(samples) / elapsed, 2),
+        "latency": percentiles(samples),
+    }
+
+
+def short_behind_long(url: str, token: str) -> dict[str, Any]:
+    """A 200-token chat starts; half a second later an 8-token one: both latencies."""
+    headers = {"Authorization": f"Bearer {token}"}
+    result: dict[str, Any] = {}
+
+    def long() -> None:
+        with httpx.Client(base_url=url, headers=headers, timeout=300) as c:
+            start = time.perf_counter()
+            reply = _chat(c, "Write a long story about a lighthouse keeper and the sea.", 200)
+            result["long_s"] = round(time.perf_counter() - start, 3)
+            result["long_tokens"] = reply["usage"]["completion_tokens"]
+
+    thread = threading.Thread(target=long)
+    thread.start()
+    time.sleep(0.5)
+    with httpx.Client(base_url=url, headers=headers, timeout=300) as c:
+        start = time.perf_counter()
+        reply = _chat(c, "Say hello.", 8)
+        result["short_s"] = round(time.perf_counter() - start, 3)
+        result["short_tokens"] = reply["usage"]["completion_tokens"]
+    thread.join()
+    return result
+
+
+def chat_concurrency(root: Path, serve_batch: int, seconds: float) -> dict[str, Any]:
+    """Concurrent chats against a server that decodes ``serve_batch`` chats together."""
+    proc, url, token = start_server(root, serve_batch)
+    try:
+        store = TokenStore(root / "data")
+        tokens = [token, store.create("bench2")]
+        store.close()
+        with httpx.Client(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=300
+        ) as client:
+            _chat(client, QUESTIONS[0], 4)  # loads the model
+        return {
+            "serve_batch": serve_batch,
+            "clients": [chat_throughput(url, tokens, c, seconds) for c in (1, 4, 8)],
+            "short_behind_long": short_behind_long(url, token),
+        }
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 def chat_latency(client: httpx.Client, n: int, recall: bool) -> dict[str, Any]:
@@ -115,6 +213,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json")
+    parser.add_argument(
+        "--serve-batch",
+        default="1,8",
+        help="comma-separated serve_batch values for the concurrent-chat part",
+    )
     args = parser.parse_args()
     n_chat, seconds = (5, 3.0) if args.quick else (30, 10.0)
     report: dict[str, Any] = {"benchmark": "serving", "environment": environment()}
@@ -135,6 +238,10 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(30)
+        report["chat_concurrency"] = [
+            chat_concurrency(Path(tmp) / f"batch{b}", int(b), seconds * 2)
+            for b in args.serve_batch.split(",")
+        ]
     write_report(report, args.json)
     rows: list[list[object]] = [
         [
@@ -161,6 +268,30 @@ def main() -> None:
         )
     print()
     print_table(rows, ["request", "p50 ms", "p99 ms", "requests/s"])
+    rows = []
+    for run in report["chat_concurrency"]:
+        for r in run["clients"]:
+            rows.append(
+                [
+                    run["serve_batch"],
+                    r["clients"],
+                    r["tokens_per_s"],
+                    r["latency"]["p50_ms"],
+                    r["latency"]["p99_ms"],
+                ]
+            )
+    print()
+    print_table(rows, ["serve_batch", "chat clients", "tokens/s", "p50 ms", "p99 ms"])
+    rows = [
+        [
+            run["serve_batch"],
+            run["short_behind_long"]["short_s"],
+            run["short_behind_long"]["long_s"],
+        ]
+        for run in report["chat_concurrency"]
+    ]
+    print()
+    print_table(rows, ["serve_batch", "8-token chat, s", "200-token chat started 0.5 s before, s"])
 
 
 if __name__ == "__main__":

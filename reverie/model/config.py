@@ -51,12 +51,21 @@ class ModelSettings(BaseModel):
         "trains as fast in float32 and generates a little faster.",
     )
 
+    serve_batch: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="Chats decoded together when serving (continuous batching: a chat joins "
+        "and leaves the batch at any step); 1 serves one chat at a time. Throughput and latency "
+        "per value: benchmarks/serving.py.",
+    )
+
     def model_name(self) -> str:
         """The name the model goes by in replies and model lists: the packaged default's name,
         or a model directory's own name."""
         return self.base if self.base == "SmolLM2-135M-Instruct" else Path(self.base).name
 
     def answers_key(self) -> dict[str, object]:
-        """What the base model's cached answers depend on: these settings less the thread count,
-        which changes speed, not answers."""
-        return self.model_dump(exclude={"threads"})
+        """What the base model's cached answers depend on: these settings less the thread count
+        and the serving batch, which change speed, not answers."""
+        return self.model_dump(exclude={"threads", "serve_batch"})

@@ -7,7 +7,7 @@ attention mask marks the real tokens.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -16,29 +16,12 @@ from reverie.model.base import BaseModel
 from reverie.model.config import ModelSettings
 from reverie.model.prompts import encode, render_user
 
-__all__ = ["BATCH", "answer", "generate_ids", "stop_when"]
+__all__ = ["BATCH", "answer", "generate_ids"]
 
 # Sequences generated together. Decoding is bound by reading the weights once per step, so a
 # batch of 64 costs little more per step than one of 16: 128 probe-length prompts took 13.2 s at
 # 64 against 21.6 s at 16 on two cores (teacher-length: 37.4 s against 42.0 s at 32).
 BATCH = 64
-
-
-def stop_when(should_stop: Callable[[], bool] | None) -> Any:
-    """A transformers stopping criterion that ends generation once ``should_stop()`` is true
-    (None: no criterion)."""
-    if should_stop is None:
-        return None
-    from transformers import StoppingCriteria, StoppingCriteriaList
-
-    check = should_stop
-
-    class _Stop(StoppingCriteria):
-        def __call__(self, input_ids: torch.Tensor, scores: Any, **kw: Any) -> Any:
-            done = bool(check())
-            return torch.full((input_ids.shape[0],), done, dtype=torch.bool)
-
-    return StoppingCriteriaList([_Stop()])
 
 
 @torch.no_grad()
@@ -51,14 +34,9 @@ def generate_ids(
     max_new_tokens: int,
     batch_size: int = BATCH,
     device: torch.device | None = None,
-    streamer: Any = None,
-    should_stop: Callable[[], bool] | None = None,
 ) -> list[list[int]]:
-    """Greedy continuation of each prompt, cut after the first EOS (which is kept).
-    ``streamer`` (a transformers streamer; one prompt only) hears the tokens as they come;
-    generation ends early once ``should_stop()`` is true (a client that went away)."""
-    if streamer is not None and len(prompts) != 1:
-        raise ValueError("a streamer follows one prompt at a time")
+    """Greedy continuation of each prompt, cut after the first EOS (which is kept). (Serving
+    decodes through :mod:`reverie.model.batcher` instead, one token per step per chat.)"""
     device = device or torch.device("cpu")
     out: list[list[int]] = [[] for _ in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding
@@ -78,8 +56,6 @@ def generate_ids(
             do_sample=False,
             pad_token_id=pad_id,
             eos_token_id=eos_id,
-            streamer=streamer,
-            stopping_criteria=stop_when(should_stop),
         )[:, width:].tolist()
         for row, i in enumerate(idx):
             seq = generated[row]
