@@ -211,6 +211,9 @@ def create_app(
         logger.info(
             "%s %s %d %.0f ms", request.method, request.url.path, response.status_code,
             seconds * 1000,
+            extra={"http": {"method": request.method, "path": request.url.path,
+                            "route": name, "status": response.status_code,
+                            "ms": round(seconds * 1000, 1)}},
         )  # fmt: skip
         return response
 

@@ -287,7 +287,9 @@ class DaemonSettings(_Section):
     metrics_host: str = Field(default="127.0.0.1", description="Bind address of /metrics.")
     metrics_port: int = Field(default=9464, ge=0, le=65535, description="0 = no HTTP endpoint.")
     log_format: Literal["text", "json"] = Field(
-        default="text", description="Daemon log lines as text or one JSON object per line."
+        default="text",
+        description="Daemon log lines as text or one JSON object per line (the top-level "
+        "log_format sets it for serve and the daemon together).",
     )
 
     @field_validator("cron")

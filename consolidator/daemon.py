@@ -306,19 +306,20 @@ class Daemon:
         finally:
             self._running = None
         self.metrics.record(result)
+        summary = {
+            "tenant": tenant,
+            "outcome": str(result.outcome),
+            "version": result.version,
+            "experiences": len(result.experience_ids),
+            "reasons": list(result.reasons),
+            **gate_scores(result.probes),
+            "seconds": result.timings,
+        }
         logger.info(
-            "cycle %s",
-            json.dumps(
-                {
-                    "tenant": tenant,
-                    "outcome": result.outcome,
-                    "version": result.version,
-                    "experiences": len(result.experience_ids),
-                    "reasons": list(result.reasons),
-                    "timings": result.timings,
-                }
-            ),
-        )
+            "cycle for tenant %s: %s (version %s, %d experiences)",
+            tenant, summary["outcome"], result.version, len(result.experience_ids),
+            extra={"cycle": summary},
+        )  # fmt: skip
         return result
 
     # -- lifecycle ---------------------------------------------------------------------------

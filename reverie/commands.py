@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
+from reverie.logs import use_json_logs
 from reverie.memory.errors import InvalidInputError, NotFoundError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -198,31 +198,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     if overrides:
         settings = load_settings(args.config, daemon={**settings.daemon.model_dump(), **overrides})
-    if settings.daemon.log_format == "json":
-        _json_logging()
+    if "json" in (settings.log_format, settings.daemon.log_format):
+        use_json_logs()
     with MemoryClient(settings) as client:
         Daemon(
             settings, stream=client.stream, buffer=client.buffer, embedder=client.embedder
         ).run_forever()
     return EXIT_OK
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
-
-
-def _json_logging() -> None:
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(_JsonFormatter())
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -253,7 +235,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_UNAVAILABLE
-    with MemoryClient(load_settings(args.config)) as client:
+    settings = load_settings(args.config)
+    if settings.log_format == "json":
+        use_json_logs()
+    with MemoryClient(settings) as client:
         load = getattr(client.embedder, "load", None)
         if load is not None:
             load()  # the first request should not pay for loading the embedder

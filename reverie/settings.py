@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import (
@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(default=Path(".reverie"), description="All local state lives here.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="How serve and the daemon log: text lines, or one JSON object per line "
+        "(ISO-8601 UTC time; a cycle's summary and a request's fields as keys).",
+    )
     stream: StreamSettings = Field(
         default_factory=StreamSettings, description="The durable log: Kafka or embedded."
     )

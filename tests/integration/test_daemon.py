@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,9 +105,11 @@ class Deployment:
     def client(self) -> MemoryClient:
         return MemoryClient(self.settings(), embedder=self.embedder)
 
-    def start(self, port: int | None = None) -> subprocess.Popen[bytes]:
+    def start(self, port: int | None = None, json_logs: bool = False) -> subprocess.Popen[bytes]:
         log = self.root / f"daemon{len(self.procs)}.log"
         env = {**os.environ, "REVERIE_CONFIG": str(self.config)}
+        if json_logs:
+            env["REVERIE_LOG_FORMAT"] = "json"
         if port is not None:
             env["REVERIE_DAEMON__METRICS_PORT"] = str(port)
         with open(log, "wb") as out:
@@ -194,7 +197,7 @@ def test_daemon_promotes_exposes_metrics_and_stops_on_sigterm(
 ) -> None:
     d = deployment()
     log_facts(d, ["alice", "bob"])
-    proc = d.start()
+    proc = d.start(json_logs=True)
     d.wait(lambda: d.promoted(["alice", "bob"]), 240, "both tenants promoted")
     health = json.loads(get(f"http://127.0.0.1:{d.port}/healthz"))
     assert health["status"] == "ok" and health["partitions"]
@@ -228,6 +231,15 @@ def test_daemon_promotes_exposes_metrics_and_stops_on_sigterm(
             for t in ["alice", "bob"]
             for s in client.buffer.experiences(t)
         )
+    # JSON logs: one object per line, ISO-8601 UTC time, the cycle summary as fields
+    lines = [json.loads(x) for x in d.logs[0].read_text().splitlines() if x.startswith("{")]
+    cycles = {e["cycle"]["tenant"]: e for e in lines if "cycle" in e}
+    assert set(cycles) == {"alice", "bob"}
+    for entry in cycles.values():
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", entry["time"])
+        assert entry["cycle"]["outcome"] == "promoted" and entry["cycle"]["experiences"] == 2
+        assert {"locality", "efficacy_over_ceiling"} <= set(entry["cycle"])
+        assert entry["cycle"]["seconds"]["train"] > 0
 
 
 def test_sigkill_mid_cycle_consolidates_everything_exactly_once(

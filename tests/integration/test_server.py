@@ -53,7 +53,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = root / "server.log"
-        env = {**os.environ, "REVERIE_CONFIG": str(self.config)}
+        env = {**os.environ, "REVERIE_CONFIG": str(self.config), "REVERIE_LOG_FORMAT": "json"}
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [
@@ -284,7 +284,14 @@ def test_serve_prints_its_url_and_logs_requests(server: Server) -> None:
     assert server.call("GET", "/v1/nothing-here", server.alice).status_code == 404
     log = server.log.read_text()
     assert f"serving on {server.url} (OpenAI-compatible base URL {server.url}/v1)" in log
-    assert "GET /healthz 200" in log and "GET /v1/nothing-here 404" in log
+    # JSON lines (REVERIE_LOG_FORMAT=json): the request's fields as fields
+    lines = [json.loads(x) for x in log.splitlines() if x.startswith("{")]
+    requests = [e["http"] for e in lines if "http" in e]
+    assert {"method": "GET", "path": "/v1/nothing-here", "route": "unmatched", "status": 404} in [
+        {k: r[k] for k in ("method", "path", "route", "status")} for r in requests
+    ]
+    assert any(r["path"] == "/healthz" and r["status"] == 200 for r in requests)
+    assert all(r["ms"] >= 0 for r in requests)
 
 
 def test_healthz_is_not_ready_until_the_model_loads(
