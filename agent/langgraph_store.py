@@ -21,17 +21,20 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from langgraph.store.base import (
-    BaseStore,
-    GetOp,
-    Item,
-    ListNamespacesOp,
-    Op,
-    PutOp,
-    Result,
-    SearchItem,
-    SearchOp,
-)
+from reverie.memory.extras import needs
+
+with needs("langgraph", "langgraph", "ReverieStore"):
+    from langgraph.store.base import (
+        BaseStore,
+        GetOp,
+        Item,
+        ListNamespacesOp,
+        Op,
+        PutOp,
+        Result,
+        SearchItem,
+        SearchOp,
+    )
 
 from reverie.agent.client import MemoryClient
 from reverie.memory.errors import InvalidInputError, NotFoundError

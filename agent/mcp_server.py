@@ -13,8 +13,11 @@ import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
-from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from reverie.memory.extras import needs
+
+with needs("mcp", "mcp", "the MCP server"):
+    from mcp.server.mcpserver import Context, MCPServer
+    from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 
 from reverie.agent.client import MemoryClient
 from reverie.memory.errors import ReverieError

@@ -208,7 +208,9 @@ def _md(text: str) -> str:
 
 def plot_forgetting(report: dict[str, Any], path: Path) -> None:
     """One line per cycle: mean recall of that cycle's facts at each later promoted version."""
-    import matplotlib
+    from reverie.memory.extras import require
+
+    matplotlib = require("matplotlib", "plot", "the retention plot")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -9,7 +9,8 @@ Every error the library raises on purpose derives from :class:`ReverieError`::
      ├── ConflictError            an id is reused with different content
      ├── StreamError              the experience stream failed or timed out
      ├── StorageError             a local write failed (a full disk, a read-only data dir)
-     └── IntegrityError           stored state failed a check (checksum, dimension, format)
+     ├── IntegrityError           stored state failed a check (checksum, dimension, format)
+     └── MissingExtraError        an optional package is not installed; names the extra
 
 Nothing here shadows a builtin.
 """
@@ -21,6 +22,7 @@ __all__ = [
     "ConflictError",
     "IntegrityError",
     "InvalidInputError",
+    "MissingExtraError",
     "NotFoundError",
     "ReverieError",
     "StorageError",
@@ -64,3 +66,15 @@ class StorageError(ReverieError):
 
 class IntegrityError(ReverieError):
     """Stored state failed a consistency check."""
+
+
+class MissingExtraError(ReverieError, ImportError):
+    """A feature needs an optional package that is not installed. ``extra`` names the
+    ``pip install 'reverie[extra]'`` that brings it."""
+
+    def __init__(self, what: str, extra: str, package: str) -> None:
+        self.extra = extra
+        super().__init__(
+            f"{what} needs the optional package {package}: pip install 'reverie[{extra}]' "
+            "(or make install, which installs every extra)"
+        )

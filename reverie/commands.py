@@ -222,8 +222,10 @@ def _port_free(host: str, port: int) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from reverie.memory.extras import require
 
+    require("fastapi", "server", "reverie serve")
+    uvicorn = require("uvicorn", "server", "reverie serve")
     from reverie.agent import MemoryClient
     from reverie.agent.server import create_app
     from reverie.settings import load_settings
@@ -282,14 +284,16 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_mcp(args: argparse.Namespace) -> int:
     """MCP over stdio: stdout carries the protocol, so nothing else may print there."""
+    from reverie.memory.extras import require
+
+    require("mcp", "mcp", "reverie mcp")
     from reverie.agent import MemoryClient
     from reverie.agent.mcp_server import build_server
     from reverie.memory.experience import validate_tenant
     from reverie.settings import load_settings
 
     if args.http:
-        import uvicorn
-
+        uvicorn = require("uvicorn", "server", "reverie mcp --http")
         from reverie.agent.mcp_server import http_app
 
         if args.port and not _port_free(args.host, args.port):

@@ -37,6 +37,9 @@ __all__ = [
 def open_stream(settings: StreamSettings, data_dir: Path) -> ExperienceStream:
     """Kafka when bootstrap servers are configured, otherwise the embedded log in ``data_dir``."""
     if settings.bootstrap_servers:
+        from reverie.memory.extras import require
+
+        require("kafka", "kafka", "the Kafka stream (stream.bootstrap_servers)", "kafka-python")
         from reverie.memory.stream.kafka import KafkaStream  # imported lazily: it opens connections
 
         return KafkaStream(
