@@ -422,6 +422,42 @@ class MemoryClient:
         rows = rows[:limit]
         return Page(rows, str(rows[-1].seq) if more and rows else None)
 
+    def retention_report(self, tenant: str, *, format: str = "json") -> Any:
+        """``tenant``'s retention report: the document (``"json"``), Markdown (``"md"``), or a
+        self-contained HTML page (``"html"``: charts, answers, and the buffer's contents). No
+        model is loaded."""
+        from reverie.consolidator.report import load_report, to_markdown
+
+        validate_tenant(tenant)
+        report = load_report(self.registry, tenant)
+        if format == "json":
+            return report
+        if format == "md":
+            return to_markdown(report)
+        if format != "html":
+            raise InvalidInputError("format", f"must be json, md or html, got {format!r}")
+        from reverie.consolidator.report_html import to_html
+
+        rows, cursor = [], None
+        while True:
+            page = self.list_experiences(tenant=tenant, limit=MAX_PAGE, cursor=cursor)
+            rows += page.items
+            if (cursor := page.next_cursor) is None:
+                break
+        experiences = [
+            {
+                "id": r.experience.id,
+                "text": r.experience.text,
+                "status": r.status,
+                "version": r.version,
+                "created_at": r.experience.created_at.isoformat(timespec="seconds"),
+            }
+            for r in rows
+        ]
+        gate = self.settings.gate.model_dump(exclude={"max_attempts"})
+        counts = self.buffer.stats().get(tenant)
+        return to_html(report, thresholds=gate, experiences=experiences, counts=counts)
+
     def get(self, id: str, *, tenant: str) -> StoredExperience:
         validate_tenant(tenant)
         stored = self.buffer.get(tenant, id)

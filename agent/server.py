@@ -20,7 +20,13 @@ from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -28,7 +34,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from reverie.agent.auth import TokenStore
 from reverie.agent.chat import Reply
 from reverie.agent.client import MemoryClient
-from reverie.consolidator.report import load_report, to_markdown
 from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.errors import (
     ConflictError,
@@ -481,13 +486,17 @@ def create_app(
         return {"current": registry.rollback(tenant, body.version if body else None).version}
 
     @app.get("/v1/reports/retention", response_model=None)
-    def report(tenant: Tenant, format: str = "json") -> dict[str, Any] | PlainTextResponse:
-        data = load_report(registry, tenant)
+    def report(
+        tenant: Tenant, format: str = "json"
+    ) -> dict[str, Any] | PlainTextResponse | HTMLResponse:
+        """The token's tenant's retention report: ``format`` json, md, or html (one
+        self-contained page: charts, every probe answer, the buffer's contents)."""
+        out = client.retention_report(tenant, format=format)
         if format == "md":
-            return PlainTextResponse(to_markdown(data), media_type="text/markdown")
-        if format != "json":
-            raise InvalidInputError("format", "json or md")
-        return data
+            return PlainTextResponse(out, media_type="text/markdown")
+        if format == "html":
+            return HTMLResponse(out)
+        return dict(out)
 
     # -- operations ------------------------------------------------------------------------------
     @app.get("/healthz")

@@ -14,7 +14,7 @@ from typing import Any
 from reverie.memory.adapters import AdapterRegistry, VersionInfo
 from reverie.memory.files import read_jsonl
 
-__all__ = ["build_report", "load_report", "plot_forgetting", "to_markdown"]
+__all__ = ["build_report", "cohort_curves", "load_report", "plot_forgetting", "to_markdown"]
 
 
 def load_report(registry: AdapterRegistry, tenant: str) -> dict[str, Any]:
@@ -86,8 +86,9 @@ def build_report(
                     "answer": r.get("prediction"),
                     "correct": r.get("correct"),
                 }
-            if rs[0]["role"] == "efficacy":
-                fact["trained_in"] = info.version
+            if rs[0]["role"] == "efficacy":  # trained in this version (kept if promoted)
+                if m.get("outcome") == "promoted":
+                    fact["trained_in"] = info.version
                 ceil = [r["ceiling_correct"] for r in rs if r.get("ceiling_correct") is not None]
                 fact["ceiling"] = round(sum(ceil) / len(ceil), 4) if ceil else None
             fact["by_version"][info.version] = {
@@ -206,8 +207,41 @@ def _md(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|").replace("*", "\\*")
 
 
-def plot_forgetting(report: dict[str, Any], path: Path) -> None:
-    """One line per cycle: mean recall of that cycle's facts at each later promoted version."""
+def cohort_curves(report: dict[str, Any]) -> dict[str, dict[int, float]]:
+    """Forgetting curves: for each promoted version's cohort (the facts first trained in it),
+    the share of their probe questions answered right at each version from it on, keyed by the
+    version's index in ``report["versions"]``. Averaged over probes, as the efficacy column is."""
+    versions = [v["version"] for v in report["versions"]]
+    curves: dict[str, dict[int, float]] = {}
+    for row in report["versions"]:
+        if row["outcome"] != "promoted":
+            continue
+        cohort = [f for f in report["facts"] if f["trained_in"] == row["version"]]
+        points = {}
+        for i in range(versions.index(row["version"]), len(versions)):
+            here = versions[i]
+            scored = [f["by_version"][here] for f in cohort if here in f["by_version"]]
+            probes = sum(s["probes"] for s in scored)
+            if probes:
+                points[i] = round(sum(s["recalled"] * s["probes"] for s in scored) / probes, 4)
+        if points:
+            curves[row["version"]] = points
+    return curves
+
+
+_GATE_LINES = (  # label, report column, threshold setting
+    ("efficacy / ceiling", "efficacy_ratio", "min_efficacy"),
+    ("retention", "retention", "min_retention"),
+    ("locality (served)", "served_locality", "min_locality"),
+    ("locality (raw)", "locality", "min_raw_locality"),
+)
+
+
+def plot_forgetting(
+    report: dict[str, Any], path: Path, thresholds: dict[str, float] | None = None
+) -> None:
+    """Two panels over every version (rejected ones marked): the forgetting curve of each
+    cycle cohort, and the gate's scores against their thresholds."""
     from reverie.memory.extras import require
 
     matplotlib = require("matplotlib", "plot", "the retention plot")
@@ -215,27 +249,31 @@ def plot_forgetting(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    promoted = [v["version"] for v in report["versions"] if v["outcome"] == "promoted"]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for cycle in promoted:
-        facts = [f for f in report["facts"] if f["trained_in"] == cycle]
-        xs, ys = [], []
-        for i, version in enumerate(promoted):
-            scores = [
-                f["by_version"][version]["recalled"] for f in facts if version in f["by_version"]
-            ]
-            if scores and i >= promoted.index(cycle):
-                xs.append(i)
-                ys.append(sum(scores) / len(scores))
+    versions = [v["version"] for v in report["versions"]]
+    rejected = [i for i, v in enumerate(report["versions"]) if v["reasons"]]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    for cohort, points in cohort_curves(report).items():
+        xs = sorted(points)
+        top.plot(xs, [points[i] for i in xs], marker="o", label=f"facts of {cohort}")
+    top.set_ylabel("recalled without context")
+    top.set_title(f"Forgetting curves per cycle cohort, tenant {report['tenant']}")
+    for k, (label, column, setting) in enumerate(_GATE_LINES):
+        colour = f"C{k}"
+        xs = [i for i, v in enumerate(report["versions"]) if v[column] is not None]
         if xs:
-            ax.plot(xs, ys, marker="o", label=f"facts of {cycle}")
-    ax.set_xticks(range(len(promoted)), promoted, rotation=45)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("promoted version")
-    ax.set_ylabel("recalled without context")
-    ax.set_title(f"Forgetting curves, tenant {report['tenant']}")
-    if promoted:
-        ax.legend(fontsize=7, loc="lower left")
+            ys = [report["versions"][i][column] for i in xs]
+            bottom.plot(xs, ys, marker="o", color=colour, label=label)
+        if thresholds and setting in thresholds:
+            bottom.axhline(thresholds[setting], color=colour, linestyle="--", linewidth=0.8)
+    bottom.set_ylabel("gate score (dashed: threshold)")
+    for ax in (top, bottom):
+        ax.set_ylim(-0.02, 1.05)
+        for i in rejected:
+            ax.axvspan(i - 0.4, i + 0.4, color="0.85", zorder=0)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower left")
+    bottom.set_xticks(range(len(versions)), versions, rotation=45)
+    bottom.set_xlabel("version (grey: rejected)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -160,8 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", help="vNNNN (show, promote; rollback defaults to the parent)")
 
     p = command("report", cmd_report, "retention report: per fact per version")
-    p.add_argument("--format", choices=["md", "json"], default="md")
-    p.add_argument("--plot", help="also write a forgetting-curve plot (PNG) here")
+    p.add_argument(
+        "--format",
+        choices=["md", "json", "html"],
+        default="md",
+        help="html: one self-contained page (charts, answers, the buffer): > report.html",
+    )
+    p.add_argument(
+        "--plot", help="also write a PNG here: forgetting curves per cohort and the gate scores"
+    )
 
     # The suite's own parser reads the rest of the line, so building this parser never imports
     # the benchmarks (``reverie bench --help`` prints the suite's options).

@@ -409,23 +409,23 @@ def _need_version(args: argparse.Namespace) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from reverie.consolidator.report import load_report, plot_forgetting, to_markdown
+    from reverie.consolidator.report import load_report, plot_forgetting
     from reverie.memory.adapters import AdapterRegistry
     from reverie.settings import load_settings
 
-    registry = AdapterRegistry(load_settings(args.config).data_dir / "adapters")
-    report = load_report(registry, args.tenant)
+    settings = load_settings(args.config)
+    report = load_report(AdapterRegistry(settings.data_dir / "adapters"), args.tenant)
     if not report["versions"]:
         raise NotFoundError(
             f"tenant {args.tenant!r} has no adapter versions yet: nothing to report "
             "(a consolidation cycle writes the first)"
         )
     if args.plot:
-        plot_forgetting(report, Path(args.plot))
-    if args.format == "json" or args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(to_markdown(report))
+        plot_forgetting(report, Path(args.plot), settings.gate.model_dump())
+    fmt = "json" if args.json else args.format
+    with _client(args) as client:
+        out = client.retention_report(args.tenant, format=fmt)
+    print(json.dumps(out, indent=2) if fmt == "json" else out)
     return EXIT_OK
 
 

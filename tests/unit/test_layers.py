@@ -3,8 +3,8 @@
 reverie.memory        nothing of ours
 reverie.model         memory
 reverie.consolidator  memory, model                (never agent, the CLI or the settings root)
-reverie.agent         memory, model, the settings root, and consolidator.report (reading
-                      reports); never training code
+reverie.agent         memory, model, the settings root, and consolidator.report(_html)
+                      (reading reports); never training code
 reverie.settings      the layers' own settings sections only
 """
 
@@ -30,6 +30,7 @@ ALLOWED = {
         "reverie.agent",
         "reverie.settings",
         "reverie.consolidator.report",
+        "reverie.consolidator.report_html",
     },
     "reverie/settings.py": {
         "reverie.memory.config",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from reverie.consolidator.report import build_report, to_markdown
+from reverie.consolidator.report import build_report, cohort_curves, plot_forgetting, to_markdown
 from reverie.memory.adapters import VersionInfo
 
 
@@ -52,3 +52,36 @@ def test_every_experience_appears_with_each_versions_answers() -> None:
     assert "Experiences without probes" in text and "quiet" in text and "dog" in text
     assert "v0001 ✓ Salmon." in text and "v0002 ✗ Tuna." in text
     assert "v0002: locality 0.80 < 0.90" in text
+
+
+def test_cohort_curves_average_over_probes_like_the_efficacy_column() -> None:
+    versions = [
+        version("v0001", "promoted", ["a", "b"]),
+        version("v0002", "rejected_locality", ["c"]),
+        version("v0003", "promoted", ["d"]),
+    ]
+    q = "What about it?"
+    results = {
+        "v0001": [
+            row("a", "efficacy", q + "1", "x", True),
+            row("a", "efficacy", q + "2", "x", False),
+            row("b", "efficacy", q, "x", True),
+        ],
+        "v0002": [row("c", "efficacy", q, "x", True), row("a", "retention", q + "1", "x", False)],
+        "v0003": [row("d", "efficacy", q, "x", True), row("b", "retention", q, "x", True)],
+    }
+    report = build_report("t", versions, results, "v0003")
+    curves = cohort_curves(report)
+    # a: 1 of 2, b: 1 of 1 -> 2 of 3 probes (the mean of per-fact shares would be 0.75)
+    assert curves["v0001"] == {0: 0.6667, 1: 0.0, 2: 1.0}
+    assert curves["v0003"] == {2: 1.0}
+    assert "v0002" not in curves  # a rejected version has no cohort
+    facts = {f["experience_id"]: f for f in report["facts"]}
+    assert facts["c"]["trained_in"] is None and facts["c"]["ceiling"] == 1.0
+
+
+def test_the_plot_draws_both_panels(tmp_path: Path) -> None:
+    versions = [version("v0001", "promoted", ["a"], efficacy={"ratio": 0.5})]
+    report = build_report("t", versions, {"v0001": [row("a", "efficacy", "q", "x", True)]}, None)
+    plot_forgetting(report, tmp_path / "p.png", {"min_efficacy": 0.5})
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
