@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reverie.consolidator.gate import Outcome
+from reverie.model.progress import listening
 
 __all__ = ["CycleResult", "StageTimer", "gate_scores", "summary_table"]
 
@@ -46,24 +48,57 @@ class CycleResult:
 
 class StageTimer:
     """Seconds per stage; a stage timed twice adds up. ``on_stage`` hears each stage as it
-    starts, and None when it ends (the daemon's "current stage" metric)."""
+    starts, and None when it ends (the daemon's "current stage" metric). On a terminal each
+    stage's generation shows a bar with its ETA (sequences generated of those asked so far);
+    otherwise one line when a stage starts and one when it ends."""
 
-    def __init__(self, on_stage: Callable[[str | None], None] | None = None) -> None:
+    def __init__(
+        self, on_stage: Callable[[str | None], None] | None = None, bars: bool | None = None
+    ) -> None:
         self.seconds: dict[str, float] = {}
         self._on_stage = on_stage or (lambda _: None)
+        self._bars = sys.stderr.isatty() if bars is None else bars
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         start = time.perf_counter()
         logger.info("stage %s: started", stage)
         self._on_stage(stage)
+        bar = _StageBar(stage) if self._bars else None
         try:
-            yield
+            if bar is None:
+                yield
+            else:
+                with listening(bar.advance):
+                    yield
         finally:
+            if bar is not None:
+                bar.close()
             self._on_stage(None)
             took = time.perf_counter() - start
             self.seconds[stage] = round(self.seconds.get(stage, 0.0) + took, 2)
             logger.info("stage %s: %.1f s", stage, took)
+
+
+class _StageBar:
+    """One tqdm bar per stage over every generation call in it: each call adds its total."""
+
+    def __init__(self, stage: str) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, desc=stage, unit="seq", leave=False)
+        self.seen = 0  # done in the current call
+
+    def advance(self, done: int, total: int) -> None:
+        if done <= self.seen or self.seen == 0:  # a new call began
+            self.bar.total += total
+            self.seen = 0
+        self.bar.update(done - self.seen)
+        self.bar.refresh()  # a batch takes seconds: show each one
+        self.seen = done if done < total else 0
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def summary_table(results: Sequence[dict[str, Any]]) -> str:

@@ -14,6 +14,7 @@ import torch
 
 from reverie.model.base import BaseModel
 from reverie.model.config import ModelSettings
+from reverie.model.progress import advance
 from reverie.model.prompts import encode, render_user
 
 __all__ = ["BATCH", "answer", "generate_ids"]
@@ -60,6 +61,7 @@ def generate_ids(
         for row, i in enumerate(idx):
             seq = generated[row]
             out[i] = seq[: seq.index(eos_id) + 1] if eos_id in seq else seq
+        advance(start + len(idx), len(prompts))
     return out
 
 

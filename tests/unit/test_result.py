@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from reverie.consolidator.result import summary_table
+from typing import Any
+
+import pytest
+
+from reverie.consolidator.result import StageTimer, summary_table
 
 
 def test_summary_table_has_a_row_per_tenant_with_served_scores_and_stage_seconds() -> None:
@@ -38,3 +42,21 @@ def test_summary_table_has_a_row_per_tenant_with_served_scores_and_stage_seconds
     assert lines[2].split() == [
         "bob", "rejected_locality", "v0001", "1", "0.20", "0.800", "-", "-", "-", "10", "-", "10",
     ]  # fmt: skip
+
+
+def test_a_stage_on_a_terminal_shows_its_generation_progress(
+    tiny_base: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from reverie.model.generate import generate_ids
+
+    prompts = [[1, 2, 3]] * 5
+    timer = StageTimer(bars=True)
+    with timer("teacher"):
+        generate_ids(tiny_base.model, prompts, eos_id=2, pad_id=2, max_new_tokens=2, batch_size=2)
+        generate_ids(tiny_base.model, prompts[:3], eos_id=2, pad_id=2, max_new_tokens=2)
+    err = capsys.readouterr().err
+    assert "teacher" in err and "5/5" in err and "8/8" in err  # each call adds its sequences
+    assert "teacher" in timer.seconds
+    with StageTimer(bars=False)("probe"):  # not a terminal: no bar, the log lines only
+        generate_ids(tiny_base.model, prompts, eos_id=2, pad_id=2, max_new_tokens=2)
+    assert "probe" not in capsys.readouterr().err
