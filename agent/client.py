@@ -249,7 +249,7 @@ class MemoryClient:
         self._stream.append([StreamRecord.forgotten(tenant, id)])
         self.buffer.delete(tenant, id)
         if stored.position is not None:  # the logged record, its text overwritten in place
-            self._stream.redact(stored.position, tenant, id)
+            self._stream.redact(stored.position, stored.experience)
         return erase_forgotten(self.registry, self.buffer, tenant)
 
     def update(
@@ -279,7 +279,7 @@ class MemoryClient:
             [position] = self._stream.append([StreamRecord.updated(new)])
             self.buffer.replace(new, vector, position)
             if stored.position is not None:
-                self._stream.redact(stored.position, tenant, id)
+                self._stream.redact(stored.position, stored.experience)
             erase_holding(self.registry, self.buffer, tenant, {id}, reason=f"updated: {id}")
         return new
 
@@ -296,7 +296,7 @@ class MemoryClient:
         self.buffer.delete_many(tenant, ids)
         for r in rows:
             if r.position is not None:
-                self._stream.redact(r.position, tenant, r.experience.id)
+                self._stream.redact(r.position, r.experience)
         self.buffer.drop_index(tenant)
         versions = self.registry.delete_tenant(tenant)
         shutil.rmtree(self.settings.data_dir / "work" / tenant, ignore_errors=True)

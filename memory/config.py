@@ -44,6 +44,13 @@ class StreamSettings(_Section):
         description="Embedded log: roll to a new segment past this size.",
     )
     fsync: bool = Field(default=True, description="Embedded log: fsync every append.")
+    seal: bool = Field(
+        default=True,
+        description="Kafka: encrypt each experience under its own key, kept in the data dir "
+        "(stream-keys/) and destroyed when it is forgotten, so no readable copy stays in the "
+        "append-only topic. Every reader of the topic needs that data dir. False: plain JSON "
+        "records that keep the text until the topic's retention removes it.",
+    )
 
 
 class EmbedderSettings(_Section):

@@ -38,6 +38,13 @@ def open_client(
         client.close()
 
 
+def stream_bytes(client: MemoryClient) -> bytes:
+    """Every record of the stream as stored (Kafka: as a consumer fetches it)."""
+    return b"".join(
+        m.raw for p in range(client.stream.partitions) for m in client.stream.read(p, 0, 10_000)
+    )
+
+
 def stream_records(client: MemoryClient) -> list[StreamRecord]:
     out = []
     for p in range(client.stream.partitions):
@@ -127,6 +134,8 @@ def test_forget_erases_for_good(open_client: ClientFactory) -> None:
         "plants"
     ]
     assert StreamRecord.forgotten("alice", "safe") in stream_records(client)
+    # No readable copy in the stream: overwritten in place (embedded), key destroyed (Kafka).
+    assert b"12-34-56" not in stream_bytes(client)
     with pytest.raises(ConflictError, match="forgotten"):
         client.log("The safe combination is 12-34-56.", tenant="alice", id="safe")
     # A fresh client replaying the stream from scratch does not bring it back.
@@ -226,6 +235,7 @@ def test_update_replaces_a_revision_and_survives_a_replay(open_client: ClientFac
     assert client.update("key", new.text, tenant="alice").created_at == new.created_at  # same
     with pytest.raises(NotFoundError):
         client.update("nope", "Anything.", tenant="alice")
+    assert b"blue flowerpot" not in stream_bytes(client)  # the old revision is unreadable
     # A fresh buffer rebuilt from the stream alone holds the new revision, once.
     client.close()
     for f in (client.settings.data_dir / "buffer").glob("buffer.sqlite3*"):

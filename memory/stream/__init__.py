@@ -41,7 +41,9 @@ def open_stream(settings: StreamSettings, data_dir: Path) -> ExperienceStream:
 
         require("kafka", "kafka", "the Kafka stream (stream.bootstrap_servers)", "kafka-python")
         from reverie.memory.stream.kafka import KafkaStream  # imported lazily: it opens connections
+        from reverie.memory.stream.sealing import KeyStore, Sealer
 
+        sealer = Sealer(KeyStore(data_dir / "stream-keys")) if settings.seal else None
         return KafkaStream(
             settings.bootstrap_servers,
             topic=settings.topic,
@@ -51,6 +53,7 @@ def open_stream(settings: StreamSettings, data_dir: Path) -> ExperienceStream:
             request_timeout_s=settings.request_timeout_s,
             max_poll_interval_ms=settings.max_poll_interval_ms,
             session_timeout_ms=settings.session_timeout_ms,
+            sealer=sealer,
         )
     return EmbeddedStream(
         data_dir / "stream",

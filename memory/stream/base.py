@@ -31,14 +31,15 @@ __all__ = [
     "encode_record",
 ]
 
-RecordKind = Literal["experience", "forget", "update"]
+RecordKind = Literal["experience", "forget", "update", "erased"]
 _FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
 class StreamRecord:
     """One event on the stream: an experience was logged, forgotten, or replaced by a new
-    revision under the same id (``update``: the earlier revision is forgotten first)."""
+    revision under the same id (``update``: the earlier revision is forgotten first). ``erased``
+    is never written: it is how a sealed record whose key was destroyed reads back."""
 
     kind: RecordKind
     tenant: str
@@ -56,6 +57,10 @@ class StreamRecord:
     @classmethod
     def updated(cls, experience: Experience) -> StreamRecord:
         return cls("update", experience.tenant, experience.id, experience)
+
+    @classmethod
+    def erased(cls, tenant: str, id: str) -> StreamRecord:
+        return cls("erased", tenant, id)
 
 
 @dataclass(frozen=True)
@@ -209,11 +214,12 @@ class ExperienceStream(Protocol):
         """Join consumer group ``group``; start at its committed offsets (else the beginning)."""
         ...
 
-    def redact(self, position: Position, tenant: str, id: str) -> bool:
-        """Replace the experience record at ``position`` by a forget record of the same
-        experience, in place (its offset, and every other record, unchanged), so no readable
-        copy of a forgotten text stays in the stream. False where the backend cannot rewrite
-        its log (Kafka: see the README's erasure notes)."""
+    def redact(self, position: Position, experience: Experience) -> bool:
+        """Make the record of ``experience`` logged at ``position`` unreadable for good, so no
+        readable copy of a forgotten text stays in the stream: the embedded log overwrites it in
+        place by a forget record (its offset, and every other record, unchanged); a sealed
+        Kafka stream destroys the revision's key. False when nothing could be done (an unsealed
+        Kafka topic keeps the text until its retention removes it)."""
         ...
 
     def close(self) -> None: ...

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from reverie.memory.errors import ConfigError, StreamError
+from reverie.memory.experience import Experience
 from reverie.memory.files import atomic_write_text
 from reverie.memory.stream.base import (
     Position,
@@ -117,8 +118,8 @@ class EmbeddedStream:
                 positions[i] = Position(p, first + k)
         return [pos for pos in positions if pos is not None]
 
-    def redact(self, position: Position, tenant: str, id: str) -> bool:
-        payload = encode_record(StreamRecord.forgotten(tenant, id))
+    def redact(self, position: Position, experience: Experience) -> bool:
+        payload = encode_record(StreamRecord.forgotten(experience.tenant, experience.id))
         try:
             return self._partitions[position.partition].overwrite(position.offset, payload)
         except OSError as err:

@@ -3,7 +3,9 @@
 One topic per deployment, record key = tenant (so a tenant's records share a partition and stay in
 order), producer with ``acks="all"`` and idempotence wherever the broker supports it (kafka-python
 turns it off with a warning on brokers that do not). Consumers use the group protocol with
-auto-commit off: offsets move only when :meth:`KafkaGroupConsumer.commit` is called.
+auto-commit off: offsets move only when :meth:`KafkaGroupConsumer.commit` is called. With a
+:class:`~reverie.memory.stream.sealing.Sealer` (the default through ``open_stream``) each
+experience is encrypted under its own key, destroyed on forget (crypto-shredding).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from reverie.memory.errors import StreamError
+from reverie.memory.experience import Experience
 from reverie.memory.stream.base import (
     Position,
     StreamMessage,
@@ -29,6 +32,7 @@ from reverie.memory.stream.base import (
     encode_record,
     to_message,
 )
+from reverie.memory.stream.sealing import Sealer
 
 __all__ = ["KafkaGroupConsumer", "KafkaStream"]
 
@@ -49,8 +53,10 @@ class KafkaStream:
         request_timeout_s: float = 30.0,
         max_poll_interval_ms: int = 300_000,
         session_timeout_ms: int = 45_000,
+        sealer: Sealer | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
+        self.sealer = sealer  # None: records travel in the clear (and forget cannot erase them)
         self.topic = topic
         self._client_id = client_id
         self._consumers: weakref.WeakSet[KafkaGroupConsumer] = weakref.WeakSet()
@@ -114,13 +120,22 @@ class KafkaStream:
         return self._partitions
 
     def append(self, records: Sequence[StreamRecord]) -> list[Position]:
-        return self._send([(r.tenant, encode_record(r)) for r in records])
+        seal = self.sealer.seal if self.sealer is not None else encode_record
+        return self._send([(r.tenant, seal(r)) for r in records])
 
     def append_raw(self, tenant: str, payloads: Sequence[bytes]) -> list[Position]:
         return self._send([(tenant, p) for p in payloads])
 
-    def redact(self, position: Position, tenant: str, id: str) -> bool:
-        return False  # a Kafka log is append-only: the topic's retention decides
+    def redact(self, position: Position, experience: Experience) -> bool:
+        """A Kafka log is append-only: a sealed record becomes unreadable when its key is
+        destroyed; an unsealed one stays until the topic's retention removes it."""
+        return self.sealer.shred(experience) if self.sealer is not None else False
+
+    def message(self, partition: int, offset: int, raw: bytes) -> StreamMessage:
+        """A fetched record as delivered: opened if sealed."""
+        if self.sealer is not None:
+            return self.sealer.open(partition, offset, raw)
+        return to_message(partition, offset, raw)
 
     def _send(self, keyed: Sequence[tuple[str, bytes]]) -> list[Position]:
         try:
@@ -200,7 +215,7 @@ class KafkaStream:
             records = batch.get(tp, [])
             if not records and not behind:
                 break
-            out.extend(to_message(partition, r.offset, r.value) for r in records)
+            out.extend(self.message(partition, r.offset, r.value) for r in records)
         return out
 
     def consumer(self, group: str) -> KafkaGroupConsumer:
@@ -223,6 +238,8 @@ class KafkaStream:
             consumer.close()
         self._producer.close(timeout=self._timeout_s)
         self._reader.close()
+        if self.sealer is not None:
+            self.sealer.close()
 
 
 class KafkaGroupConsumer:
@@ -249,7 +266,7 @@ class KafkaGroupConsumer:
             raise StreamError(f"poll failed for group {self.group!r}: {err}") from err
         out: list[StreamMessage] = []
         for tp in sorted(batches, key=lambda t: t.partition):
-            out.extend(to_message(tp.partition, r.offset, r.value) for r in batches[tp])
+            out.extend(self._stream.message(tp.partition, r.offset, r.value) for r in batches[tp])
         return out
 
     def commit(self, offsets: Mapping[int, int]) -> None:
