@@ -40,8 +40,14 @@ class AsyncMemoryClient:
     async def update(self, id: str, text: str, *, tenant: str, **fields: Any) -> Experience:
         return await asyncio.to_thread(self.client.update, id, text, tenant=tenant, **fields)
 
-    async def forget(self, id: str, *, tenant: str) -> list[str]:
-        return await asyncio.to_thread(self.client.forget, id, tenant=tenant)
+    async def forget(self, id: str, *, tenant: str, prove: bool | None = None) -> list[str]:
+        return await asyncio.to_thread(self.client.forget, id, tenant=tenant, prove=prove)
+
+    async def erasures(self, tenant: str) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.client.erasures, tenant)
+
+    async def retention_report(self, tenant: str, *, format: str = "json") -> Any:
+        return await asyncio.to_thread(self.client.retention_report, tenant, format=format)
 
     async def delete_tenant(self, tenant: str) -> dict[str, int]:
         return await asyncio.to_thread(self.client.delete_tenant, tenant)

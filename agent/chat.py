@@ -252,10 +252,12 @@ class Responder:
         sampling: Sampling | None = None,
         on_text: Callable[[str], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        use_adapter: bool = True,
     ) -> Reply:
         """Answer ``messages`` for ``tenant`` with ``recalled`` experiences in the prompt.
         ``query`` is the last user turn's embedding: the tenant's router decides from it whether
-        the adapter answers (without it, or without a router, the adapter answers)."""
+        the adapter answers (without it, or without a router, the adapter answers);
+        ``use_adapter=False`` answers with the base model alone."""
         from reverie.model.batcher import BASE_ADAPTER, DecodeRequest
 
         base = self.base
@@ -276,7 +278,7 @@ class Responder:
         emitter = _TextEmitter(base.tokenizer, on_text) if on_text is not None else None
         batcher = self.batcher
         with self._lock:  # the adapter stays loaded until this request leaves the batch
-            active = self._activate(tenant)
+            active = self._activate(tenant) if use_adapter else None
             name, version, router = active if active is not None else (None, None, None)
             routed = name is not None and (
                 router is None or query is None or bool(router.routes(query[None])[0])

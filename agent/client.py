@@ -28,6 +28,7 @@ from reverie.agent.chat import (
     recall_mode,
     validate_messages,
 )
+from reverie.agent.proof import ErasureLog, probe_questions, prove
 from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.buffer import Buffer, Hit, Status, StoredExperience
 from reverie.memory.embedder import Embedder, SentenceTransformerEmbedder
@@ -234,23 +235,78 @@ class MemoryClient:
                 raise error
         return verdicts
 
-    def forget(self, id: str, *, tenant: str) -> list[str]:
+    def forget(self, id: str, *, tenant: str, prove: bool | None = None) -> list[str]:
         """Erase an experience: a forget record goes to the stream, the buffer drops it (no
         replay brings it back), and every adapter version whose weights hold it is erased, the
         tenant's pointer moving first to the newest version that does not (or to none): from
         the moment this returns, no served answer comes from weights that learned it. The
         tenant's other experiences in those versions are consolidated again by the next cycle.
-        Returns the erased versions. Raises :class:`NotFoundError` if the tenant has no such
-        id."""
+
+        The erasure is recorded (:meth:`erasures`) with its proof: the experience's probe
+        questions asked of the model as now served and of the base model (``prove``: None
+        measures it when the language model is already loaded here, True loads it, False
+        skips it). Returns the erased versions. Raises :class:`NotFoundError` if the tenant has
+        no such id."""
         validate_tenant(tenant)
         stored = self.buffer.get(tenant, id)
         if stored is None:
             raise NotFoundError(f"tenant {tenant!r} has no experience {id!r}")
+        proving = self.model_loaded if prove is None else prove
+        questions = self._questions(stored.experience) if proving else []
         self._stream.append([StreamRecord.forgotten(tenant, id)])
         self.buffer.delete(tenant, id)
         if stored.position is not None:  # the logged record, its text overwritten in place
             self._stream.redact(stored.position, stored.experience)
-        return erase_forgotten(self.registry, self.buffer, tenant)
+        erased = erase_forgotten(self.registry, self.buffer, tenant)
+        self._record_erasure(tenant, id, erased, questions if proving else None)
+        return erased
+
+    def erasures(self, tenant: str) -> list[dict[str, Any]]:
+        """The tenant's erasure records, oldest first: id, time, versions erased, the version
+        live afterwards, and the proof (right answers of the served and of the base model to
+        the forgotten experience's probe questions; None where it was not measured)."""
+        return ErasureLog(self.settings.data_dir).entries(tenant)
+
+    def _questions(self, experience: Experience) -> list[tuple[str, list[str]]]:
+        holding = [
+            v.version
+            for v in self.registry.versions(experience.tenant)
+            if "erased" not in v.manifest
+            and any(e["id"] == experience.id for e in v.manifest.get("experiences", []))
+        ]
+        return probe_questions(experience, self.registry, holding)
+
+    def _record_erasure(
+        self, tenant: str, id: str, erased: list[str], questions: list[tuple[str, list[str]]] | None
+    ) -> None:
+        proof = None
+        if questions is not None:
+            responder = self.load_model()
+
+            def served(q: str) -> str:
+                query = self._embedder.embed([q])[0]  # routed as a served question is
+                return responder.respond([{"role": "user", "content": q}], tenant=tenant,
+                                         query=query).text  # fmt: skip
+
+            def base(q: str) -> str:
+                return responder.respond([{"role": "user", "content": q}], tenant=tenant,
+                                         use_adapter=False).text  # fmt: skip
+
+            proof = prove(questions, served, base)
+            if not proof["holds"]:
+                logger.warning("erasure of %s/%s: served model still answers %d of %d probes "
+                               "(base %d)", tenant, id, proof["served_correct"],
+                               proof["questions"], proof["base_correct"])  # fmt: skip
+        current = self.registry.current(tenant)
+        ErasureLog(self.settings.data_dir).record(
+            tenant,
+            {
+                "id": id,
+                "erased_versions": erased,
+                "live_version": current.version if current else None,
+                "proof": proof,
+            },
+        )
 
     def update(
         self,
@@ -280,7 +336,12 @@ class MemoryClient:
             self.buffer.replace(new, vector, position)
             if stored.position is not None:
                 self._stream.redact(stored.position, stored.experience)
-            erase_holding(self.registry, self.buffer, tenant, {id}, reason=f"updated: {id}")
+            proving = self.model_loaded
+            questions = self._questions(stored.experience) if proving else None
+            erased = erase_holding(
+                self.registry, self.buffer, tenant, {id}, reason=f"updated: {id}"
+            )
+        self._record_erasure(tenant, id, erased, questions)
         return new
 
     def delete_tenant(self, tenant: str) -> dict[str, int]:
@@ -300,6 +361,7 @@ class MemoryClient:
         self.buffer.drop_index(tenant)
         versions = self.registry.delete_tenant(tenant)
         shutil.rmtree(self.settings.data_dir / "work" / tenant, ignore_errors=True)
+        ErasureLog(self.settings.data_dir).drop(tenant)
         tokens = TokenStore(self.settings.data_dir)
         try:
             revoked = tokens.revoke_tenant(tenant)

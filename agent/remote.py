@@ -44,12 +44,16 @@ class RemoteMemoryClient:
         self.tenant: str = self._call("GET", "/v1/status")["tenant"]
 
     # -- plumbing --------------------------------------------------------------------------
-    def _call(self, method: str, path: str, **kw: Any) -> Any:
+    def _call(self, method: str, path: str, *, text: bool = False, **kw: Any) -> Any:
+        """The response's JSON (``text``: its body as text); errors raised as the local
+        client raises them."""
         try:
             response = self._http.request(method, path, **kw)
         except httpx.HTTPError as err:
             raise StorageError(f"the Reverie server did not answer: {err}") from None
         if response.status_code < 400:
+            if text:
+                return response.text
             return response.json() if response.content else None
         try:
             error = response.json()["error"]
@@ -123,10 +127,20 @@ class RemoteMemoryClient:
         out = self._call("PUT", f"/v1/experiences/{id}", json={k: v for k, v in body.items() if v})
         return Experience.model_validate(out["experience"])
 
-    def forget(self, id: str, *, tenant: str) -> list[str]:
+    def forget(self, id: str, *, tenant: str, prove: bool | None = None) -> list[str]:
         self._check(tenant)
-        out = self._call("DELETE", f"/v1/experiences/{id}")
+        params = {} if prove is None else {"prove": str(prove).lower()}
+        out = self._call("DELETE", f"/v1/experiences/{id}", params=params)
         return list((out or {}).get("erased_versions", []))
+
+    def erasures(self, tenant: str) -> list[dict[str, Any]]:
+        self._check(tenant)
+        return list(self._call("GET", "/v1/erasures")["erasures"])
+
+    def retention_report(self, tenant: str, *, format: str = "json") -> Any:
+        self._check(tenant)
+        params = {"format": format}
+        return self._call("GET", "/v1/reports/retention", text=format != "json", params=params)
 
     def delete_tenant(self, tenant: str) -> dict[str, int]:
         self._check(tenant)

@@ -344,10 +344,18 @@ def create_app(
         return {"experience": exp.model_dump(mode="json")}
 
     @app.delete("/v1/experiences/{experience_id}")
-    def forget(experience_id: str, tenant: Tenant) -> dict[str, Any]:
-        """Erase the experience everywhere; names the adapter versions erased with it."""
-        erased = client.forget(experience_id, tenant=tenant)
-        return {"forgotten": experience_id, "erased_versions": erased}
+    def forget(experience_id: str, tenant: Tenant, prove: bool | None = None) -> dict[str, Any]:
+        """Erase the experience everywhere; names the adapter versions erased with it and the
+        proof (its probe questions answered by the served and by the base model), measured
+        once the model is loaded."""
+        erased = client.forget(experience_id, tenant=tenant, prove=prove)
+        proof = next(e for e in reversed(client.erasures(tenant)) if e["id"] == experience_id)
+        return {"forgotten": experience_id, "erased_versions": erased, "proof": proof["proof"]}
+
+    @app.get("/v1/erasures")
+    def erasures(tenant: Tenant) -> dict[str, Any]:
+        """The token's tenant's erasure records, oldest first, each with its proof."""
+        return {"tenant": tenant, "erasures": client.erasures(tenant)}
 
     @app.get("/v1/status")
     def status(tenant: Tenant) -> dict[str, Any]:

@@ -40,10 +40,10 @@ from reverie.benchmarks.common import (
 )
 from reverie.consolidator.cycle import Consolidator
 from reverie.consolidator.locality import load_controls
-from reverie.consolidator.metrics import best
 from reverie.memory.embedder import SentenceTransformerEmbedder
 from reverie.memory.files import read_jsonl
 from reverie.model.base import BaseModel, load_base
+from reverie.model.metrics import best
 from reverie.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)

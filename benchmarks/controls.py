@@ -20,10 +20,10 @@ from pathlib import Path
 
 from reverie.benchmarks.common import REPO
 from reverie.consolidator.locality import DATA_DIR
-from reverie.consolidator.metrics import contains
 from reverie.consolidator.teacher import anchor_prompts
 from reverie.model.base import load_base
 from reverie.model.generate import answer
+from reverie.model.metrics import contains
 from reverie.settings import load_settings
 
 CANDIDATES = REPO / "benchmarks" / "data" / "control_candidates.jsonl"

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from reverie.benchmarks.methods import MethodRun, trainings
-from reverie.consolidator.metrics import best
 from reverie.memory.embedder import Embedder
 from reverie.model.base import BaseModel
+from reverie.model.metrics import best
 from reverie.model.prompts import context_prompt
 
 __all__ = ["entity_inferences", "locomo", "squad"]

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from reverie.consolidator.metrics import normalize
 from reverie.consolidator.probes import Probe
+from reverie.model.metrics import normalize
 
 __all__ = ["TransferItem", "TransferSet"]
 

@@ -19,12 +19,12 @@ from typing import Any
 import torch
 
 from reverie.consolidator.distill import kl_to_reference
-from reverie.consolidator.metrics import contains
 from reverie.consolidator.scoring import capped
 from reverie.memory.files import read_keyed, write_keyed
 from reverie.model.base import BaseModel
 from reverie.model.config import ModelSettings
 from reverie.model.generate import answer
+from reverie.model.metrics import contains
 from reverie.model.prompts import encode
 
 DATA_DIR = Path(__file__).resolve().parent / "data"

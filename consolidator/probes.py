@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from reverie.consolidator.metrics import best, normalize
 from reverie.memory.experience import Experience
 from reverie.model.base import BaseModel
 from reverie.model.config import ModelSettings
 from reverie.model.generate import answer
+from reverie.model.metrics import best, normalize
 from reverie.model.prompts import context_prompt
 
 __all__ = [

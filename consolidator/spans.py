@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from reverie.consolidator.metrics import normalize
+from reverie.model.metrics import normalize
 
 __all__ = ["Span", "content_words", "grounding", "key_spans", "sentences", "spans"]
 

@@ -28,13 +28,13 @@ import torch
 from reverie.consolidator.config import TransferSettings
 from reverie.consolidator.distill import TeacherTargets, answer_positions, lm_parts, right_padded
 from reverie.consolidator.items import TransferItem
-from reverie.consolidator.metrics import normalize
 from reverie.consolidator.spans import content_words, grounding, key_spans
 from reverie.consolidator.train import Example
 from reverie.memory.files import atomic_write_bytes, read_keyed, write_keyed
 from reverie.model.base import BaseModel
 from reverie.model.config import ModelSettings
 from reverie.model.generate import generate_ids
+from reverie.model.metrics import normalize
 from reverie.model.prompts import encode, render_user
 
 __all__ = [

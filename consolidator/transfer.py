@@ -38,7 +38,6 @@ from typing import Any
 from reverie.consolidator.config import TransferSettings
 from reverie.consolidator.generator import generate_pairs
 from reverie.consolidator.items import TransferItem, TransferSet
-from reverie.consolidator.metrics import normalize
 from reverie.consolidator.probes import Probe, metadata_probes
 from reverie.consolidator.questions import WH_BY_KIND, clause_subject, clauses, wh_questions
 from reverie.consolidator.sampling import round_robin
@@ -47,6 +46,7 @@ from reverie.consolidator.teacher import accept, teacher_answers
 from reverie.memory.experience import Experience
 from reverie.model.base import BaseModel
 from reverie.model.config import ModelSettings
+from reverie.model.metrics import normalize
 from reverie.model.prompts import context_prompt, encode
 
 __all__ = [

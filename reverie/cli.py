@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("forget", cmd_forget, "erase an experience")
     p.add_argument("id")
+    p.add_argument(
+        "--prove",
+        action="store_true",
+        help="load the model and record the proof: its probe questions answered by the served "
+        "and by the base model",
+    )
 
     p = command(
         "delete-tenant", cmd_delete_tenant, "erase a tenant: memory, adapters, tokens (for good)"

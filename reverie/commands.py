@@ -119,11 +119,21 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 def cmd_forget(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        client.forget(args.id, tenant=args.tenant)
+        erased = client.forget(args.id, tenant=args.tenant, prove=args.prove or None)
+        proof = client.erasures(args.tenant)[-1]["proof"]
+    line = f"forgot {args.id} of tenant {args.tenant}"
+    if erased:
+        line += f"; erased adapter versions {', '.join(erased)}"
+    if proof is not None:
+        line += (
+            f"; proof: the served model answers {proof['served_correct']} of its "
+            f"{proof['questions']} probe questions, the base model {proof['base_correct']} "
+            f"({'holds' if proof['holds'] else 'DOES NOT HOLD'})"
+        )
     _emit(
         args,
-        {"forgotten": args.id, "tenant": args.tenant},
-        f"forgot {args.id} of tenant {args.tenant}",
+        {"forgotten": args.id, "tenant": args.tenant, "erased_versions": erased, "proof": proof},
+        line,
     )
     return EXIT_OK
 

@@ -326,6 +326,18 @@ def test_forget_stops_serving_weights_that_hold_it_at_once(
         assert client.chat(question, tenant="alice").adapter_version is None
         assert cycle("alice").outcome == "nothing_to_do"  # nothing left to rebuild
 
+        # Each erasure is recorded with its proof (the model is loaded: measured), and the
+        # record holds no copy of what was forgotten.
+        log = client.erasures("alice")
+        assert [(e["id"], e["erased_versions"], e["live_version"]) for e in log] == [
+            ("cat", ["v0002"], "v0001"),
+            ("landlord", ["v0001"], None),
+        ]
+        for entry in log:  # the held-out questions its cycle asked, answered by both models
+            assert entry["proof"]["questions"] >= 1 and entry["proof"]["holds"] is True
+        text = (settings.data_dir / "erasures" / "alice.jsonl").read_text()
+        assert "Biscuit" not in text and "salmon" not in text and "Vasquez" not in text
+
 
 def test_a_candidate_is_erased_not_promoted_when_a_forget_moved_the_tenant_on(
     tmp_path: Path, buffer: Buffer

@@ -135,7 +135,13 @@ def test_log_recall_forget_over_http(server: Server) -> None:
     ).json()["hits"]
     assert hits[0]["experience"]["id"] == "boat"
     gone = server.call("DELETE", "/v1/experiences/boat", server.alice)
-    assert gone.status_code == 200 and gone.json() == {"forgotten": "boat", "erased_versions": []}
+    assert gone.status_code == 200
+    assert gone.json() == {
+        "forgotten": "boat",
+        "erased_versions": [],
+        # the model is loaded, so the proof is measured: no probes (never consolidated)
+        "proof": {"questions": 0, "served_correct": 0, "base_correct": 0, "holds": True},
+    }
     assert server.call("GET", "/v1/experiences/boat", server.alice).status_code == 404
 
 
@@ -392,6 +398,15 @@ def test_remote_client_has_the_local_clients_methods_types_and_errors(server: Se
         assert reply.model and "boat" in reply.recalled_ids
         assert memory.status()["tenants"]["carol"]["total"] == 3
         assert memory.forget("boat", tenant="carol") == []
+        *_, erasure = memory.erasures("carol")
+        assert [e["id"] for e in memory.erasures("carol")] == ["gym", "boat"]  # update, forget
+        assert erasure["proof"]["holds"] is True  # measured: the server has its model loaded
+        assert memory.forget("gym", tenant="carol", prove=False) == []
+        assert memory.erasures("carol")[-1]["proof"] is None  # asked not to measure
+        assert memory.retention_report("carol") == {
+            "tenant": "carol", "current": None, "versions": [], "facts": [],
+        }  # fmt: skip
+        assert "tenant <code>carol</code>" in memory.retention_report("carol", format="html")
         try:
             memory.get("boat", tenant="carol")
             raise AssertionError("forgotten, yet found")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reverie.consolidator.metrics import best, contains, exact_match, normalize, scored, token_f1
+from reverie.model.metrics import best, contains, exact_match, normalize, scored, token_f1
 
 
 def test_normalize_drops_case_punctuation_articles_and_accents() -> None:
