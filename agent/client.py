@@ -9,6 +9,7 @@ experience is ever missing from recall, and dedupe by (tenant, id) means none is
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sqlite3
 import threading
@@ -86,6 +87,15 @@ def _utc_iso(value: datetime | str | None, field: str) -> str | None:
     return when.astimezone(UTC).isoformat()
 
 
+def writable(client: MemoryClient) -> None:
+    """Raise :class:`StorageError` if ``client``'s data dir cannot be written."""
+    if client.read_only:
+        raise StorageError(
+            f"the data dir {client.settings.data_dir} is read-only: reads (status, list, recall, "
+            "ask) work, writes need a writable data dir; nothing was written"
+        )
+
+
 def _private(directory: Path) -> None:
     """Only the user who runs Reverie may read the data dir (experience text, token hashes)."""
     try:
@@ -109,20 +119,26 @@ class MemoryClient:
         sync: bool = True,
     ) -> None:
         self.settings = settings or load_settings()
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
-        _private(self.settings.data_dir)
-        self._stream = stream or open_stream(self.settings.stream, self.settings.data_dir)
+        data = self.settings.data_dir
+        # A data dir that cannot be written (a read-only mount, a snapshot): reads work, every
+        # write is refused up front with one clear error, and nothing is repaired or cached.
+        self.read_only = data.is_dir() and not os.access(data, os.W_OK)
+        if not self.read_only:
+            data.mkdir(parents=True, exist_ok=True)
+            _private(data)
+        self._stream = stream or open_stream(self.settings.stream, data, self.read_only)
         self._embedder = embedder or SentenceTransformerEmbedder(self.settings.embedder)
         self.buffer = Buffer(
-            self.settings.data_dir / "buffer",
+            data / "buffer",
             dim=self._embedder.dim,
             embedder_name=self._embedder.name,
             settings=self.settings.buffer,
+            read_only=self.read_only,
         )
         self.registry = AdapterRegistry(self.settings.data_dir / "adapters")
         self._responder: Responder | None = None  # the language model loads on the first chat
         self._responder_lock = threading.Lock()
-        if sync:
+        if sync and not self.read_only:
             self.sync()
 
     @property
@@ -182,6 +198,7 @@ class MemoryClient:
         return self._log(experiences)
 
     def _log(self, experiences: list[Experience]) -> list[Experience]:
+        writable(self)
         if not experiences:
             return []
         tenant = experiences[0].tenant
@@ -248,6 +265,7 @@ class MemoryClient:
         skips it). Returns the erased versions. Raises :class:`NotFoundError` if the tenant has
         no such id."""
         validate_tenant(tenant)
+        writable(self)
         stored = self.buffer.get(tenant, id)
         if stored is None:
             raise NotFoundError(f"tenant {tenant!r} has no experience {id!r}")
@@ -322,6 +340,7 @@ class MemoryClient:
         :meth:`forget` (adapter versions holding it erased at once, its stream record
         overwritten where the stream allows it); the new one is buffered, recallable at once
         and consolidated by the next cycle. The same content again changes nothing."""
+        writable(self)
         new = make_experience(
             text, tenant=tenant, id=id, source=source, metadata=metadata, created_at=created_at
         )
@@ -350,6 +369,7 @@ class MemoryClient:
         allows it), every adapter version, the index, the training checkpoints and every token
         of the tenant. Returns what was deleted."""
         validate_tenant(tenant)
+        writable(self)
         rows = self.buffer.experiences(tenant)
         ids = [r.experience.id for r in rows]
         if ids:

@@ -52,13 +52,19 @@ class Buffer:
         dim: int,
         embedder_name: str,
         settings: BufferSettings | None = None,
+        read_only: bool = False,
     ) -> None:
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            self.dir.mkdir(parents=True, exist_ok=True)
         self._dim = dim
         self._lock = threading.RLock()
-        self._rows = RowStore(self.dir / "buffer.sqlite3", dim=dim, embedder_name=embedder_name)
-        self._index = IndexCache(self.dir / "index", self._rows, settings or BufferSettings())
+        self._rows = RowStore(
+            self.dir / "buffer.sqlite3", dim=dim, embedder_name=embedder_name, read_only=read_only
+        )
+        self._index = IndexCache(
+            self.dir / "index", self._rows, settings or BufferSettings(), read_only=read_only
+        )
 
     # -- writes ----------------------------------------------------------------------------
     @contextmanager

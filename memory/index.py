@@ -55,9 +55,13 @@ class IndexCache:
     """Per-tenant indexes over ``rows``, loaded from ``directory`` and saved there. Not
     thread-safe on its own: the buffer calls it under its lock."""
 
-    def __init__(self, directory: Path, rows: RowStore, settings: BufferSettings) -> None:
+    def __init__(
+        self, directory: Path, rows: RowStore, settings: BufferSettings, read_only: bool = False
+    ) -> None:
         self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only  # indexes built from the rows stay in memory, unsaved
+        if not read_only:
+            self.dir.mkdir(parents=True, exist_ok=True)
         self._rows = rows
         self._settings = settings
         self._indexes: dict[str, _TenantIndex] = {}
@@ -177,6 +181,8 @@ class IndexCache:
 
     def _save(self, tenant: str, index: _TenantIndex) -> None:
         """Write index and high-water mark as one file, atomically (old or new, never a mix)."""
+        if self.read_only:
+            return
         blob = faiss.serialize_index(index.index).tobytes()
         meta = json.dumps(
             {

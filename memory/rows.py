@@ -119,9 +119,20 @@ class RowStore:
     embedder raises :class:`IntegrityError` instead of mixing vector spaces.
     """
 
-    def __init__(self, path: Path, *, dim: int, embedder_name: str) -> None:
+    def __init__(
+        self, path: Path, *, dim: int, embedder_name: str, read_only: bool = False
+    ) -> None:
         self.dim = dim
         self.lock = threading.RLock()
+        if read_only:  # a read-only data dir: the rows as they are (immutable: no locks, no WAL)
+            self._db = sqlite3.connect(
+                f"file:{path}?mode=ro&immutable=1",
+                uri=True,
+                check_same_thread=False,
+                isolation_level=None,
+            )
+            self._db.row_factory = sqlite3.Row
+            return
         self._db = sqlite3.connect(
             path, check_same_thread=False, timeout=30.0, isolation_level=None
         )

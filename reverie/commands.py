@@ -176,9 +176,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_consolidate(args: argparse.Namespace) -> int:
     if not args.once:
         raise InvalidInputError("once", "give --once to run one cycle now, or run `reverie daemon`")
+    from reverie.agent.client import writable
     from reverie.consolidator.cycle import Consolidator
 
     with _client(args) as client:
+        writable(client)  # a cycle writes versions and marks the buffer
         consolidator = Consolidator(client.settings, buffer=client.buffer, embedder=client.embedder)
         tenants = (
             [args.tenant]
@@ -210,7 +212,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         settings = load_settings(args.config, daemon={**settings.daemon.model_dump(), **overrides})
     if "json" in (settings.log_format, settings.daemon.log_format):
         use_json_logs()
+    from reverie.agent.client import writable
+
     with MemoryClient(settings) as client:
+        writable(client)
         Daemon(
             settings, stream=client.stream, buffer=client.buffer, embedder=client.embedder
         ).run_forever()

@@ -34,8 +34,11 @@ __all__ = [
 ]
 
 
-def open_stream(settings: StreamSettings, data_dir: Path) -> ExperienceStream:
-    """Kafka when bootstrap servers are configured, otherwise the embedded log in ``data_dir``."""
+def open_stream(
+    settings: StreamSettings, data_dir: Path, read_only: bool = False
+) -> ExperienceStream:
+    """Kafka when bootstrap servers are configured, otherwise the embedded log in ``data_dir``
+    (``read_only``: a data dir that cannot be written; reads work, appends raise)."""
     if settings.bootstrap_servers:
         from reverie.memory.extras import require
 
@@ -43,7 +46,7 @@ def open_stream(settings: StreamSettings, data_dir: Path) -> ExperienceStream:
         from reverie.memory.stream.kafka import KafkaStream  # imported lazily: it opens connections
         from reverie.memory.stream.sealing import KeyStore, Sealer
 
-        sealer = Sealer(KeyStore(data_dir / "stream-keys")) if settings.seal else None
+        sealer = Sealer(KeyStore(data_dir / "stream-keys", read_only)) if settings.seal else None
         return KafkaStream(
             settings.bootstrap_servers,
             topic=settings.topic,
@@ -60,4 +63,5 @@ def open_stream(settings: StreamSettings, data_dir: Path) -> ExperienceStream:
         partitions=settings.partitions,
         segment_bytes=settings.segment_bytes,
         fsync=settings.fsync,
+        read_only=read_only,
     )

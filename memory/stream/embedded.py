@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from reverie.memory.errors import ConfigError, StreamError
+from reverie.memory.errors import ConfigError, StorageError, StreamError
 from reverie.memory.experience import Experience
 from reverie.memory.files import atomic_write_text
 from reverie.memory.stream.base import (
@@ -65,9 +65,12 @@ class EmbeddedStream:
         partitions: int = 4,
         segment_bytes: int = 64 * 1024 * 1024,
         fsync: bool = True,
+        read_only: bool = False,
     ) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only
+        if not read_only:
+            self.root.mkdir(parents=True, exist_ok=True)
         meta_path = self.root / "stream.json"
         if meta_path.exists():
             stored = json.loads(meta_path.read_text())["partitions"]
@@ -77,10 +80,13 @@ class EmbeddedStream:
                     f"the embedded stream at {self.root} was created with {stored} partitions, "
                     f"not {partitions}; set stream.partitions={stored} or use a new data dir",
                 )
+        elif read_only:
+            raise StorageError(f"no embedded stream at {self.root}, and the data dir is read-only")
         else:
             atomic_write_text(meta_path, json.dumps({"partitions": partitions}))
         self._partitions = [
-            Partition(self.root / f"p{p:04d}", segment_bytes, fsync) for p in range(partitions)
+            Partition(self.root / f"p{p:04d}", segment_bytes, fsync, read_only)
+            for p in range(partitions)
         ]
         self._consumers: weakref.WeakSet[EmbeddedConsumer] = weakref.WeakSet()
         self._dead: Partition | None = None
@@ -103,6 +109,8 @@ class EmbeddedStream:
         return self._append_keyed([(tenant, p) for p in payloads])
 
     def _append_keyed(self, keyed: Sequence[tuple[str, bytes]]) -> list[Position]:
+        if self.read_only:
+            raise StorageError(f"the embedded stream at {self.root} is read-only: nothing written")
         by_partition: dict[int, list[int]] = {}
         for i, (tenant, _) in enumerate(keyed):
             by_partition.setdefault(self.partition_for(tenant), []).append(i)
@@ -130,13 +138,17 @@ class EmbeddedStream:
 
     def _dlq(self) -> Partition:
         if self._dead is None:
-            self._dead = Partition(self.root / "dead-letters", 64 * 1024 * 1024, True)
+            self._dead = Partition(
+                self.root / "dead-letters", 64 * 1024 * 1024, True, self.read_only
+            )
         return self._dead
 
     def dead_letter(self, message: StreamMessage, reason: str) -> None:
         self._dlq().append([dead_letter_payload(self.name, message, reason)])
 
     def dead_letters(self, limit: int = 1000) -> list[dict[str, Any]]:
+        if self.read_only and not (self.root / "dead-letters").is_dir():
+            return []  # none was ever written, and none can be now
         return [json.loads(raw) for _, raw in self._dlq().read(0, limit)]
 
     def read(self, partition: int, offset: int, max_records: int = 500) -> list[StreamMessage]:

@@ -32,13 +32,18 @@ _SEGMENT_SUFFIX = ".log"
 class Partition:
     """One partition: a directory of segments. Thread-safe and multi-process safe."""
 
-    def __init__(self, directory: Path, segment_bytes: int, fsync: bool) -> None:
+    def __init__(
+        self, directory: Path, segment_bytes: int, fsync: bool, read_only: bool = False
+    ) -> None:
         self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.read_only = read_only  # a read-only data dir: read what is there, repair nothing
+        if not read_only:
+            self.dir.mkdir(parents=True, exist_ok=True)
         self._segment_bytes = segment_bytes
         self._fsync = fsync
         self._mutex = threading.Lock()
-        self._lock_file = open(self.dir / ".lock", "a+b")  # noqa: SIM115 - held for the log's life
+        # held for the log's life (flock needs no write access)
+        self._lock_file = open(self.dir / ".lock", "rb" if read_only else "a+b")  # noqa: SIM115
         # Cached view of the tail: (segment base, valid byte length, next offset).
         self._tail_base = -1
         self._tail_pos = 0
@@ -86,6 +91,12 @@ class Partition:
         no later record moves and no offset is ever handed out twice.
         """
         bases = self._bases()
+        if self.read_only:  # find the valid end; a torn tail is left for a writer to cut
+            base = bases[-1] if bases else 0
+            end = scan(self._path(base).read_bytes()) if bases else None
+            self._tail_base, self._tail_pos = base, end.end if end else 0
+            self._tail_next = base + (len(end.payloads) if end else 0)
+            return
         if not bases:
             self._path(0).touch()
             fsync_dir(self.dir)

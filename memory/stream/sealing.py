@@ -47,11 +47,16 @@ def key_id(experience: Experience) -> str:
 class KeyStore:
     """Per-revision data keys in SQLite. Deleting a key is irreversible."""
 
-    def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(root, 0o700)
+    def __init__(self, root: Path, read_only: bool = False) -> None:
         self.path = root / "keys.sqlite"
         self._lock = threading.Lock()
+        if read_only:  # a read-only data dir: open the keys, write nothing
+            self._db = sqlite3.connect(
+                f"file:{self.path}?mode=ro&immutable=1", uri=True, check_same_thread=False
+            )
+            return
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(root, 0o700)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         os.chmod(self.path, 0o600)
         self._db.execute("PRAGMA secure_delete = ON")
