@@ -31,6 +31,7 @@ from reverie.benchmarks.common import (
 )
 from reverie.consolidator.cycle import Consolidator
 from reverie.consolidator.probes import Probe, run_probes
+from reverie.consolidator.result import gate_scores
 from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.embedder import SentenceTransformerEmbedder
 from reverie.model.base import attach_adapter, load_base
@@ -101,7 +102,8 @@ def run_config(
                     "outcome": result.outcome,
                     "version": result.version,
                     "reasons": list(result.reasons),
-                    "locality": loc.get("ratio"),
+                    "locality": loc.get("ratio"),  # raw: the adapter answers every control
+                    "served_locality": gate_scores(result.probes).get("locality"),
                     "experiences": len(result.experience_ids),
                     "seconds": round(sum(result.timings.values()), 1),
                 }
@@ -116,9 +118,10 @@ def run_config(
             finally:
                 if current:
                     model.unload()
+            statuses = [str(s.status) for s in client.buffer.experiences("seq")]
             if on_cycle is not None:
-                on_cycle(summarize(name, overrides, matrix, outcomes, c + 1))
-    return summarize(name, overrides, matrix, outcomes, cycles)
+                on_cycle(summarize(name, overrides, matrix, outcomes, c + 1, statuses))
+    return summarize(name, overrides, matrix, outcomes, cycles, statuses)
 
 
 def summarize(
@@ -127,6 +130,7 @@ def summarize(
     matrix: list[list[float | None]],
     outcomes: list[dict[str, Any]],
     done: int,
+    statuses: list[str] | None = None,
 ) -> dict[str, Any]:
     """The result after ``done`` cycles: the matrix, how much of its post-cycle accuracy the
     first cycle's facts keep, the final mean accuracy, rejections, locality of promotions.
@@ -150,6 +154,11 @@ def summarize(
         "min_locality_promoted": min(
             (o["locality"] for o in promoted if o["locality"]), default=None
         ),
+        "min_served_locality_promoted": min(
+            (o["served_locality"] for o in promoted if o.get("served_locality")), default=None
+        ),
+        # where every logged experience ended: consolidated, still buffered, or given up on
+        "statuses": {s: (statuses or []).count(s) for s in sorted(set(statuses or []))},
         "cycles": outcomes,
     }
 
@@ -165,7 +174,9 @@ def print_matrix(result: dict[str, Any]) -> None:
     print(
         f"first cycle kept {result['first_cycle_kept']} of its post-cycle score; "
         f"rejected cycles: {len(result['rejected'])}; "
-        f"min locality of promoted versions: {result['min_locality_promoted']}"
+        f"min locality of promoted versions: raw {result['min_locality_promoted']}, served "
+        f"{result.get('min_served_locality_promoted')}; experiences at the end: "
+        f"{result.get('statuses')}"
     )
 
 
