@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,17 @@ def start_server(root: Path, serve_batch: int = 8) -> tuple[subprocess.Popen[byt
     return proc, url, token
 
 
+def _concurrently(worker: Callable[[int], None], clients: int) -> float:
+    """Run ``worker(0..clients-1)`` in threads at once; the seconds until the last ends."""
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
+    begin = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - begin
+
+
 def _chat(c: httpx.Client, question: str, max_tokens: int) -> dict[str, Any]:
     body = {
         "model": "reverie",
@@ -100,13 +112,7 @@ def chat_throughput(url: str, tokens: list[str], clients: int, seconds: float) -
                     generated[0] += reply["usage"]["completion_tokens"]
                 i += 1
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
-    begin = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - begin
+    elapsed = _concurrently(worker, clients)
     return {
         "clients": clients,
         "tokens_per_s": round(generated[0] / elapsed, 1),
@@ -195,13 +201,7 @@ def recall_throughput(url: str, token: str, clients: int, seconds: float) -> dic
                     samples.append(time.perf_counter() - start)
                 i += 1
 
-    threads = [threading.Thread(target=worker, args=(s,)) for s in range(clients)]
-    begin = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - begin
+    elapsed = _concurrently(worker, clients)
     return {
         "clients": clients,
         "requests_per_s": round(len(samples) / elapsed, 1),
