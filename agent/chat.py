@@ -277,7 +277,7 @@ class Responder:
         sampling = sampling or Sampling()
         emitter = _TextEmitter(base.tokenizer, on_text) if on_text is not None else None
         batcher = self.batcher
-        with self._lock:  # the adapter stays loaded until this request leaves the batch
+        with batcher.exclusive():  # between two steps; the adapter stays loaded while it runs
             active = self._activate(tenant) if use_adapter else None
             name, version, router = active if active is not None else (None, None, None)
             routed = name is not None and (

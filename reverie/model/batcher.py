@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,7 @@ class Batcher:
         self._next: list[int] = []  # the token each row feeds next
         self._thread: threading.Thread | None = None
         self._admitted: dict[str, float] = {}  # group -> when it last had a row admitted
+        self._outside = 0  # threads waiting for or holding the model outside the loop
 
     # -- the callers' side -------------------------------------------------------------------------
     def run(self, request: DecodeRequest) -> DecodeRequest:
@@ -114,6 +116,21 @@ class Batcher:
             raise request.error
         return request
 
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the model between two steps (to load an adapter, then submit). The loop lets
+        such a caller in before its next step: a lock alone is not fair, and a loop that takes
+        it back at once would keep a new request out until the batch is empty."""
+        with self._cond:
+            self._outside += 1
+        try:
+            with self.lock:
+                yield
+        finally:
+            with self._cond:
+                self._outside -= 1
+                self._cond.notify_all()
+
     def adapters_in_use(self) -> set[str]:
         """Adapters named by a running or waiting request (not to be evicted)."""
         with self._cond:
@@ -127,7 +144,7 @@ class Batcher:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._waiting and not self._rows:
+                while self._outside or (not self._waiting and not self._rows):
                     self._cond.wait()
             try:
                 with self.lock, torch.no_grad():
