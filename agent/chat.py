@@ -176,6 +176,8 @@ class Responder:
 
     @property
     def base(self) -> BaseModel:
+        if self._base is not None:  # no lock once loaded: the decoding loop holds it per step
+            return self._base
         with self._lock:
             if self._base is None:
                 from reverie.model.base import load_base  # torch loads here, on first use
@@ -185,6 +187,8 @@ class Responder:
 
     @property
     def batcher(self) -> Batcher:
+        if self._batcher is not None:
+            return self._batcher
         with self._lock:
             if self._batcher is None:
                 from reverie.model.batcher import Batcher

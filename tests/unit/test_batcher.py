@@ -166,3 +166,38 @@ def test_a_failed_step_fails_its_requests_and_the_next_ones_run(tiny_base: Any) 
         batcher.run(DecodeRequest(prompt, 5))
     fail.clear()
     assert len(batcher.run(DecodeRequest(prompt, 5)).ids) == 5
+
+
+def test_the_responder_answers_a_short_chat_while_a_long_one_decodes(
+    tiny_base: Any, tiny_model_dir: Any, tmp_path: Any
+) -> None:
+    """The path the server takes (Responder.respond from two request threads): nothing on it
+    may wait for the decoding loop's lock, which the loop holds for every step."""
+    from reverie.agent.chat import Responder
+    from reverie.settings import load_settings
+
+    settings = load_settings(data_dir=tmp_path, model={"base": str(tiny_model_dir)})
+    responder = Responder(settings, base=tiny_base)
+    fast = responder._forward
+
+    def step(*args: Any) -> Any:  # a step as long as a real model's, the loop holding the lock
+        time.sleep(0.02)
+        return fast(*args)
+
+    responder._forward = step  # type: ignore[method-assign]
+    ask = [{"role": "user", "content": "Tell me a long story."}]
+    replies: dict[str, Any] = {}
+
+    def long() -> None:
+        replies["long"] = responder.respond(ask, tenant="alice", max_new_tokens=200)
+
+    thread = threading.Thread(target=long)
+    thread.start()
+    while responder._batcher is None or responder.batcher.running == 0:
+        time.sleep(0.005)
+    time.sleep(0.05)  # well into the long answer
+    short = responder.respond([{"role": "user", "content": "Hi"}], tenant="bob", max_new_tokens=3)
+    assert "long" not in replies  # answered while the long one was still being decoded
+    thread.join(60)
+    assert replies["long"].completion_tokens == 200 and short.completion_tokens == 3
+    assert short.queue_seconds < replies["long"].generate_seconds
