@@ -206,6 +206,7 @@ class Responder:
     def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any, adapters: list[str]) -> Any:
         """One forward pass of the batch: each row through its own adapter (or none)."""
         inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+        inputs["logits_to_keep"] = 1  # the LM head at the last position only (the prefill too)
         if self._peft is None:  # no adapter loaded yet: every row is the base model's
             return self.base.model(**inputs, cache=cache, use_cache=True).logits
         return self._peft(**inputs, cache=cache, use_cache=True, adapter_names=adapters).logits
