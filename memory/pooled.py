@@ -42,31 +42,41 @@ def mean_pooled_layout(path: Path) -> int | None:
 
 
 class MeanPooled:
-    """The model's ``encode`` as sentence-transformers calls it, for the mean-pooled layout."""
+    """The model's ``encode`` as sentence-transformers calls it, for the mean-pooled layout.
+    A plain BERT runs on :class:`~reverie.memory.bert.BertEncoder` (no transformers import);
+    any other architecture through transformers' ``AutoModel``."""
 
     def __init__(self, path: Path, max_length: int, device: str = "cpu") -> None:
+        from reverie.memory.bert import BertEncoder, supported
+
+        self.max_length, self.device = max_length, device
+        self.encoder: BertEncoder | None = None
+        if supported(path):
+            self.encoder = BertEncoder(path, max_length, device)
+            self.dim = self.encoder.dim
+            return
         from transformers import AutoModel, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(path), local_files_only=True).to(device).eval()
-        self.max_length, self.device = max_length, device
         self.dim = int(self.model.config.hidden_size)
+
+    def _states(self, texts: list[str]) -> tuple[Any, Any]:
+        if self.encoder is not None:
+            return self.encoder.encode(texts)
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        return self.model(**batch).last_hidden_state, batch["attention_mask"]
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, **_: Any) -> np.ndarray:
         import torch
 
         out = []
         for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(
-                list(texts[start : start + batch_size]),
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
             with torch.inference_mode():
-                states = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
-            mean = (states * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+                states, mask = self._states(list(texts[start : start + batch_size]))
+            weights = mask.unsqueeze(-1).to(states.dtype)
+            mean = (states * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
             out.append(torch.nn.functional.normalize(mean, dim=-1).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)

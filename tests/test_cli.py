@@ -175,6 +175,12 @@ def test_commands_that_read_the_data_dir_load_no_model(tmp_path: Path) -> None:
         assert "Traceback" not in out.stderr, (args, out.stderr[-2000:])
     out = reverie("list", "--tenant", "alice", "--json", data_dir=data)
     assert json.loads(out.stdout)["experiences"] == []  # the forget above took effect
+    # recall itself loads the embedder on torch alone: MiniLM's encoder is a plain BERT
+    out = reverie("recall", "--tenant", "alice", "key", data_dir=data,
+                  env={"PYTHONPROFILEIMPORTTIME": "1"})  # fmt: skip
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()}
+    assert out.returncode == 0 and "torch" in imported
+    assert not imported & {"transformers", "sentence_transformers"}
 
 
 def test_serve_on_a_busy_port_says_so_in_one_line_and_exits_3(tmp_path: Path) -> None:
