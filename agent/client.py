@@ -273,8 +273,8 @@ class MemoryClient:
         questions = self._questions(stored.experience) if proving else []
         self._stream.append([StreamRecord.forgotten(tenant, id)])
         self.buffer.delete(tenant, id)
-        if stored.position is not None:  # the logged record, its text overwritten in place
-            self._stream.redact(stored.position, stored.experience)
+        # The logged record: overwritten in place (embedded), its keys destroyed (Kafka).
+        self._stream.redact(stored.position, stored.experience, every_revision=True)
         erased = erase_forgotten(self.registry, self.buffer, tenant)
         self._record_erasure(tenant, id, erased, questions if proving else None)
         return erased
@@ -353,8 +353,7 @@ class MemoryClient:
                 return stored.experience
             [position] = self._stream.append([StreamRecord.updated(new)])
             self.buffer.replace(new, vector, position)
-            if stored.position is not None:
-                self._stream.redact(stored.position, stored.experience)
+            self._stream.redact(stored.position, stored.experience)  # the old revision only
             proving = self.model_loaded
             questions = self._questions(stored.experience) if proving else None
             erased = erase_holding(
@@ -376,8 +375,7 @@ class MemoryClient:
             self._stream.append([StreamRecord.forgotten(tenant, i) for i in ids])
         self.buffer.delete_many(tenant, ids)
         for r in rows:
-            if r.position is not None:
-                self._stream.redact(r.position, r.experience)
+            self._stream.redact(r.position, r.experience, every_revision=True)
         self.buffer.drop_index(tenant)
         versions = self.registry.delete_tenant(tenant)
         shutil.rmtree(self.settings.data_dir / "work" / tenant, ignore_errors=True)

@@ -292,9 +292,10 @@ class AdapterRegistry:
 
     def erase_holding(self, tenant: str, forgotten: set[str], *, reason: str) -> list[VersionInfo]:
         """Erase every version whose weights hold one of the ``forgotten`` experience ids: the
-        versions trained on them and every version trained on top of those. If the current
-        version is one, the newest of its ancestors that holds none becomes current first (or
-        no version at all), so from the moment this returns no served adapter holds them.
+        versions trained on them and every version trained on top of those, served or not. If
+        the current version is one, the newest of its ancestors that holds none becomes current
+        first (or no version at all), so from the moment this returns no served adapter holds
+        them.
         Returns the erased versions (with their manifests as they were)."""
         with self._locked(tenant) as directory:
             versions = {v.version: v for v in self.versions(tenant)}
@@ -304,6 +305,17 @@ class AdapterRegistry:
                 return bool(ids & forgotten) and "erased" not in info.manifest
 
             doomed = {name for name, info in versions.items() if holds(info)}
+            # Every version trained on top of one of those (promoted or not: a rejected child
+            # holds the weights, replays the transfer items and probed the fact as well).
+            grown = True
+            while grown:
+                children = {
+                    name
+                    for name, info in versions.items()
+                    if info.manifest.get("parent") in doomed and "erased" not in info.manifest
+                }
+                grown = not children <= doomed
+                doomed |= children
             current = self.current(tenant)
             lineage = self.lineage(tenant) if current else []
             first = next((i for i, v in enumerate(lineage) if v.version in doomed), None)

@@ -214,12 +214,16 @@ class ExperienceStream(Protocol):
         """Join consumer group ``group``; start at its committed offsets (else the beginning)."""
         ...
 
-    def redact(self, position: Position, experience: Experience) -> bool:
+    def redact(
+        self, position: Position | None, experience: Experience, every_revision: bool = False
+    ) -> bool:
         """Make the record of ``experience`` logged at ``position`` unreadable for good, so no
         readable copy of a forgotten text stays in the stream: the embedded log overwrites it in
         place by a forget record (its offset, and every other record, unchanged); a sealed
-        Kafka stream destroys the revision's key. False when nothing could be done (an unsealed
-        Kafka topic keeps the text until its retention removes it)."""
+        Kafka stream destroys the revision's key (``every_revision``: every key of the id, for
+        a forget, even of a revision the buffer never saw). False when nothing could be done
+        (no position on the embedded log; an unsealed Kafka topic keeps the text until its
+        retention removes it)."""
         ...
 
     def close(self) -> None: ...

@@ -126,7 +126,11 @@ class EmbeddedStream:
                 positions[i] = Position(p, first + k)
         return [pos for pos in positions if pos is not None]
 
-    def redact(self, position: Position, experience: Experience) -> bool:
+    def redact(
+        self, position: Position | None, experience: Experience, every_revision: bool = False
+    ) -> bool:
+        if position is None:
+            return False
         payload = encode_record(StreamRecord.forgotten(experience.tenant, experience.id))
         try:
             return self._partitions[position.partition].overwrite(position.offset, payload)

@@ -126,10 +126,14 @@ class KafkaStream:
     def append_raw(self, tenant: str, payloads: Sequence[bytes]) -> list[Position]:
         return self._send([(tenant, p) for p in payloads])
 
-    def redact(self, position: Position, experience: Experience) -> bool:
+    def redact(
+        self, position: Position | None, experience: Experience, every_revision: bool = False
+    ) -> bool:
         """A Kafka log is append-only: a sealed record becomes unreadable when its key is
         destroyed; an unsealed one stays until the topic's retention removes it."""
-        return self.sealer.shred(experience) if self.sealer is not None else False
+        if self.sealer is None:
+            return False
+        return self.sealer.shred(experience, every_revision)
 
     def message(self, partition: int, offset: int, raw: bytes) -> StreamMessage:
         """A fetched record as delivered: opened if sealed."""

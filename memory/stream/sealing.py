@@ -2,16 +2,18 @@
 
 A Kafka topic cannot be rewritten, so on Kafka every experience is sealed before it is sent: its
 fields (text, metadata, source, time) are encrypted with AES-256-GCM under a key of its own, and
-only the tenant, the id and the key's id travel in the clear. The keys live outside the topic, in
-a SQLite file under the data dir (``stream-keys/keys.sqlite``, private to its owner, written with
-``secure_delete`` so a deleted key's bytes are overwritten). Forgetting an experience deletes its
+only the tenant, the id and a random key id travel in the clear. The keys live outside the
+topic, in a SQLite file under the data dir (``stream-keys/keys.sqlite``, private to its owner,
+written with ``secure_delete`` and its write-ahead log emptied after each delete, so a deleted
+key's bytes are overwritten). Forgetting an experience deletes its
 key: every copy of the record (replicas, backups of the topic, a consumer's cache) is ciphertext
 that no one can read again, and replay treats it as erased.
 
-A key belongs to one revision: its id is a hash of the tenant, the experience id and the content,
+A key belongs to one revision (the key store finds it by tenant, id and a hash of the content),
 so re-logging the same content reuses it (an idempotent retry) and an update gets a new one while
-the old revision's key is deleted. Every process that reads the topic must share the data dir
-that holds the keys (as the daemon and the API do in ``deploy/``).
+the old revision's key is deleted; forget deletes every key of the id. Every process that reads
+the topic must share the data dir that holds the keys (as the daemon and the API do in
+``deploy/``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import os
 import sqlite3
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +34,15 @@ from reverie.memory.experience import Experience
 from reverie.memory.extras import require
 from reverie.memory.stream.base import StreamMessage, StreamRecord, encode_record, to_message
 
-__all__ = ["KeyStore", "Sealer"]
+__all__ = ["KeyStore", "Sealer", "revision"]
 
 _NONCE = 12
 
 
-def key_id(experience: Experience) -> str:
-    """The key's id: one per (tenant, id, content) revision."""
-    digest = hashlib.sha256(
-        json.dumps([experience.tenant, experience.id, *experience.content_key()]).encode()
-    )
-    return digest.hexdigest()[:32]
+def revision(experience: Experience) -> str:
+    """Which revision of an experience (a hash of its content), kept in the key store only:
+    the key id that travels with a record is random, so it says nothing about the text."""
+    return hashlib.sha256(json.dumps(experience.content_key()).encode()).hexdigest()
 
 
 class KeyStore:
@@ -50,7 +51,7 @@ class KeyStore:
     def __init__(self, root: Path, read_only: bool = False) -> None:
         self.path = root / "keys.sqlite"
         self._lock = threading.Lock()
-        if read_only:  # a read-only data dir: open the keys, write nothing
+        if read_only:  # a read-only data dir, read as the snapshot it is: write nothing
             self._db = sqlite3.connect(
                 f"file:{self.path}?mode=ro&immutable=1", uri=True, check_same_thread=False
             )
@@ -59,26 +60,31 @@ class KeyStore:
         os.chmod(root, 0o700)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         os.chmod(self.path, 0o600)
-        self._db.execute("PRAGMA secure_delete = ON")
-        self._db.execute("PRAGMA journal_mode = DELETE")  # no WAL keeps an old page around
+        self._db.execute("PRAGMA secure_delete = ON")  # a deleted key's bytes are overwritten
+        self._db.execute("PRAGMA journal_mode = WAL")  # emptied after every delete (below)
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS keys ("
-            " kid TEXT PRIMARY KEY, tenant TEXT NOT NULL, id TEXT NOT NULL, key BLOB NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS keys (kid TEXT PRIMARY KEY, tenant TEXT NOT NULL,"
+            " id TEXT NOT NULL, revision TEXT NOT NULL, key BLOB NOT NULL)"
         )
-        self._db.execute("CREATE INDEX IF NOT EXISTS by_tenant ON keys (tenant, id)")
+        self._db.execute(
+            "CREATE UNIQUE INDEX IF NOT EXISTS by_revision ON keys (tenant, id, revision)"
+        )
 
     def key_for(self, experience: Experience) -> tuple[str, bytes]:
-        """The revision's key (made and stored on first use)."""
-        kid = key_id(experience)
+        """The revision's key id and key (made and stored on first use)."""
+        rev = revision(experience)
         with self._lock:
-            row = self._db.execute("SELECT key FROM keys WHERE kid = ?", (kid,)).fetchone()
+            row = self._db.execute(
+                "SELECT kid, key FROM keys WHERE tenant = ? AND id = ? AND revision = ?",
+                (experience.tenant, experience.id, rev),
+            ).fetchone()
             if row is not None:
-                return kid, bytes(row[0])
-            key = os.urandom(32)
+                return str(row[0]), bytes(row[1])
+            kid, key = uuid.uuid4().hex, os.urandom(32)
             try:
                 self._db.execute(
-                    "INSERT INTO keys (kid, tenant, id, key) VALUES (?, ?, ?, ?)",
-                    (kid, experience.tenant, experience.id, key),
+                    "INSERT INTO keys (kid, tenant, id, revision, key) VALUES (?, ?, ?, ?, ?)",
+                    (kid, experience.tenant, experience.id, rev, key),
                 )
             except sqlite3.Error as err:
                 raise StorageError(f"cannot store the experience's key: {err}") from err
@@ -89,11 +95,17 @@ class KeyStore:
             row = self._db.execute("SELECT key FROM keys WHERE kid = ?", (kid,)).fetchone()
         return bytes(row[0]) if row is not None else None
 
-    def delete(self, experience: Experience) -> bool:
-        """Destroy the revision's key; True if there was one."""
+    def delete(self, experience: Experience, every_revision: bool = False) -> int:
+        """Destroy the revision's key (``every_revision``: every key of that id); returns how
+        many were destroyed."""
+        query = "DELETE FROM keys WHERE tenant = ? AND id = ?"
+        args: tuple[str, ...] = (experience.tenant, experience.id)
+        if not every_revision:
+            query, args = query + " AND revision = ?", (*args, revision(experience))
         with self._lock:
-            cur = self._db.execute("DELETE FROM keys WHERE kid = ?", (key_id(experience),))
-        return cur.rowcount > 0
+            gone = self._db.execute(query, args).rowcount
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # no old page left in the log
+        return int(gone)
 
     def close(self) -> None:
         with self._lock:
@@ -146,8 +158,8 @@ class Sealer:
         opened = to_message(partition, offset, json.dumps(body).encode())
         return dataclasses.replace(opened, raw=raw)  # never the plain text (dead letters keep raw)
 
-    def shred(self, experience: Experience) -> bool:
-        return self.keys.delete(experience)
+    def shred(self, experience: Experience, every_revision: bool = False) -> bool:
+        return self.keys.delete(experience, every_revision) > 0
 
     def close(self) -> None:
         self.keys.close()

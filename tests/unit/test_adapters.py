@@ -172,3 +172,17 @@ def test_a_garbage_pointer_is_contained_to_its_tenant_and_promote_repairs_it(
     reg.promote("bob", v1)  # the repair the error names
     repaired = reg.current("bob")
     assert repaired is not None and repaired.version == v1
+
+
+def test_erase_holding_takes_a_rejected_child_that_does_not_list_the_fact(tmp_path: Path) -> None:
+    """v2 (rejected, trained on v1) lists only c, but its weights grew from v1's, its transfer
+    set replays v1's items and its probes asked about them: forgetting a (in v1) erases it."""
+    reg = AdapterRegistry(tmp_path)
+    v1 = commit(reg, "t", b"1", holds=("a",))
+    v2 = commit(reg, "t", b"2", parent=v1, holds=("c",), outcome="rejected_locality")
+    v3 = commit(reg, "t", b"3", parent=v2, holds=("d",), outcome="rejected_locality")
+    other = commit(reg, "t", b"x", holds=("e",))  # another branch: kept
+    reg.promote("t", v1)
+    erased = reg.erase_holding("t", {"a"}, reason="forgotten: a")
+    assert [v.version for v in erased] == [v1, v2, v3]
+    assert "erased" not in reg.get("t", other).manifest

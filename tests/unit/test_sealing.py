@@ -10,7 +10,7 @@ import pytest
 
 from reverie.memory.experience import make_experience
 from reverie.memory.stream.base import StreamRecord
-from reverie.memory.stream.sealing import KeyStore, Sealer, key_id
+from reverie.memory.stream.sealing import KeyStore, Sealer
 
 pytestmark = pytest.mark.unit
 
@@ -29,12 +29,18 @@ def test_a_sealed_record_opens_until_its_key_is_shredded(tmp_path: Path) -> None
     forget = sealer.seal(StreamRecord.forgotten("alice", "vault"))
     assert sealer.open(0, 7, forget).record == StreamRecord.forgotten("alice", "vault")
 
-    key = sealer.keys.get(key_id(exp))
-    assert key is not None and key in (tmp_path / "keys" / "keys.sqlite").read_bytes()
+    kid = json.loads(raw)["sealed"]["kid"]
+    assert len(kid) == 32 and kid not in json.dumps(exp.model_dump(mode="json"))  # random
+    key = sealer.keys.get(kid)
+
+    def stored() -> bytes:  # the key store's files as they are on disk
+        return b"".join(p.read_bytes() for p in (tmp_path / "keys").glob("keys.sqlite*"))
+
+    assert key is not None and key in stored()
     assert sealer.shred(exp) is True and sealer.shred(exp) is False
     message = sealer.open(0, 5, raw)
     assert message.record == StreamRecord.erased("alice", "vault") and message.raw == raw
-    assert key not in (tmp_path / "keys" / "keys.sqlite").read_bytes()  # overwritten on delete
+    assert key not in stored()  # overwritten on delete, the write-ahead log emptied
     assert (tmp_path / "keys" / "keys.sqlite").stat().st_mode & 0o777 == 0o600
 
 
@@ -47,6 +53,8 @@ def test_an_update_gets_its_own_key(tmp_path: Path) -> None:
     sealer.shred(old)
     assert sealer.open(0, 0, old_raw).record == StreamRecord.erased("alice", "key")
     assert sealer.open(0, 1, new_raw).record == StreamRecord.updated(new)
+    assert sealer.shred(new, every_revision=True) is True  # a forget: every key of the id
+    assert sealer.open(0, 1, new_raw).record == StreamRecord.erased("alice", "key")
 
 
 def test_a_box_moved_to_another_record_or_damaged_does_not_open(tmp_path: Path) -> None:
