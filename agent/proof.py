@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,15 +60,23 @@ def probe_questions(
 
 
 def prove(questions: Sequence[tuple[str, list[str]]], served: Ask, base: Ask) -> dict[str, Any]:
-    """Right answers of the served model and of the base model to ``questions``; ``holds`` is
-    True when the served model is right no more often than the base."""
-    served_right = sum(bool(best(served(q), a)["contains"]) for q, a in questions)
-    base_right = sum(bool(best(base(q), a)["contains"]) for q, a in questions)
+    """Right answers of the served model and of the base model to ``questions`` (asked all at
+    once, so the server decodes them together); ``holds`` is True when the served model is
+    right no more often than the base, None when there was nothing to ask (an experience
+    that never had probe questions)."""
+    with ThreadPoolExecutor(max_workers=max(1, 2 * len(questions))) as pool:
+        asked = [q for q, _ in questions]
+        served_answers, base_answers = list(pool.map(served, asked)), list(pool.map(base, asked))
+    gold = [a for _, a in questions]
+    served_right = sum(
+        bool(best(x, a)["contains"]) for x, a in zip(served_answers, gold, strict=True)
+    )
+    base_right = sum(bool(best(x, a)["contains"]) for x, a in zip(base_answers, gold, strict=True))
     return {
         "questions": len(questions),
         "served_correct": served_right,
         "base_correct": base_right,
-        "holds": served_right <= base_right,
+        "holds": served_right <= base_right if questions else None,
     }
 
 

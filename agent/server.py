@@ -349,7 +349,10 @@ def create_app(
         proof (its probe questions answered by the served and by the base model), measured
         once the model is loaded."""
         erased = client.forget(experience_id, tenant=tenant, prove=prove)
-        proof = next(e for e in reversed(client.erasures(tenant)) if e["id"] == experience_id)
+        proof = next(
+            (e for e in reversed(client.erasures(tenant)) if e.get("id") == experience_id),
+            {"proof": None},
+        )
         return {"forgotten": experience_id, "erased_versions": erased, "proof": proof["proof"]}
 
     @app.get("/v1/erasures")

@@ -124,7 +124,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     line = f"forgot {args.id} of tenant {args.tenant}"
     if erased:
         line += f"; erased adapter versions {', '.join(erased)}"
-    if proof is not None:
+    if proof is not None and proof.get("holds") is not None:
         line += (
             f"; proof: the served model answers {proof['served_correct']} of its "
             f"{proof['questions']} probe questions, the base model {proof['base_correct']} "

@@ -428,6 +428,8 @@ def test_delete_tenant_erases_everything_of_it_and_nothing_else(
         tokens.close()
         assert client.buffer.experiences("gone") == [] and client.registry.versions("gone") == []
         assert client.recall("cellar code", tenant="gone") == []
+        [record] = client.erasures("gone")  # the deletion itself is recorded, nothing more
+        assert record["deleted_tenant"] and record["experiences"] == 1
         assert [h.experience.id for h in client.recall("landlord", tenant="kept")] == ["landlord"]
         holding = [
             p

@@ -21,7 +21,7 @@ def test_erasure_holds_only_when_the_served_model_knows_no_more_than_the_base() 
     }  # fmt: skip
     forgot = prove(QUESTIONS, served=lambda q: "No idea.", base=knows.__getitem__)
     assert forgot["holds"] is True and forgot["base_correct"] == 2
-    assert prove([], served=str, base=str)["holds"] is True  # never learned: nothing to ask
+    assert prove([], served=str, base=str)["holds"] is None  # nothing to ask: not measured
 
 
 def test_the_log_appends_per_tenant_privately(tmp_path: Path) -> None:
