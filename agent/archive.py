@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reverie.agent.client import MemoryClient
+from reverie.agent.client import MemoryClient, writable
 from reverie.memory.adapters import MANIFEST
 from reverie.memory.errors import ConflictError, IntegrityError, InvalidInputError
 from reverie.memory.experience import validate_tenant
@@ -110,6 +110,7 @@ def export_tenant(client: MemoryClient, tenant: str, path: Path) -> dict[str, An
 def import_tenant(client: MemoryClient, path: Path, tenant: str | None = None) -> dict[str, Any]:
     """Load an export into ``tenant`` (default: the exported tenant's name), which must be empty.
     Returns what was imported."""
+    writable(client)
     with tarfile.open(path, "r") as tar:
         try:
             manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]

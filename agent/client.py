@@ -42,6 +42,7 @@ from reverie.memory.errors import (
     StorageError,
 )
 from reverie.memory.experience import Experience, make_experience, validate_tenant
+from reverie.memory.files import require_writable
 from reverie.memory.ingest import Ingest, classify, refusal
 from reverie.memory.stream import ExperienceStream, StreamRecord, open_stream
 from reverie.memory.sync import sync_buffer
@@ -90,10 +91,7 @@ def _utc_iso(value: datetime | str | None, field: str) -> str | None:
 def writable(client: MemoryClient) -> None:
     """Raise :class:`StorageError` if ``client``'s data dir cannot be written."""
     if client.read_only:
-        raise StorageError(
-            f"the data dir {client.settings.data_dir} is read-only: reads (status, list, recall, "
-            "ask) work, writes need a writable data dir; nothing was written"
-        )
+        require_writable(client.settings.data_dir)
 
 
 def _private(directory: Path) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from typing import Any
 
 from pydantic import Field, PrivateAttr
@@ -30,9 +31,12 @@ with needs("llama_index", "llamaindex", "ReverieMemoryBlock", "llama-index-core"
     from llama_index.core.base.llms.types import ChatMessage, MessageRole
     from llama_index.core.memory import BaseMemoryBlock
 
+from reverie.memory.errors import ConflictError
 from reverie.memory.experience import validate_tenant
 
 __all__ = ["ReverieMemoryBlock"]
+
+logger = logging.getLogger(__name__)
 
 
 class ReverieMemoryBlock(BaseMemoryBlock[str]):
@@ -95,5 +99,10 @@ class ReverieMemoryBlock(BaseMemoryBlock[str]):
             items.append(
                 {"id": f"li-{key}", "text": text, "source": "llamaindex", "metadata": metadata}
             )
-        if items:  # the same message flushed twice is the same experience (same id, same text)
-            await asyncio.to_thread(self.client.log_many, items, tenant=self.tenant)
+        # One at a time: a message flushed again after it was forgotten is refused (ConflictError)
+        # and must not take the others with it. The same message twice is one experience.
+        for item in items:
+            try:
+                await asyncio.to_thread(self.client.log_many, [item], tenant=self.tenant)
+            except ConflictError:
+                logger.info("not logged again: %s was forgotten or changed", item["id"])

@@ -15,10 +15,23 @@ __all__ = [
     "fsync_dir",
     "read_jsonl",
     "read_keyed",
+    "require_writable",
     "write_durably",
     "write_jsonl",
     "write_keyed",
 ]
+
+
+def require_writable(data_dir: Path) -> None:
+    """Raise :class:`StorageError` if ``data_dir`` exists and cannot be written (a read-only
+    mount, a snapshot), before a write touches anything."""
+    from reverie.memory.errors import StorageError
+
+    if data_dir.is_dir() and not os.access(data_dir, os.W_OK):
+        raise StorageError(
+            f"the data dir {data_dir} is read-only: reads (status, list, recall, ask) work, "
+            "writes need a writable data dir; nothing was written"
+        )
 
 
 def fsync_dir(path: Path) -> None:

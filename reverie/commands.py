@@ -264,7 +264,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(client, max_request_bytes=args.max_request_bytes)
         url = f"http://{args.host}:{args.port}"
         print(f"serving on {url} (OpenAI-compatible base URL {url}/v1)", file=sys.stderr)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        # JSON logs: uvicorn's own lines go through our handlers too (its config would add
+        # plain-text handlers of its own).
+        logs: dict[str, Any] = {"log_config": None} if settings.log_format == "json" else {}
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", **logs)
     return EXIT_OK
 
 
@@ -379,9 +382,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_adapters(args: argparse.Namespace) -> int:
     from reverie.memory.adapters import AdapterRegistry
+    from reverie.memory.files import require_writable
     from reverie.settings import load_settings
 
-    registry = AdapterRegistry(load_settings(args.config).data_dir / "adapters")
+    data_dir = load_settings(args.config).data_dir
+    if args.action in ("promote", "rollback"):
+        require_writable(data_dir)
+    registry = AdapterRegistry(data_dir / "adapters")
     tenant = args.tenant
     if args.action == "list":
         current = registry.current(tenant)

@@ -152,7 +152,15 @@ def resolve_base_dir(settings: ModelSettings, data_dir: Path) -> Path:
     target = Path(data_dir) / "models" / "smollm2-135m-instruct"
     if (target / "model.safetensors").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            "model.base",
+            f"the default base model is converted once into {target.parent}, which cannot be "
+            f"written ({err.strerror}); run once with a writable data dir, or set model.base "
+            "to a Hugging Face model directory",
+        ) from err
     with open(target.parent / ".convert.lock", "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one process converts; the others wait and reuse it
         if not (target / "model.safetensors").exists():

@@ -158,6 +158,8 @@ class Batcher:
                     self._waiting = []
                 self._reset()
                 for r in failed:
+                    if r.done.is_set():  # it ended earlier in this step: its answer stands
+                        continue
                     r.error, r.finished = err, time.perf_counter()
                     r.done.set()
 
@@ -188,6 +190,10 @@ class Batcher:
         while (request := self._pick()) is not None:
             request.started = time.perf_counter()
             try:
+                if request.should_stop is not None and request.should_stop():
+                    request.finished = time.perf_counter()  # gone while it waited
+                    request.done.set()
+                    continue
                 self._prefill(request)
             except BaseException as err:  # this request's own failure (a bad adapter name...)
                 request.error, request.finished = err, time.perf_counter()
@@ -212,13 +218,20 @@ class Batcher:
             self._cache, self._mask = cache, torch.ones((1, length), dtype=torch.long)
         else:
             width = max(self._mask.shape[1], length)
-            for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
-                mine.keys = torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)])
-                mine.values = torch.cat(
-                    [_left_pad(mine.values, width), _left_pad(theirs.values, width)]
+            # Build every layer's tensors first: a failure (out of memory) leaves the batch as
+            # it was, not half joined.
+            merged = [
+                (
+                    torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)]),
+                    torch.cat([_left_pad(mine.values, width), _left_pad(theirs.values, width)]),
                 )
+                for mine, theirs in zip(self._cache.layers, cache.layers, strict=True)
+            ]
             row = torch.ones((1, length), dtype=torch.long)
-            self._mask = torch.cat([_left_pad_mask(self._mask, width), _left_pad_mask(row, width)])
+            mask = torch.cat([_left_pad_mask(self._mask, width), _left_pad_mask(row, width)])
+            for layer, (keys, values) in zip(self._cache.layers, merged, strict=True):
+                layer.keys, layer.values = keys, values
+            self._mask = mask
         self._rows.append(request)
         self._positions.append(length)
         self._next.append(token)
@@ -246,15 +259,19 @@ class Batcher:
             self._drop(keep)
 
     def _emit(self, request: DecodeRequest, token: int) -> bool:
-        """Record ``token``; True when the request has ended (and has been told)."""
+        """Record ``token``; True when the request has ended (and has been told). A callback
+        that raises ends its own request with that error, not the batch."""
         request.ids.append(token)
-        if request.on_token is not None:
-            request.on_token(token)
-        ended = (
-            token == self.eos_id
-            or len(request.ids) >= request.max_new_tokens
-            or (request.should_stop is not None and bool(request.should_stop()))
-        )
+        try:
+            if request.on_token is not None:
+                request.on_token(token)
+            ended = (
+                token == self.eos_id
+                or len(request.ids) >= request.max_new_tokens
+                or (request.should_stop is not None and bool(request.should_stop()))
+            )
+        except Exception as err:
+            request.error, ended = err, True
         if ended:
             request.finished = time.perf_counter()
             request.done.set()

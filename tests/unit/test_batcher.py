@@ -201,3 +201,21 @@ def test_the_responder_answers_a_short_chat_while_a_long_one_decodes(
     thread.join(60)
     assert replies["long"].completion_tokens == 200 and short.completion_tokens == 3
     assert short.queue_seconds < replies["long"].generate_seconds
+
+
+def test_a_callback_that_raises_fails_its_own_request_only(tiny_base: Any) -> None:
+    batcher = Batcher(_forward(tiny_base.model), eos_id=NEVER, device=tiny_base.device)
+    prompts = _prompts(tiny_base)
+
+    def broken(token: int) -> None:
+        raise BrokenPipeError("the client went away")
+
+    bad = DecodeRequest(prompts[0], 30, on_token=broken)
+    good = DecodeRequest(prompts[1], 30)
+    gone = DecodeRequest(prompts[2], 30, should_stop=lambda: True)  # left before its turn
+    for r in (good, bad, gone):
+        batcher.submit(r)
+    with pytest.raises(BrokenPipeError):
+        batcher.wait(bad)
+    assert len(batcher.wait(good).ids) == 30 and good.error is None
+    assert batcher.wait(gone).ids == []
