@@ -295,8 +295,8 @@ def test_two_daemons_split_the_tenants(deployment: Callable[..., Deployment]) ->
         # two tenants on each of the four partitions
         chosen = [t for p in range(4) for t in [x for x in tenants if partition(x) == p][:2]]
     ports = [d.port, free_port()]
-    d.start()
-    d.start(port=ports[1])
+    d.start(json_logs=True)
+    d.start(port=ports[1], json_logs=True)
 
     def owned(port: int) -> set[int]:
         try:
@@ -313,12 +313,9 @@ def test_two_daemons_split_the_tenants(deployment: Callable[..., Deployment]) ->
     log_facts(d, chosen, per_tenant=1)
     d.wait(lambda: d.promoted(chosen), 400, "every tenant promoted")
     by_daemon = []
-    for log in d.logs:
-        cycles = [
-            json.loads(line.split("cycle ", 1)[1])
-            for line in log.read_text().splitlines()
-            if "consolidator.daemon: cycle {" in line
-        ]
+    for log in d.logs:  # each cycle's summary is a field of its JSON log line
+        lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+        cycles = [e["cycle"] for e in lines if "cycle" in e]
         by_daemon.append({c["tenant"] for c in cycles if c["outcome"] == "promoted"})
     assert by_daemon[0] and by_daemon[1], by_daemon
     assert not by_daemon[0] & by_daemon[1], "a tenant was consolidated by both daemons"

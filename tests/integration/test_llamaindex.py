@@ -3,6 +3,9 @@ queue become the tenant's experiences, and reading the memory recalls the closes
 
 from __future__ import annotations
 
+import asyncio
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,23 @@ from reverie.agent.client import MemoryClient
 from reverie.agent.llamaindex_memory import ReverieMemoryBlock
 from reverie.memory.errors import InvalidInputError
 from reverie.settings import load_settings
+
+
+# LlamaIndex runs its sync calls on the main thread's event loop, creating one (and leaving it
+# open) if there is none: close it after each test, or it is collected during a later test and
+# reported there as unclosed sockets.
+@pytest.fixture(autouse=True)
+def _close_the_loop_llamaindex_opened() -> Iterator[None]:
+    yield
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            loop = asyncio.get_event_loop()
+        except RuntimeError:  # none (this test opened none)
+            return
+    loop.close()
+    asyncio.set_event_loop(None)
+
 
 TOLD = [
     "My dog Biscuit is allergic to salmon.",

