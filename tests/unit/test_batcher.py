@@ -171,8 +171,10 @@ def test_a_failed_step_fails_its_requests_and_the_next_ones_run(tiny_base: Any) 
 def test_the_responder_answers_a_short_chat_while_a_long_one_decodes(
     tiny_base: Any, tiny_model_dir: Any, tmp_path: Any
 ) -> None:
-    """The path the server takes (Responder.respond from two request threads): nothing on it
-    may wait for the decoding loop's lock, which the loop holds for every step."""
+    """The path the server takes (Responder.respond from two request threads): a second chat
+    is answered while the first is still decoding, not after it (one chat at a time, as before
+    continuous batching, fails this). Lock starvation on the real model's longer steps is
+    measured by benchmarks/serving.py, not reproduced here."""
     from reverie.agent.chat import Responder
     from reverie.settings import load_settings
 
