@@ -126,7 +126,9 @@ def profile_step(
     from torch.utils.flop_counter import FlopCounterMode
 
     from reverie.consolidator.config import TrainSettings
-    from reverie.consolidator.train import autocast_dtype, batch_loss, student_model
+    from reverie.consolidator.distill import lm_parts
+    from reverie.consolidator.precision import frozen_in, matmul_dtype
+    from reverie.consolidator.train import batch_loss, student_model
 
     torch.set_num_threads(threads)
     loaded = base.model.config._attn_implementation
@@ -147,23 +149,25 @@ def profile_step(
             optimizer.step()
         return tokens
 
+    dtype = matmul_dtype(precision, torch.device("cpu"))
     model.train()
     try:
-        for _ in range(2):
-            step()
-        counter = FlopCounterMode(display=False)
-        with counter:
-            tokens = step()
-        flops = counter.get_total_flops()
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            start = time.perf_counter()
-            step()
-            profiled = time.perf_counter() - start
+        with frozen_in(lm_parts(model)[0], dtype):
+            for _ in range(2):
+                step()
+            counter = FlopCounterMode(display=False)
+            with counter:
+                tokens = step()
+            flops = counter.get_total_flops()
+            times = []
+            for _ in range(steps):
+                start = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - start)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                start = time.perf_counter()
+                step()
+                profiled = time.perf_counter() - start
     finally:
         model.unload()
         base.model.set_attn_implementation(loaded)
@@ -180,7 +184,6 @@ def profile_step(
     # bookkeeping and dispatch
     shares = {k: v / profiled for k, v in by_kind.items()}
     shares["python_and_dispatch"] = max(0.0, 1 - sum(shares.values()))
-    dtype = autocast_dtype(precision, torch.device("cpu"))
     positions = len(batch) * max(len(e) for e in batch)
     return {
         "threads": threads,
@@ -299,11 +302,11 @@ def main(argv: list[str] | None = None) -> int:
 def _cycle_recipe() -> tuple[str, str]:
     """The precision and attention kernel the cycle trains with: the settings' (environment and
     config file included)."""
-    from reverie.consolidator.train import autocast_dtype
+    from reverie.consolidator.precision import matmul_dtype
     from reverie.settings import load_settings
 
     settings = load_settings()
-    dtype = autocast_dtype(settings.train.precision, torch.device("cpu"))
+    dtype = matmul_dtype(settings.train.precision, torch.device("cpu"))
     return ("bfloat16" if dtype is torch.bfloat16 else "float32"), settings.model.attention
 
 

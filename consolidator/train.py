@@ -33,14 +33,14 @@ from reverie.consolidator.distill import (
     lm_parts,
     right_padded,
 )
+from reverie.consolidator.precision import frozen_in, matmul_dtype
 from reverie.memory.files import atomic_write_bytes
-from reverie.model.base import BaseModel, attach_adapter, last_layers, native_bfloat16
+from reverie.model.base import BaseModel, attach_adapter, last_layers
 
 __all__ = [
     "Example",
     "TrainStats",
     "TrainingInterrupted",
-    "autocast_dtype",
     "batch_loss",
     "batches",
     "deep_layers",
@@ -174,13 +174,6 @@ def _load_checkpoint(path: Path, model: Any, optimizer: Any, key: str) -> int:
     return int(state["step"])
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for training matmuls under ``precision`` (None = plain float32)."""
-    if precision == "auto":
-        precision = "bfloat16" if native_bfloat16(device) else "float32"
-    return torch.bfloat16 if precision == "bfloat16" else None
-
-
 def batch_loss(
     model: Any,
     batch: Sequence[Example],
@@ -195,17 +188,15 @@ def batch_loss(
     ids, mask = right_padded([e.prompt_ids + e.answer_ids for e in batch], pad_id)
     rows = torch.cat([torch.full((len(e.answer_ids),), r) for r, e in enumerate(batch)])
     cols = torch.cat([answer_positions(len(e.prompt_ids), len(e.answer_ids)) for e in batch])
-    dtype = autocast_dtype(settings.precision, device)
-    autocast = torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
     deep = settings.method == "distill" and settings.hidden_weight > 0
     deep = deep and any(e.targets.hidden is not None for e in batch)
-    with autocast, record_function("body"):
+    with record_function("body"):
         out = body(
             input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=deep
         )
-    # The LM head runs at answer positions only (most of a sequence is prompt), outside autocast
-    # and in the head's own dtype: bfloat16 logits (3 significant digits on values near 20) add
-    # noise to the KL larger than the signal it carries near convergence.
+    # The LM head runs at answer positions only (most of a sequence is prompt), in the head's own
+    # dtype whatever the body's matmuls ran in: bfloat16 logits (3 significant digits on values
+    # near 20) add noise to the KL larger than the signal it carries near convergence.
     with record_function("lm_head"):
         picked = out.last_hidden_state[rows.to(device), cols.to(device)]
         logits = head(picked.to(head.weight.dtype))
@@ -304,37 +295,40 @@ def train(
         logger.info("resuming training at step %d of %d", start_step, len(plan))
     progress = _Progress(len(plan), start_step)
     model.train()
-    began = time.perf_counter()
-    for step in range(start_step, len(plan)):
-        batch = [examples[i] for i in plan[step]]
-        # ---- one training step ---------------------------------------------------------------
-        loss, parts, n_tokens = batch_loss(model, batch, settings, pad_id=pad_id, device=device)
-        for group in optimizer.param_groups:
-            group["lr"] = settings.lr * lr_factor(
-                step, len(plan), settings.warmup, settings.schedule
-            )
-        optimizer.zero_grad(set_to_none=True)
-        with record_function("backward"):
-            loss.backward()
-        with record_function("optimizer"):
-            torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-            optimizer.step()
-        # ------------------------------------------------------------------------------------
-        stats.steps += 1
-        stats.tokens += n_tokens
-        stats.positions += len(batch) * max(len(e) for e in batch)
-        stats.losses.append(float(loss.detach()))  # .item() syncs with the device: once a step
-        stats.seconds = time.perf_counter() - began
-        progress.update(step + 1, stats, parts)
-        if on_step is not None:
-            on_step(step + 1)
-        if should_stop is not None and should_stop() and step + 1 < len(plan):
-            if checkpoint:
+    # bfloat16 training: the frozen projections multiply in bfloat16 (consolidator/precision.py)
+    body, _ = lm_parts(model)
+    with frozen_in(body, matmul_dtype(settings.precision, device)):
+        began = time.perf_counter()
+        for step in range(start_step, len(plan)):
+            batch = [examples[i] for i in plan[step]]
+            # ---- one training step ---------------------------------------------------------------
+            loss, parts, n_tokens = batch_loss(model, batch, settings, pad_id=pad_id, device=device)
+            for group in optimizer.param_groups:
+                group["lr"] = settings.lr * lr_factor(
+                    step, len(plan), settings.warmup, settings.schedule
+                )
+            optimizer.zero_grad(set_to_none=True)
+            with record_function("backward"):
+                loss.backward()
+            with record_function("optimizer"):
+                torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+                optimizer.step()
+            # ------------------------------------------------------------------------------------
+            stats.steps += 1
+            stats.tokens += n_tokens
+            stats.positions += len(batch) * max(len(e) for e in batch)
+            stats.losses.append(float(loss.detach()))  # .item() syncs with the device: once a step
+            stats.seconds = time.perf_counter() - began
+            progress.update(step + 1, stats, parts)
+            if on_step is not None:
+                on_step(step + 1)
+            if should_stop is not None and should_stop() and step + 1 < len(plan):
+                if checkpoint:
+                    _save_checkpoint(checkpoint, model, optimizer, step + 1, run_key)
+                progress.close()
+                raise TrainingInterrupted(step + 1)
+            if checkpoint and (step + 1) % settings.checkpoint_every == 0 and step + 1 < len(plan):
                 _save_checkpoint(checkpoint, model, optimizer, step + 1, run_key)
-            progress.close()
-            raise TrainingInterrupted(step + 1)
-        if checkpoint and (step + 1) % settings.checkpoint_every == 0 and step + 1 < len(plan):
-            _save_checkpoint(checkpoint, model, optimizer, step + 1, run_key)
     progress.close()
     model.eval()
     if checkpoint and checkpoint.exists():

@@ -20,7 +20,6 @@ from reverie.consolidator.train import (
     mean_loss,
     train,
 )
-from reverie.model.base import native_bfloat16
 from reverie.model.config import ModelSettings
 from reverie.model.prompts import context_prompt, encode, render_user
 
@@ -192,36 +191,6 @@ def test_lora_layers_adapts_only_the_last_layers_and_still_learns(tiny_base: Any
     before = mean_loss(model, exs, settings, pad_id=tiny_base.pad_id)
     train(model, exs, settings, pad_id=tiny_base.pad_id)
     assert mean_loss(model, exs, settings, pad_id=tiny_base.pad_id) < before
-    model.unload()
-
-
-def test_autocast_dtype_follows_the_setting() -> None:
-    from reverie.consolidator.train import autocast_dtype
-
-    cpu = torch.device("cpu")
-    assert autocast_dtype("float32", cpu) is None
-    assert autocast_dtype("bfloat16", cpu) is torch.bfloat16
-    native = native_bfloat16(cpu)
-    assert autocast_dtype("auto", cpu) is (torch.bfloat16 if native else None)
-
-
-def test_the_lm_head_and_loss_run_in_float32_under_bfloat16_autocast(tiny_base: Any) -> None:
-    """bfloat16 logits would round the KL's inputs to 3 significant digits: the head runs outside
-    autocast, so the logits the loss sees are the float32 head's on the autocast body."""
-    from reverie.consolidator.distill import lm_parts
-
-    model = lora(tiny_base)
-    exs = examples(tiny_base, model)[:2]
-    _, head = lm_parts(model)
-    seen: list[torch.dtype] = []
-    handle = head.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
-    try:
-        loss, _, _ = batch_loss(
-            model, exs, TrainSettings(precision="bfloat16"), pad_id=tiny_base.pad_id
-        )
-    finally:
-        handle.remove()
-    assert seen == [torch.float32] and loss.dtype == torch.float32
     model.unload()
 
 

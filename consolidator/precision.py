@@ -1,0 +1,73 @@
+"""Training precision: the frozen base weights multiply in bfloat16, everything trained in float32.
+
+A LoRA student is a frozen base model plus a small trainable path. Nearly all of a step's FLOPs
+are the frozen projections (forward, and the input gradient backward), so those are what
+bfloat16 should speed up; the adapter's own path, the residual sums, norms, attention, the LM head
+and the loss stay float32. Under ``torch.autocast`` instead, the adapter's output is rounded to
+bfloat16 and added to the base projection's in bfloat16 (3 significant digits), and the frozen
+weights are cast again at every step (autocast caches casts of trainable leaves only).
+
+Measured on SmolLM2-135M with a small random adapter (8 cycle-shaped examples): the student's
+next-token distribution moves from float32's by a KL of 0.0017 per position under autocast and
+0.0010 here (rounding only the matmul inputs: 0.0005; only the weights: 0.0001); a step on 2
+threads ran at 245 tokens/s in float32, 386 under autocast and 359 here (eager attention).
+
+:func:`frozen_in` swaps, for its duration, the forward of every frozen float32 ``nn.Linear`` of
+the body for one that multiplies a bfloat16 copy of its weight (made once) by the input rounded
+to bfloat16 and returns float32. The LM head is not touched (training runs it itself, in
+float32). Nothing is swapped when the weights are not float32 (a model loaded in bfloat16 on a
+GPU already multiplies in bfloat16).
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from reverie.model.base import native_bfloat16
+
+__all__ = ["frozen_in", "matmul_dtype"]
+
+
+def matmul_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype the frozen matmuls run in under ``precision`` (``auto`` = bfloat16 where the
+    hardware multiplies it natively)."""
+    if precision == "auto":
+        precision = "bfloat16" if native_bfloat16(device) else "float32"
+    return torch.bfloat16 if precision == "bfloat16" else torch.float32
+
+
+def _low_precision_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    weight: torch.Tensor = self._reverie_low  # type: ignore[assignment]
+    bias = None if self.bias is None else self.bias.to(weight.dtype)
+    return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
+
+
+@contextmanager
+def frozen_in(body: Any, dtype: torch.dtype) -> Iterator[int]:
+    """For the duration, every frozen float32 ``nn.Linear`` in ``body`` multiplies in ``dtype``
+    (float32 = nothing changes). Yields how many layers were swapped."""
+    swapped: list[torch.nn.Linear] = []
+    if dtype != torch.float32:
+        for module in body.modules():
+            weight = getattr(module, "weight", None)
+            if (
+                isinstance(module, torch.nn.Linear)
+                and weight is not None
+                and not weight.requires_grad
+                and weight.dtype == torch.float32
+            ):
+                module._reverie_low = weight.detach().to(dtype)
+                module.forward = types.MethodType(_low_precision_forward, module)  # type: ignore[method-assign]
+                swapped.append(module)
+    try:
+        yield len(swapped)
+    finally:
+        for module in swapped:
+            del module.forward
+            del module._reverie_low
