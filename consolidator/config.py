@@ -230,6 +230,14 @@ class ConsolidationSettings(_Section):
     anchor_weight: float = Field(
         default=1.0, gt=0, description="Loss weight of anchor tokens relative to fact tokens."
     )
+    anchor_answer_tokens: int = Field(
+        default=32,
+        ge=1,
+        le=32,
+        description="Anchors train along the first N tokens of the base model's answer (cached "
+        "answers run to 32). An answer's first tokens are where a changed answer shows first "
+        "(probes read 24); anchor answers are about half of a cycle's training tokens.",
+    )
     replay_ratio: float = Field(
         default=0.5, ge=0, description="Earlier cycles' items replayed per new training item."
     )

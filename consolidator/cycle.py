@@ -221,6 +221,7 @@ class Consolidator:
                     top_k=recipe.top_k,
                     weight=s.consolidation.anchor_weight,
                     cache=self.anchors,
+                    answer_tokens=s.consolidation.anchor_answer_tokens,
                 )
             stop_point("training")
             with timer("train"):

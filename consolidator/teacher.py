@@ -325,19 +325,22 @@ def anchor_examples(
     top_k: int,
     weight: float,
     cache: AnchorCache | None = None,
+    answer_tokens: int | None = None,
 ) -> list[Example]:
-    """Anchor items tokenised, with the base model's targets (``model``'s adapter off). They
-    depend on the base model alone, so ``cache`` keeps them between cycles."""
+    """Anchor items tokenised, with the base model's targets (``model``'s adapter off), along
+    the first ``answer_tokens`` tokens of each answer (None = all). They depend on the base
+    model alone, so ``cache`` keeps them between cycles."""
     targets = (
         cache.targets(model, anchors, top_k)
         if cache is not None
         else _base_targets(base, fmt, model, anchors, top_k)
     )
+    n = answer_tokens
     return [
         Example(
             prompt_ids(base, fmt, a, "student"),
-            list(a.answer_ids),
-            t,
+            list(a.answer_ids[:n]),
+            TeacherTargets(t.ids[:n], t.logp[:n]),
             kind="anchor",
             weight=weight,
         )

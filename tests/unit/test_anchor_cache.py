@@ -46,6 +46,27 @@ def test_anchor_targets_are_computed_once_and_equal_fresh_ones(
     assert calls == [2, 1]
 
 
+def test_anchors_train_along_the_first_tokens_of_the_cached_answer(
+    tiny_base: Any, tmp_path: Path
+) -> None:
+    cache = AnchorCache(tiny_base, FMT, tmp_path / "anchors.json")
+    items = [i for i in cache.items(8, random.Random(0)) if len(i.answer_ids) > 3][:3]
+    assert items, "the tiny model answers anchors with more than 3 tokens"
+    full = anchor_examples(tiny_base, FMT, tiny_base.model, items, top_k=8, weight=1.0, cache=cache)
+    cut = anchor_examples(
+        tiny_base, FMT, tiny_base.model, items, top_k=8, weight=1.0, cache=cache, answer_tokens=3
+    )
+    for whole, short in zip(full, cut, strict=True):
+        assert short.prompt_ids == whole.prompt_ids and short.answer_ids == whole.answer_ids[:3]
+        assert torch.equal(short.targets.ids, whole.targets.ids[:3])
+        assert torch.equal(short.targets.logp, whole.targets.logp[:3])
+    # the cache keeps the whole answers
+    again = anchor_examples(
+        tiny_base, FMT, tiny_base.model, items, top_k=8, weight=1.0, cache=cache
+    )
+    assert [e.answer_ids for e in again] == [e.answer_ids for e in full]
+
+
 def test_the_thread_count_does_not_invalidate_cached_answers() -> None:
     assert ModelSettings(threads=1).answers_key() == ModelSettings(threads=2).answers_key()
     assert ModelSettings().answers_key() != ModelSettings(max_new_tokens=9).answers_key()
