@@ -1,23 +1,28 @@
 """How fast a cycle runs against what this machine can do.
 
-    python -m benchmarks.throughput [--threads 1,2] [--n 20] [--parts peak,step,cycle]
+    python -m benchmarks.throughput [--threads 1,2] [--n 20] [--parts peak,precision,step,cycle]
         [--json FILE]
 
-Three parts, in one run:
+Four parts, in one run:
 
 1. **Peak.** The matmul throughput torch reaches here, float32 and bfloat16, at each thread
    count: the median of repeated products shaped like training's (tokens x 576 x 1536) and one
    large square product; the best of those is the peak.
 2. **One training step, profiled.** A batch shaped like a cycle's (8 examples of 15-40 prompt and
    3-20 answer tokens, random tokens: only shapes matter for speed, bucketed by length as
-   training buckets them) trained in float32 and bfloat16, each with the SDPA and the eager
-   attention kernel, at each thread count. Its FLOPs are counted by
+   training buckets them) trained in float32 and in bfloat16 (training's scheme), each with the
+   SDPA and the eager attention kernel, at each thread count. Its FLOPs are counted by
    ``torch.utils.flop_counter`` (every matmul, forward and backward, as executed, padding
    included); its time is split by the loop's own labels (body, LM head, loss, backward,
    optimiser) and by operator kind (matmul, attention, element-wise, copies and casts, other),
    plus what no operator accounts for (Python and dispatch). Model FLOP utilisation (MFU) =
    counted FLOPs / step time / peak at the step's precision and thread count.
-3. **A cycle through the command users run.** ``--n`` fictional_dev experiences (with their
+3. **What bfloat16 does to the student.** A LoRA student with a small random adapter, on the
+   same batch: how far its next-token distribution moves from float32's (KL per position) under
+   autocast, under training's scheme (only the frozen projections multiply in bfloat16; see
+   ``consolidator/precision.py``) and, to split the latter's error, with only the projections'
+   inputs or only their weights rounded; and whether the adapter's effect keeps its direction.
+4. **A cycle through the command users run.** ``--n`` fictional_dev experiences (with their
    held-out questions as probes) are logged into a fresh data dir, the per-base-model caches are
    filled (a deployed daemon pays that once), then ``reverie consolidate --once --json`` runs in a
    subprocess at each thread count, trained as the settings say (``REVERIE_TRAIN__PRECISION``,
@@ -38,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +206,92 @@ def profile_step(
     }
 
 
+# -- 2b. what bfloat16 does to the student's distribution ----------------------------------------
+PRECISION_SCHEMES = ("autocast", "frozen", "inputs_only", "weights_only")
+
+
+def precision_drift(base: Any, adapter_scale: float = 2e-3) -> dict[str, dict[str, float]]:
+    """How far each bfloat16 scheme moves a LoRA student from float32, on a cycle-shaped batch.
+
+    The adapter's B matrices are drawn at ``adapter_scale`` (a small trained adapter's order).
+    Schemes: ``autocast`` (torch.autocast over the body), ``frozen`` (training's: only the
+    frozen projections multiply in bfloat16), and, to split ``frozen``'s error, its inputs
+    rounded to bfloat16 alone and its weights alone (products in float32). Per scheme: the mean
+    KL(float32 || scheme) of the next-token distribution over the batch's positions, and the
+    cosine between the adapter's effect (logits with it minus without it) and float32's.
+    """
+    import contextlib
+    import types
+
+    import torch.nn.functional as F
+
+    from reverie.consolidator.config import TrainSettings
+    from reverie.consolidator.distill import lm_parts, right_padded
+    from reverie.consolidator.precision import frozen_in
+    from reverie.consolidator.train import student_model
+
+    model = student_model(base, None, TrainSettings())
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, adapter_scale, generator=generator)
+    body, head = lm_parts(model)
+    batch = _batch(0)
+    ids, mask = right_padded([e.prompt_ids + e.answer_ids for e in batch], base.pad_id)
+
+    @contextlib.contextmanager
+    def rounded(inputs: bool, weights: bool) -> Any:
+        def forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+            w = self.weight.to(torch.bfloat16).float() if weights else self.weight
+            return F.linear(x.to(torch.bfloat16).float() if inputs else x, w)
+
+        frozen = [
+            m
+            for m in body.modules()
+            if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad
+        ]
+        for m in frozen:
+            m.forward = types.MethodType(forward, m)  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            for m in frozen:
+                del m.forward
+
+    schemes: dict[str, Callable[[], Any]] = {
+        "float32": contextlib.nullcontext,
+        "autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+        "frozen": lambda: frozen_in(body, torch.bfloat16),
+        "inputs_only": lambda: rounded(True, False),
+        "weights_only": lambda: rounded(False, True),
+    }
+
+    def logits(scheme: str, adapter: bool) -> torch.Tensor:
+        off = contextlib.nullcontext() if adapter else model.disable_adapter()
+        with torch.no_grad(), off, schemes[scheme]():
+            hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+        return head(hidden.float())[mask.bool()].float()
+
+    try:
+        reference = logits("float32", True)
+        effect = reference - logits("float32", False)
+        out = {}
+        for scheme in PRECISION_SCHEMES:
+            on = logits(scheme, True)
+            ref_logp, logp = reference.log_softmax(-1), on.log_softmax(-1)
+            kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean()
+            moved = (on - logits(scheme, False)).flatten().double()
+            cosine = F.cosine_similarity(moved, effect.flatten().double(), 0)
+            out[scheme] = {
+                "kl": round(float(kl), 5),
+                "adapter_effect_cosine": round(float(cosine), 3),
+            }
+    finally:
+        model.unload()
+    return out
+
+
 # -- 3. a cycle through `reverie consolidate --once` -------------------------------------------
 def cycle(n: int, threads: int, root: Path) -> dict[str, Any]:
     from reverie.agent import MemoryClient
@@ -256,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", default="1,2", help="thread counts to measure")
     parser.add_argument("--n", type=int, default=20, help="experiences in the timed cycle")
     parser.add_argument(
-        "--parts", default="peak,step,cycle", help="which parts to run (peak,step,cycle)"
+        "--parts",
+        default="peak,precision,step,cycle",
+        help="which parts to run (peak,precision,step,cycle)",
     )
     parser.add_argument("--json", help="also write the JSON report here")
     args = parser.parse_args(argv)
@@ -267,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parts = set(args.parts.split(","))
     report: dict[str, Any] = {"environment": environment()}
-    if parts & {"peak", "step", "cycle"} != parts:
-        parser.error("--parts takes peak, step and cycle")
+    if parts & {"peak", "precision", "step", "cycle"} != parts:
+        parser.error("--parts takes peak, precision, step and cycle")
     report["peak_gflops"] = peaks(threads)  # MFU needs the peak, whatever the parts
     with tempfile.TemporaryDirectory(prefix="reverie-speed-") as tmp:
         from reverie.benchmarks.methods import shared_models_dir
@@ -276,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         (Path(tmp) / "models").symlink_to(shared_models_dir())
         base = load_base(ModelSettings(), Path(tmp))
         cycle_recipe = _cycle_recipe()
+        if "precision" in parts:
+            report["precision"] = precision_drift(base)
         steps = [(t, p, a) for t in threads for p, a in STEP_RECIPES] if "step" in parts else []
         steps += [(t, *cycle_recipe) for t in threads if (t, *cycle_recipe) not in steps]
         report["step"] = [profile_step(base, t, p, a) for t, p, a in steps]
@@ -336,6 +432,10 @@ def _tables(report: dict[str, Any]) -> None:
     print()
     peak_rows = [[k, v["peak"]] for k, v in report["peak_gflops"].items()]
     print_table(peak_rows, ["dtype/threads", "GFLOP/s"])
+    if report.get("precision"):
+        print()
+        rows = [[k, v["kl"], v["adapter_effect_cosine"]] for k, v in report["precision"].items()]
+        print_table(rows, ["bfloat16 scheme", "KL from float32", "adapter effect cosine"])
     print()
     header = ["threads", "precision", "attention", "tokens/s", "GFLOP/s", "MFU", "padding", *KINDS]
     print_table([_step_row(s) for s in report["step"]], header)

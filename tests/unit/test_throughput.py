@@ -7,7 +7,13 @@ from typing import Any
 
 import pytest
 
-from reverie.benchmarks.throughput import KINDS, _kind, profile_step
+from reverie.benchmarks.throughput import (
+    KINDS,
+    PRECISION_SCHEMES,
+    _kind,
+    precision_drift,
+    profile_step,
+)
 
 
 def test_profile_step_counts_flops_and_splits_the_time(tiny_base: Any) -> None:
@@ -27,3 +33,14 @@ def test_operators_are_grouped_by_kind() -> None:
     assert _kind("aten::_to_copy") == "copies"
     assert _kind("aten::silu_backward") == "elementwise"
     assert _kind("aten::embedding") == "other"
+
+
+def test_precision_drift_compares_every_bfloat16_scheme_with_float32(tiny_base: Any) -> None:
+    drift = precision_drift(tiny_base)
+    assert set(drift) == set(PRECISION_SCHEMES)
+    for scheme in drift.values():
+        assert scheme["kl"] >= 0 and -1 <= scheme["adapter_effect_cosine"] <= 1
+    # rounding only the weights moves the student least; both roundings more than either
+    assert drift["weights_only"]["kl"] <= drift["frozen"]["kl"]
+    assert drift["inputs_only"]["kl"] <= drift["frozen"]["kl"]
+    assert not any(hasattr(m, "_reverie_low") for m in tiny_base.model.modules())
