@@ -233,7 +233,7 @@ class ConsolidationSettings(_Section):
     anchor_answer_tokens: int = Field(
         default=32,
         ge=1,
-        le=32,
+        le=32,  # teacher.ANCHOR_MAX_NEW_TOKENS
         description="Anchors train along the first N tokens of the base model's answer (cached "
         "answers run to 32). An answer's first tokens are where a changed answer shows first "
         "(probes read 24); anchor answers are about half of a cycle's training tokens.",

@@ -42,6 +42,7 @@ from reverie.consolidator.gate import Outcome, decide
 from reverie.consolidator.locality import ControlSet, base_control_answers, load_controls
 from reverie.consolidator.neighbourhood import neighbourhood_questions
 from reverie.consolidator.onpolicy import on_policy_round, snapshot
+from reverie.consolidator.precision import matmul_dtype
 from reverie.consolidator.probes import run_probes
 from reverie.consolidator.recovery import reconcile
 from reverie.consolidator.result import CycleResult, StageTimer
@@ -225,7 +226,11 @@ class Consolidator:
                 )
             stop_point("training")
             with timer("train"):
-                run_key = f"{transfer.digest()}:{current.version if current else ''}:{attempt}"
+                precision = matmul_dtype(recipe.precision, base.device)
+                run_key = (
+                    f"{transfer.digest()}:{current.version if current else ''}:{attempt}"
+                    f":{precision}"
+                )  # a checkpoint from another precision would not finish with the same weights
                 teacher_state = snapshot(model)
                 stats = train(
                     model, examples, recipe, pad_id=base.pad_id, device=base.device,

@@ -9,14 +9,16 @@ weights are cast again at every step (autocast caches casts of trainable leaves 
 
 Measured on SmolLM2-135M with a small random adapter (8 cycle-shaped examples): the student's
 next-token distribution moves from float32's by a KL of 0.0017 per position under autocast and
-0.0010 here (rounding only the matmul inputs: 0.0005; only the weights: 0.0001); a step on 2
-threads ran at 245 tokens/s in float32, 386 under autocast and 359 here (eager attention).
+0.0010 here (of which rounding the matmul inputs alone gives 0.0005, the weights alone 0.0001;
+the rest is the products' rounding). ``python -m benchmarks.throughput --parts precision,step``
+measures both, and a step's speed in each precision.
 
 :func:`frozen_in` swaps, for its duration, the forward of every frozen float32 ``nn.Linear`` of
 the body for one that multiplies a bfloat16 copy of its weight (made once) by the input rounded
-to bfloat16 and returns float32. The LM head is not touched (training runs it itself, in
-float32). Nothing is swapped when the weights are not float32 (a model loaded in bfloat16 on a
-GPU already multiplies in bfloat16).
+to bfloat16 and returns the product (rounded to bfloat16) as float32. The LM head is not
+touched (training runs it itself, in float32). Nothing is swapped when the weights are not
+float32: a model loaded in bfloat16 (on a GPU, by default) already multiplies in bfloat16, and
+there its head, norms and attention run in bfloat16 too.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def matmul_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 def _low_precision_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     weight: torch.Tensor = self._reverie_low  # type: ignore[assignment]
+    if self.weight._version != self._reverie_version:
+        # the float32 weight changed in place (through autograd's view of it; peft's merge
+        # writes through .data, which reverie.model.base.merged refuses here): the copy would
+        # silently be the old weight
+        raise RuntimeError("a frozen weight changed inside frozen_in; leave the context first")
     bias = None if self.bias is None else self.bias.to(weight.dtype)
     return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
 
@@ -51,23 +58,30 @@ def _low_precision_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tens
 @contextmanager
 def frozen_in(body: Any, dtype: torch.dtype) -> Iterator[int]:
     """For the duration, every frozen float32 ``nn.Linear`` in ``body`` multiplies in ``dtype``
-    (float32 = nothing changes). Yields how many layers were swapped."""
-    swapped: list[torch.nn.Linear] = []
-    if dtype != torch.float32:
-        for module in body.modules():
-            weight = getattr(module, "weight", None)
-            if (
-                isinstance(module, torch.nn.Linear)
-                and weight is not None
-                and not weight.requires_grad
-                and weight.dtype == torch.float32
-            ):
-                module._reverie_low = weight.detach().to(dtype)
-                module.forward = types.MethodType(_low_precision_forward, module)  # type: ignore[method-assign]
-                swapped.append(module)
+    (float32 = nothing changes). Yields how many layers were swapped. Each layer gets its own
+    forward back on exit, whatever happened (a layer already swapped by an enclosing
+    ``frozen_in`` is left to it)."""
+    swapped: list[tuple[torch.nn.Linear, Any]] = []
     try:
+        if dtype != torch.float32:
+            for module in body.modules():
+                weight = getattr(module, "weight", None)
+                if (
+                    isinstance(module, torch.nn.Linear)
+                    and weight is not None
+                    and not weight.requires_grad
+                    and weight.dtype == torch.float32
+                    and not hasattr(module, "_reverie_low")
+                ):
+                    swapped.append((module, module.__dict__.get("forward")))
+                    module._reverie_low = weight.detach().to(dtype)
+                    module._reverie_version = weight._version
+                    module.forward = types.MethodType(_low_precision_forward, module)  # type: ignore[method-assign]
         yield len(swapped)
     finally:
-        for module in swapped:
-            del module.forward
-            del module._reverie_low
+        for module, previous in swapped:
+            module.__dict__.pop("forward", None)
+            if previous is not None:
+                module.forward = previous  # type: ignore[method-assign]
+            module.__dict__.pop("_reverie_low", None)
+            module.__dict__.pop("_reverie_version", None)

@@ -340,7 +340,7 @@ def anchor_examples(
         Example(
             prompt_ids(base, fmt, a, "student"),
             list(a.answer_ids[:n]),
-            TeacherTargets(t.ids[:n], t.logp[:n]),
+            TeacherTargets(t.ids[:n], t.logp[:n], None if t.hidden is None else t.hidden[:n]),
             kind="anchor",
             weight=weight,
         )

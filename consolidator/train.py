@@ -84,6 +84,7 @@ class TrainStats:
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
     resumed_from: int = 0
+    precision: str = "float32"  # what the frozen projections multiplied in
 
     def __add__(self, other: TrainStats) -> TrainStats:
         """Two rounds of one cycle's training as one."""
@@ -94,6 +95,7 @@ class TrainStats:
             self.seconds + other.seconds,
             self.losses + other.losses,
             self.resumed_from,
+            self.precision,
         )
 
     @property
@@ -111,6 +113,7 @@ class TrainStats:
             "first_loss": round(sum(head) / len(head), 5) if head else None,
             "final_loss": round(sum(tail) / len(tail), 5) if tail else None,
             "resumed_from_step": self.resumed_from,
+            "precision": self.precision,
         }
 
 
@@ -182,7 +185,9 @@ def batch_loss(
     pad_id: int,
     device: torch.device | None = None,
 ) -> tuple[torch.Tensor, dict[str, float], int]:
-    """The loss of ``batch`` under ``settings.method``: (loss, its parts, tokens processed)."""
+    """The loss of ``batch`` under ``settings.method``: (loss, its parts, tokens processed).
+    The body multiplies in whatever precision the caller set up (:func:`train` and
+    :func:`mean_loss` apply ``settings.precision``)."""
     device = device or torch.device("cpu")
     body, head = lm_parts(model)
     ids, mask = right_padded([e.prompt_ids + e.answer_ids for e in batch], pad_id)
@@ -253,13 +258,15 @@ def mean_loss(
     pad_id: int,
     device: torch.device | None = None,
 ) -> float:
-    """Token-weighted mean loss over ``examples`` (no training)."""
+    """Token-weighted mean loss over ``examples`` (no training), in ``settings.precision``."""
     total, weight = 0.0, 0
-    for start in range(0, len(examples), settings.batch_size):
-        batch = examples[start : start + settings.batch_size]
-        loss, _, _ = batch_loss(model, batch, settings, pad_id=pad_id, device=device)
-        n = sum(len(e.answer_ids) for e in batch)
-        total, weight = total + float(loss) * n, weight + n
+    dtype = matmul_dtype(settings.precision, device or torch.device("cpu"))
+    with frozen_in(lm_parts(model)[0], dtype):
+        for start in range(0, len(examples), settings.batch_size):
+            batch = examples[start : start + settings.batch_size]
+            loss, _, _ = batch_loss(model, batch, settings, pad_id=pad_id, device=device)
+            n = sum(len(e.answer_ids) for e in batch)
+            total, weight = total + float(loss) * n, weight + n
     return total / max(1, weight)
 
 
@@ -288,7 +295,8 @@ def train(
         raise ValueError("the model has no trainable parameters (wrap it with a LoRA adapter)")
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     plan = batches([len(e) for e in examples], settings.batch_size, settings.epochs, settings.seed)
-    stats = TrainStats()
+    dtype = matmul_dtype(settings.precision, device)
+    stats = TrainStats(precision=str(dtype).removeprefix("torch."))
     start_step = _load_checkpoint(checkpoint, model, optimizer, run_key) if checkpoint else 0
     stats.resumed_from = start_step
     if start_step:
@@ -297,7 +305,7 @@ def train(
     model.train()
     # bfloat16 training: the frozen projections multiply in bfloat16 (consolidator/precision.py)
     body, _ = lm_parts(model)
-    with frozen_in(body, matmul_dtype(settings.precision, device)):
+    with frozen_in(body, dtype):
         began = time.perf_counter()
         for step in range(start_step, len(plan)):
             batch = [examples[i] for i in plan[step]]

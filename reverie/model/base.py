@@ -71,11 +71,11 @@ class BaseModel:
 
 
 def native_bfloat16(device: torch.device) -> bool:
-    """Whether ``device`` multiplies bfloat16 in hardware (CUDA; a CPU with AVX512-BF16 or AMX),
-    where bfloat16 matmuls run about twice as fast as float32 ones. Elsewhere they are emulated
-    and slower than float32."""
+    """Whether ``device`` multiplies bfloat16 in hardware (a CUDA GPU from Ampere on; a CPU with
+    AVX512-BF16 or AMX), where bfloat16 matmuls run about twice as fast as float32 ones.
+    Elsewhere they are emulated and slower than float32."""
     if device.type == "cuda":
-        return True
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
     try:
         return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except AttributeError:  # a torch without these probes
@@ -247,6 +247,10 @@ def merged(model: Any) -> Iterator[Any]:
     if merge is None:
         yield model
         return
+    if any(hasattr(m, "_reverie_low") for m in model.modules()):
+        # consolidator.precision.frozen_in multiplies copies of the weights: folding the
+        # adapter into the originals would not reach them
+        raise RuntimeError("cannot fold the adapter in while frozen_in holds weight copies")
     merge()
     try:
         yield model

@@ -37,61 +37,87 @@ def test_frozen_projections_multiply_in_bfloat16_and_the_adapter_in_float32(
     model = lora(tiny_base)
     body, head = lm_parts(model)
     before = _outputs(tiny_base, model)
-    seen: dict[str, torch.dtype] = {}
-
-    def record(name: str) -> Any:
-        def hook(_module: Any, inputs: tuple[torch.Tensor, ...], _output: Any) -> None:
-            seen.setdefault(name, inputs[0].dtype)
-
-        return hook
-
-    hooks = [
-        module.register_forward_hook(record(name))
-        for name, module in body.named_modules()
-        if name.endswith(("q_proj.base_layer", "q_proj.lora_B.default", "o_proj"))
-    ]
-    try:
-        with frozen_in(body, torch.bfloat16) as swapped:
-            # every frozen Linear of the body: 7 projections in each of the tiny model's layers
-            assert swapped == 7 * int(tiny_base.model.config.num_hidden_layers)
-            during = _outputs(tiny_base, model)
-            exs = examples(tiny_base, model)[:2]
-            loss, _, _ = batch_loss(model, exs, TrainSettings(), pad_id=tiny_base.pad_id)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    assert all(dtype == torch.float32 for dtype in seen.values())  # what each layer was given
+    layer = body.layers[0].self_attn.q_proj  # a LoRA layer: frozen base_layer, trainable A, B
+    x = torch.randn(3, layer.base_layer.in_features, generator=torch.Generator().manual_seed(0))
+    with frozen_in(body, torch.bfloat16) as swapped:
+        # every frozen Linear of the body: 7 projections in each of the tiny model's layers
+        assert swapped == 7 * int(tiny_base.model.config.num_hidden_layers)
+        product = layer.base_layer(x)
+        adapted = layer(x)
+        during = _outputs(tiny_base, model)
+        exs = examples(tiny_base, model)[:2]
+        loss, _, _ = batch_loss(model, exs, TrainSettings(), pad_id=tiny_base.pad_id)
+    low = layer.base_layer.weight.detach().bfloat16()
+    assert product.dtype == torch.float32
+    assert torch.equal(product, torch.nn.functional.linear(x.bfloat16(), low).float())
+    # the adapter's path and its sum with the product are float32
+    lora_out = layer.lora_B["default"](layer.lora_A["default"](x)) * layer.scaling["default"]
+    assert torch.equal(adapted, product + lora_out)
     assert during.dtype == torch.float32 and loss.dtype == torch.float32
-    # bfloat16 products: close to float32's, not equal
     assert not torch.equal(during, before)
     assert torch.allclose(during, before, atol=0.1, rtol=0.05)
     # nothing left behind: the same outputs as before, and no copy of the weights
     assert torch.equal(_outputs(tiny_base, model), before)
-    assert not any(hasattr(m, "_reverie_low") for m in body.modules())
+    assert not any("forward" in m.__dict__ or hasattr(m, "_reverie_low") for m in body.modules())
     assert head.weight.dtype == torch.float32
     model.unload()
 
 
-def test_the_adapter_moves_the_output_as_in_float32(tiny_base: Any) -> None:
-    """The adapter's small effect (output with it minus output without it) survives bfloat16
-    products: the adapter path and its sum with the base projection are float32."""
+def test_the_adapter_learns_as_in_float32(tiny_base: Any) -> None:
+    """Gradients flow through the bfloat16 products: the adapter's gradient points where
+    float32's does."""
     model = lora(tiny_base)
-    for name, param in model.named_parameters():
-        if "lora_B" in name:
-            with torch.no_grad():
-                param.normal_(0, 1e-3, generator=torch.Generator().manual_seed(1))
     body, _ = lm_parts(model)
+    exs = examples(tiny_base, model)
 
-    def effect(dtype: torch.dtype) -> torch.Tensor:
+    def gradient(dtype: torch.dtype) -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
         with frozen_in(body, dtype):
-            on = _outputs(tiny_base, model)
-            with model.disable_adapter():
-                off = _outputs(tiny_base, model)
-        return (on - off).flatten()
+            loss, _, _ = batch_loss(model, exs, TrainSettings(), pad_id=tiny_base.pad_id)
+            loss.backward()
+        params = [p for p in model.parameters() if p.requires_grad]
+        return torch.cat([p.grad.flatten() for p in params if p.grad is not None])
 
-    reference = effect(torch.float32)
-    assert reference.abs().max() > 0
-    assert torch.cosine_similarity(effect(torch.bfloat16), reference, dim=0) > 0.95
+    reference = gradient(torch.float32)
+    low = gradient(torch.bfloat16)
+    assert low.shape == reference.shape and reference.abs().max() > 0
+    assert torch.cosine_similarity(low.double(), reference.double(), dim=0) > 0.99
+    model.unload()
+
+
+def test_every_layer_gets_its_forward_back_after_an_error_and_nesting_is_harmless(
+    tiny_base: Any,
+) -> None:
+    model = lora(tiny_base)
+    body, _ = lm_parts(model)
+    before = _outputs(tiny_base, model)
+    with pytest.raises(KeyError), frozen_in(body, torch.bfloat16):
+        with frozen_in(body, torch.bfloat16) as inner:
+            assert inner == 0  # the enclosing context owns every layer
+        assert not torch.equal(_outputs(tiny_base, model), before)  # still swapped
+        raise KeyError("a failure mid-training")
+    assert not any("forward" in m.__dict__ or hasattr(m, "_reverie_low") for m in body.modules())
+    assert torch.equal(_outputs(tiny_base, model), before)
+    model.unload()
+
+
+def test_a_weight_changed_inside_the_context_is_refused(tiny_base: Any) -> None:
+    """The bfloat16 copies would silently hold the old weights: folding the adapter in
+    (``merged``) and an in-place change are refused while the copies exist."""
+    from reverie.model.base import merged
+
+    model = lora(tiny_base)
+    body, _ = lm_parts(model)
+    with frozen_in(body, torch.bfloat16):
+        with pytest.raises(RuntimeError, match="frozen_in"), merged(model):
+            pass
+        layer = body.layers[0].mlp.down_proj
+        with torch.no_grad():
+            layer.weight.mul_(1.0)
+        with pytest.raises(RuntimeError, match="changed inside frozen_in"):
+            _outputs(tiny_base, model)
+    with merged(model):  # afterwards, as usual
+        _outputs(tiny_base, model)
     model.unload()
 
 

@@ -201,7 +201,8 @@ def test_training_lowers_the_loss_in_either_precision(tiny_base: Any, precision:
     settings = TrainSettings(lr=5e-3, epochs=2, batch_size=4, precision=precision)
     reference = TrainSettings(precision="float32")  # the loss is judged the same way both times
     before = mean_loss(model, exs, reference, pad_id=tiny_base.pad_id)
-    train(model, exs, settings, pad_id=tiny_base.pad_id)
+    stats = train(model, exs, settings, pad_id=tiny_base.pad_id)
+    assert stats.precision == precision and stats.summary()["precision"] == precision
     assert mean_loss(model, exs, reference, pad_id=tiny_base.pad_id) < before
 
 
