@@ -99,9 +99,9 @@ class TrainSettings(_Section):
         description="bfloat16 = the frozen base projections multiply in bfloat16 while the "
         "adapter, norms, attention, LM head and loss stay float32 (consolidator/precision.py); "
         "auto = bfloat16 where the hardware multiplies it natively (CUDA, a CPU with AVX512-BF16 "
-        "or AMX), float32 elsewhere. On the reference CPU it trains 1.5x faster with the same "
-        "efficacy and locality on two seeds (README, Results). Teacher, probes and serving are "
-        "unaffected.",
+        "or AMX), float32 elsewhere. On the reference CPU it trains 1.38x faster on one thread and "
+        "1.10x on two, with float32's efficacy and locality on two seeds (README, Results). "
+        "Teacher, probes and serving are unaffected.",
     )
     seed: int = Field(
         default=0, description="Seeds the adapter init, the samples drawn and the batch order."
