@@ -60,7 +60,12 @@ def test_recall_answers_before_and_weights_after_consolidation(
 ) -> None:
     # This test is about serving the promoted weights, so the gate is opened; the gate has its
     # own test below. (On two facts its probes are coarse: one of four held-out probes is 0.25.)
-    lenient = {"min_efficacy": 0.0, "min_retention": 0.0, "min_locality": 0.0}
+    lenient = {
+        "min_efficacy": 0.0,
+        "min_retention": 0.0,
+        "min_locality": 0.0,
+        "min_raw_locality": 0.0,
+    }
     settings = settings_in(tmp_path, models_dir, gate=lenient)
     fact = "The user's cat Biscuit is allergic to salmon."
     question = [{"role": "user", "content": "What is Biscuit allergic to?"}]
@@ -94,7 +99,12 @@ def test_recall_answers_before_and_weights_after_consolidation(
 def test_a_harmful_cycle_is_rejected_and_changes_nothing(
     tmp_path: Path, models_dir: Path, embedder: Embedder
 ) -> None:
-    lenient = {"min_efficacy": 0.0, "min_retention": 0.0, "min_locality": 0.0}
+    lenient = {
+        "min_efficacy": 0.0,
+        "min_retention": 0.0,
+        "min_locality": 0.0,
+        "min_raw_locality": 0.0,
+    }
     settings = settings_in(tmp_path, models_dir, gate=lenient, train={"epochs": 1})
     questions = [
         "What is the capital of France?",
