@@ -186,6 +186,32 @@ def test_confidence_filter_drops_fact_items_and_counts_them(
     assert result.train["steps"] > 0
 
 
+def test_anchors_train_along_as_many_answer_tokens_as_the_settings_say(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    tiny_base: Any,
+    buffer: Buffer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from reverie.consolidator import cycle
+
+    seen: list[Any] = []
+    real_train = cycle.train
+    monkeypatch.setattr(
+        cycle,
+        "train",
+        lambda m, examples, *a, **k: seen.extend(examples) or real_train(m, examples, *a, **k),
+    )
+    settings = settings_for(tmp_path, tiny_model_dir, consolidation={"anchor_answer_tokens": 2})
+    result = consolidator(settings, buffer, tiny_base).run_cycle("alice")
+    anchors = [e for e in seen if e.kind == "anchor"]
+    assert result.transfer["anchors"] == len(anchors) > 0
+    assert all(
+        0 < len(e.answer_ids) <= 2 and len(e.targets.ids) == len(e.answer_ids) for e in anchors
+    )
+    assert any(len(e.answer_ids) > 2 for e in seen if e.kind != "anchor")  # facts are not cut
+
+
 def test_control_budget_probes_a_fixed_sample_of_the_controls(
     tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
 ) -> None:
