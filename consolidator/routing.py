@@ -1,7 +1,9 @@
 """The candidate's router: built in the cycle from everything its adapter holds.
 
 Keys are the embeddings of every experience in the version's lineage (earlier promoted
-versions' and this cycle's) and of their chat transfer prompts; the threshold is the setting's
+versions' and this cycle's) and of their chat transfer prompts; negatives, of general questions
+about those experiences' common words and of the anchor prompts (the general knowledge the
+cycle trains the adapter to leave alone); threshold and margin are the settings'
 (memory/router.py explains the rule). Built from the lineage, not from the parent's router, so
 a version written before routing existed gets a complete router on its next cycle.
 """
@@ -13,6 +15,8 @@ from collections.abc import Sequence
 from reverie.consolidator.artifact import replay_pool
 from reverie.consolidator.evaluate import Routes
 from reverie.consolidator.items import TransferItem
+from reverie.consolidator.neighbourhood import general_questions
+from reverie.consolidator.teacher import anchor_prompts
 from reverie.memory.adapters import VersionInfo
 from reverie.memory.buffer import Buffer
 from reverie.memory.config import RouterSettings
@@ -43,9 +47,17 @@ def cycle_router(
         for e in info.manifest.get("experiences", [])
     ]
     earlier = [s.experience.text for s in buffer.get_many(tenant, held).values()]
+    held_texts = [*earlier, *(e.text for e in experiences)]
     prompts = [i.student for i in [*replay_pool(lineage), *items] if not i.raw]
-    texts = list(dict.fromkeys([*earlier, *(e.text for e in experiences), *prompts]))
-    return Router(embedder.embed(texts), settings.threshold, embedder.name)
+    texts = list(dict.fromkeys([*held_texts, *prompts]))
+    negatives = None
+    if settings.negatives:
+        keys = set(texts)
+        general = dict.fromkeys([*general_questions(held_texts), *anchor_prompts()])
+        negatives = embedder.embed([q for q in general if q not in keys])
+    return Router(
+        embedder.embed(texts), settings.threshold, embedder.name, negatives, settings.margin
+    )
 
 
 def routes(router: Router | None, embedder: Embedder | None) -> Routes | None:

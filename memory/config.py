@@ -110,3 +110,18 @@ class RouterSettings(_Section):
         "held-out questions and 0.03 of the 254 control questions routed to the adapter in the "
         "consolidation benchmark (fictional_dev, two seeds; README, Never worse).",
     )
+    negatives: bool = Field(
+        default=True,
+        description="Give the router negatives: general questions about the common words of "
+        "every consolidated experience ('Explain salmon in general terms.') and the anchor "
+        "prompts. A question then routes only if it is nearer to what the adapter holds than "
+        "to them (plus margin): without negatives about half of the neighbourhood questions "
+        "('What is a salmon?') reached the adapter (README, Never worse).",
+    )
+    margin: float = Field(
+        default=0.0,
+        ge=-1,
+        le=1,
+        description="How much nearer (cosine) to the nearest key than to the nearest negative a "
+        "question must be to route to the adapter; below 0 routes more questions.",
+    )

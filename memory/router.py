@@ -7,6 +7,13 @@ key is about the tenant's memory: the adapter answers it. Any other question is 
 base model, so consolidation cannot change what the agent says about unrelated things (GRACE's
 deferral radius over a sentence embedding; WISE routes by activations for the same reason).
 
+A sentence embedding is mostly topic: "What is a salmon?" lies as close to "Biscuit the cat is
+allergic to salmon" as a question about Biscuit does. So a router can also hold *negatives*,
+general questions about the same words and general-knowledge prompts (what the adapter must not
+answer), and a question routes only if it is also at least ``margin`` closer to the nearest key
+than to the nearest negative: a nearest-neighbour decision between the tenant's memory and the
+general knowledge around it.
+
 It is part of the version artifact (``router.npz``, checksummed and rolled back with the
 weights); a version without one (written before routing existed) applies its adapter to every
 question.
@@ -30,11 +37,16 @@ ROUTER_FILE = "router.npz"
 @dataclass(frozen=True)
 class Router:
     """``keys``: ``[n, dim]`` unit vectors; ``threshold``: the cosine at which a question routes
-    to the adapter; ``embedder``: the model the keys were embedded with."""
+    to the adapter; ``embedder``: the model the keys were embedded with; ``negatives``:
+    ``[k, dim]`` unit vectors of questions the adapter must not answer (none: the threshold
+    alone decides); ``margin``: how much closer to a key than to any negative a routed question
+    must be."""
 
     keys: np.ndarray
     threshold: float
     embedder: str
+    negatives: np.ndarray | None = None
+    margin: float = 0.0
 
     def scores(self, queries: np.ndarray) -> np.ndarray:
         """``[m]`` highest cosine of each query (``[m, dim]`` unit vectors) to any key."""
@@ -44,16 +56,24 @@ class Router:
 
     def routes(self, queries: np.ndarray) -> np.ndarray:
         """``[m]`` bool: which queries the adapter answers."""
-        return self.scores(queries) >= self.threshold
+        scores = self.scores(queries)
+        on = scores >= self.threshold
+        if self.negatives is None or len(self.negatives) == 0 or len(queries) == 0:
+            return on
+        nearest_negative = (np.asarray(queries, np.float32) @ self.negatives.T).max(axis=1)
+        return on & (scores - nearest_negative >= self.margin)
 
 
 def save_router(router: Router, directory: Path) -> None:
     buf = io.BytesIO()
+    negatives = {} if router.negatives is None else {"negatives": router.negatives}
     np.savez(
         buf,
         keys=router.keys.astype(np.float32),
         threshold=np.float64(router.threshold),
         embedder=np.array(router.embedder),
+        margin=np.float64(router.margin),
+        **{k: v.astype(np.float32) for k, v in negatives.items()},
     )
     (directory / ROUTER_FILE).write_bytes(buf.getvalue())
 
@@ -70,6 +90,9 @@ def load_router(directory: Path, embedder: str | None = None) -> Router | None:
             np.ascontiguousarray(data["keys"], np.float32),
             float(data["threshold"]),
             str(data["embedder"]),
+            # a router written before negatives existed has neither
+            np.ascontiguousarray(data["negatives"], np.float32) if "negatives" in data else None,
+            float(data["margin"]) if "margin" in data else 0.0,
         )
     if embedder is not None and router.embedder != embedder:
         raise IntegrityError(

@@ -304,6 +304,8 @@ def test_the_router_keeps_the_adapter_off_unrelated_questions(
         assert version is not None and (version.path / ROUTER_FILE).exists()
         router = load_router(version.path, embedder.name)
         assert router is not None and router.threshold == settings.router.threshold
+        assert router.negatives is not None and len(router.negatives) > 0
+        assert router.margin == settings.router.margin
         assert ROUTER_FILE in version.manifest["checksums"]  # verified and rolled back with it
         served = result.probes["served"]
         assert served["router"]["probes_routed"] == 1.0  # "What about cat?" is close enough

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from reverie.consolidator.neighbourhood import neighbourhood_questions
+from reverie.consolidator.neighbourhood import (
+    GENERAL_TEMPLATES,
+    general_questions,
+    neighbourhood_questions,
+)
 from reverie.memory.experience import make_experience
 
 
@@ -25,3 +29,14 @@ def test_seeded_capped_and_deduplicated() -> None:
     assert a == neighbourhood_questions(exps, per_experience=2, seed=1)
     assert len(a) == len(set(a)) <= 4
     assert neighbourhood_questions(exps, per_experience=0, seed=1) == []
+
+
+def test_router_negatives_cover_every_common_word_in_other_phrasings() -> None:
+    texts = ["The user's cat Biscuit is allergic to salmon.", "Biscuit sleeps on the salmon rug."]
+    negatives = general_questions(texts)
+    assert len(negatives) == len(set(negatives)) == 3 * len(GENERAL_TEMPLATES)  # 3 words, once
+    assert all("Biscuit" not in q for q in negatives)
+    assert {"Explain salmon in general terms.", "What does the word sleeps mean?"} <= set(negatives)
+    exps = [make_experience(t, tenant="t") for t in texts]
+    evaluated = neighbourhood_questions(exps, per_experience=10, seed=0)
+    assert evaluated and not set(evaluated) & set(negatives)  # the score measures generalisation

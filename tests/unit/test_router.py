@@ -25,6 +25,23 @@ def test_a_question_routes_when_some_key_is_within_the_threshold() -> None:
     assert wider.routes(queries).tolist() == [True, True, False]
 
 
+def test_a_question_nearer_a_negative_than_any_key_stays_off() -> None:
+    keys = unit([1, 0, 0])
+    queries = unit([1, 0.1, 0], [1, 0.9, 0], [0, 0, 1])  # cosine to the key: 0.995, 0.74, 0
+    plain = Router(keys, threshold=0.7, embedder="e")
+    assert plain.routes(queries).tolist() == [True, True, False]
+    negatives = unit([0.6, 1, 0])  # a general question on the same topic
+    router = Router(keys, threshold=0.7, embedder="e", negatives=negatives)
+    assert router.routes(queries).tolist() == [True, False, False]
+    # the margin asks for more distance from the negatives; a negative one for less
+    cos = float(queries[0] @ keys[0] - queries[0] @ negatives[0])
+    strict = Router(keys, 0.7, "e", negatives, margin=cos + 0.01)
+    assert strict.routes(queries).tolist() == [False, False, False]
+    lenient = Router(keys, 0.7, "e", negatives, margin=-0.25)
+    assert lenient.routes(queries).tolist() == [True, True, False]
+    assert router.routes(np.zeros((0, 3), np.float32)).tolist() == []
+
+
 def test_no_keys_routes_nothing() -> None:
     router = Router(np.zeros((0, 3), np.float32), threshold=-1.0 + 1e-6, embedder="e")
     assert router.routes(unit([1, 0, 0])).tolist() == [False]
@@ -41,3 +58,15 @@ def test_saved_and_loaded_as_it_was(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError, match="embedder"):
         load_router(tmp_path, "another-embedder")
     assert (tmp_path / ROUTER_FILE).exists()
+    assert loaded.negatives is None and loaded.margin == 0.0  # written without negatives
+
+
+def test_negatives_and_margin_are_saved_with_the_keys(tmp_path: Path) -> None:
+    router = Router(unit([1, 2, 3]), 0.45, "e", negatives=unit([3, 2, 1], [0, 1, 0]), margin=0.05)
+    save_router(router, tmp_path)
+    loaded = load_router(tmp_path, "e")
+    assert loaded is not None and loaded.negatives is not None
+    assert np.array_equal(loaded.negatives, router.negatives)
+    assert loaded.margin == pytest.approx(0.05)
+    queries = unit([1, 2, 3.1], [3, 2, 1.1], [0, 1, 0.2])
+    assert loaded.routes(queries).tolist() == router.routes(queries).tolist()
