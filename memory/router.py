@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -66,15 +67,15 @@ class Router:
 
 def save_router(router: Router, directory: Path) -> None:
     buf = io.BytesIO()
-    negatives = {} if router.negatives is None else {"negatives": router.negatives}
-    np.savez(
-        buf,
-        keys=router.keys.astype(np.float32),
-        threshold=np.float64(router.threshold),
-        embedder=np.array(router.embedder),
-        margin=np.float64(router.margin),
-        **{k: v.astype(np.float32) for k, v in negatives.items()},
-    )
+    arrays: dict[str, Any] = {
+        "keys": router.keys.astype(np.float32),
+        "threshold": np.float64(router.threshold),
+        "embedder": np.array(router.embedder),
+        "margin": np.float64(router.margin),
+    }
+    if router.negatives is not None:
+        arrays["negatives"] = router.negatives.astype(np.float32)
+    np.savez(buf, **arrays)
     (directory / ROUTER_FILE).write_bytes(buf.getvalue())
 
 
