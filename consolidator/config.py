@@ -6,7 +6,7 @@ Pure pydantic: importing this module loads no model code.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Annotated, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -102,6 +102,13 @@ class TrainSettings(_Section):
         "or AMX), float32 elsewhere. On the reference CPU it trains 1.38x faster on one thread and "
         "1.10x on two, with float32's efficacy and locality on two seeds (README, Results). "
         "Teacher, probes and serving are unaffected.",
+    )
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default="auto",
+        description="Processes that train side by side, each on its share of every batch "
+        "(consolidator/parallel.py; CPU on Linux). auto = one per PyTorch thread the process "
+        "may use (OMP_NUM_THREADS, else the cores), at least two examples each; 1 trains in "
+        "this process alone. A GPU always trains in one.",
     )
     seed: int = Field(
         default=0, description="Seeds the adapter init, the samples drawn and the batch order."

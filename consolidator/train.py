@@ -33,6 +33,7 @@ from reverie.consolidator.distill import (
     lm_parts,
     right_padded,
 )
+from reverie.consolidator.parallel import data_parallel, worker_count
 from reverie.consolidator.precision import frozen_in, matmul_dtype
 from reverie.memory.files import atomic_write_bytes
 from reverie.model.base import BaseModel, attach_adapter, last_layers
@@ -85,6 +86,7 @@ class TrainStats:
     losses: list[float] = field(default_factory=list)
     resumed_from: int = 0
     precision: str = "float32"  # what the frozen projections multiplied in
+    workers: int = 1  # processes that trained side by side (consolidator/parallel.py)
 
     def __add__(self, other: TrainStats) -> TrainStats:
         """Two rounds of one cycle's training as one."""
@@ -96,6 +98,7 @@ class TrainStats:
             self.losses + other.losses,
             self.resumed_from,
             self.precision,
+            self.workers,
         )
 
     @property
@@ -114,6 +117,7 @@ class TrainStats:
             "final_loss": round(sum(tail) / len(tail), 5) if tail else None,
             "resumed_from_step": self.resumed_from,
             "precision": self.precision,
+            "workers": self.workers,
         }
 
 
@@ -184,10 +188,13 @@ def batch_loss(
     *,
     pad_id: int,
     device: torch.device | None = None,
+    whole: Sequence[Example] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float], int]:
     """The loss of ``batch`` under ``settings.method``: (loss, its parts, tokens processed).
     The body multiplies in whatever precision the caller set up (:func:`train` and
-    :func:`mean_loss` apply ``settings.precision``)."""
+    :func:`mean_loss` apply ``settings.precision``). With ``whole``, ``batch`` is one training
+    process's share of that batch and the loss is scaled so the shares' losses (and gradients)
+    sum to the whole batch's."""
     device = device or torch.device("cpu")
     body, head = lm_parts(model)
     ids, mask = right_padded([e.prompt_ids + e.answer_ids for e in batch], pad_id)
@@ -217,11 +224,28 @@ def batch_loss(
             ce_weight=settings.ce_weight if distill else 1.0,
             kl_weight=1.0 if distill else 0.0,
         )
+        if whole is not None:
+            loss = loss * _share(batch, whole, lambda e: True)
         if deep:
             term = _hidden_term(body, out.hidden_states, batch, rows, cols, settings)
-            loss = loss + settings.hidden_weight * term
             parts["hidden"] = float(term.detach())
+            if whole is not None:
+                term = term * _share(batch, whole, lambda e: e.targets.hidden is not None)
+            loss = loss + settings.hidden_weight * term
     return loss, parts, int(mask.sum())
+
+
+def _share(
+    part: Sequence[Example], whole: Sequence[Example], counts: Callable[[Example], bool]
+) -> float:
+    """``part``'s share of ``whole``'s loss weight (the denominators of both loss terms: token
+    weight summed over the answer positions of the examples ``counts``)."""
+
+    def weight(examples: Sequence[Example]) -> float:
+        return sum(e.weight * len(e.answer_ids) for e in examples if counts(e))
+
+    total = weight(whole)
+    return weight(part) / total if total else 0.0
 
 
 def _hidden_term(
@@ -305,27 +329,40 @@ def train(
     model.train()
     # bfloat16 training: the frozen projections multiply in bfloat16 (consolidator/precision.py)
     body, _ = lm_parts(model)
-    with frozen_in(body, dtype):
+    n_workers = worker_count(settings.workers, settings.batch_size, device)
+    stats.workers = n_workers
+    # With workers, each process from here runs this loop on its share of every batch
+    # (consolidator/parallel.py); only the parent (rank 0) gets past the `continue` below.
+    with frozen_in(body, dtype), data_parallel(n_workers) as group:
         began = time.perf_counter()
         for step in range(start_step, len(plan)):
             batch = [examples[i] for i in plan[step]]
             # ---- one training step ---------------------------------------------------------------
-            loss, parts, n_tokens = batch_loss(model, batch, settings, pad_id=pad_id, device=device)
-            for group in optimizer.param_groups:
-                group["lr"] = settings.lr * lr_factor(
+            optimizer.zero_grad(set_to_none=True)
+            parts, loss = _backward(model, group.share(batch), batch, settings, pad_id, device)
+            summed = group.sum(params, loss)
+            if summed is None:  # a worker died: this step again on the whole batch, alone
+                group = group.alone()
+                optimizer.zero_grad(set_to_none=True)
+                parts, summed = _backward(model, batch, batch, settings, pad_id, device)
+            for param_group in optimizer.param_groups:
+                param_group["lr"] = settings.lr * lr_factor(
                     step, len(plan), settings.warmup, settings.schedule
                 )
-            optimizer.zero_grad(set_to_none=True)
-            with record_function("backward"):
-                loss.backward()
             with record_function("optimizer"):
                 torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
                 optimizer.step()
             # ------------------------------------------------------------------------------------
+            if group.rank:
+                continue  # a worker: the parent counts, reports and checkpoints
             stats.steps += 1
-            stats.tokens += n_tokens
-            stats.positions += len(batch) * max(len(e) for e in batch)
-            stats.losses.append(float(loss.detach()))  # .item() syncs with the device: once a step
+            stats.tokens += sum(len(e) for e in batch)
+            stats.positions += sum(
+                len(share) * max(len(e) for e in share)
+                for share in (batch[r :: group.size] for r in range(group.size))
+                if share
+            )
+            stats.losses.append(summed)
             stats.seconds = time.perf_counter() - began
             progress.update(step + 1, stats, parts)
             if on_step is not None:
@@ -342,6 +379,25 @@ def train(
     if checkpoint and checkpoint.exists():
         checkpoint.unlink()
     return stats
+
+
+def _backward(
+    model: Any,
+    share: Sequence[Example],
+    batch: Sequence[Example],
+    settings: TrainSettings,
+    pad_id: int,
+    device: torch.device,
+) -> tuple[dict[str, float], float]:
+    """Backpropagate ``share``'s part of ``batch``'s loss into the gradients; returns the
+    loss's parts and value (a share with no examples adds nothing)."""
+    if not share:
+        return {"kl": 0.0, "ce": 0.0}, 0.0
+    whole = batch if len(share) < len(batch) else None
+    loss, parts, _ = batch_loss(model, share, settings, pad_id=pad_id, device=device, whole=whole)
+    with record_function("backward"):
+        loss.backward()
+    return parts, float(loss.detach())  # .item() syncs with the device: once a step
 
 
 class _Progress:
