@@ -117,6 +117,14 @@ def data_parallel(size: int) -> Iterator[Group]:
         if rank:
             _die_with_parent()
         group = Group(rank, size, _process_group(store_dir, rank, size))
+    except Exception as err:
+        if rank:
+            os._exit(1)
+        logger.warning("training workers did not start (%s); training alone", err)
+        _reap(children, kill=True)
+        children = []
+        torch.set_num_threads(threads)
+        group = Group()
     except BaseException:
         if rank:
             os._exit(1)

@@ -330,10 +330,10 @@ def train(
     # bfloat16 training: the frozen projections multiply in bfloat16 (consolidator/precision.py)
     body, _ = lm_parts(model)
     n_workers = worker_count(settings.workers, settings.batch_size, device)
-    stats.workers = n_workers
     # With workers, each process from here runs this loop on its share of every batch
     # (consolidator/parallel.py); only the parent (rank 0) gets past the `continue` below.
     with frozen_in(body, dtype), data_parallel(n_workers) as group:
+        stats.workers = group.size
         began = time.perf_counter()
         for step in range(start_step, len(plan)):
             batch = [examples[i] for i in plan[step]]
@@ -343,6 +343,7 @@ def train(
             summed = group.sum(params, loss)
             if summed is None:  # a worker died: this step again on the whole batch, alone
                 group = group.alone()
+                stats.workers = 1
                 optimizer.zero_grad(set_to_none=True)
                 parts, summed = _backward(model, batch, batch, settings, pad_id, device)
             for param_group in optimizer.param_groups:

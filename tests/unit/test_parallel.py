@@ -66,10 +66,28 @@ def test_a_killed_worker_leaves_the_parent_to_finish_alone(tiny_base: Any) -> No
             os.kill(pid, signal.SIGKILL)
 
     weights, stats = trained(tiny_base, 2, on_step=kill_the_worker)
-    assert stats.steps == 6
+    assert stats.steps == 6 and stats.workers == 1
     for name, value in alone.items():
         assert torch.allclose(weights[name], value, atol=1e-5), name
     assert children() == []
+
+
+def test_workers_that_cannot_connect_leave_the_parent_to_train_alone(
+    tiny_base: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reverie.consolidator import parallel
+
+    def no_network(*args: Any) -> None:
+        raise RuntimeError("no loopback")
+
+    monkeypatch.setattr(parallel, "_process_group", no_network)  # in the worker too: it forks
+    threads = torch.get_num_threads()
+    alone, _ = trained(tiny_base, 1)
+    weights, stats = trained(tiny_base, 2)
+    assert stats.workers == 1 and stats.steps == 6
+    for name, value in alone.items():
+        assert torch.allclose(weights[name], value, atol=1e-6), name
+    assert children() == [] and torch.get_num_threads() == threads
 
 
 def test_an_interrupted_run_leaves_no_worker_behind(tiny_base: Any, tmp_path: Path) -> None:
