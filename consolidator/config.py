@@ -105,10 +105,11 @@ class TrainSettings(_Section):
     )
     workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         default="auto",
-        description="Processes that train side by side, each on its share of every batch "
-        "(consolidator/parallel.py; CPU on Linux). auto = one per PyTorch thread the process "
-        "may use (OMP_NUM_THREADS, else the cores), at least two examples each; 1 trains in "
-        "this process alone. A GPU always trains in one.",
+        description="Processes a cycle splits its work across (CPU, Linux): generation "
+        "(teacher answers, probes) by prompts, and training by each batch's examples, with "
+        "the gradients summed (consolidator/parallel.py). auto = one per PyTorch thread the "
+        "process may use (OMP_NUM_THREADS, else the cores), in training at least two examples "
+        "each; 1 = this process alone. A GPU always works in one.",
     )
     seed: int = Field(
         default=0, description="Seeds the adapter init, the samples drawn and the batch order."

@@ -42,6 +42,7 @@ from reverie.consolidator.gate import Outcome, decide
 from reverie.consolidator.locality import ControlSet, base_control_answers, load_controls
 from reverie.consolidator.neighbourhood import neighbourhood_questions
 from reverie.consolidator.onpolicy import on_policy_round, snapshot
+from reverie.consolidator.parallel import process_count
 from reverie.consolidator.precision import matmul_dtype
 from reverie.consolidator.probes import run_probes
 from reverie.consolidator.recovery import reconcile
@@ -56,6 +57,7 @@ from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.buffer import Buffer
 from reverie.memory.embedder import Embedder
 from reverie.model.base import BaseModel, load_base, merged
+from reverie.model.forked import forking
 
 __all__ = ["Consolidator", "CycleResult"]
 
@@ -119,9 +121,10 @@ class Consolidator:
         control question and anchor prompt, its targets along the anchor answers), so the first
         cycle costs what later ones do. Returns the seconds it took (none when cached)."""
         start = time.perf_counter()
-        self.controls  # noqa: B018 (the property computes and caches the base answers)
-        items = self.anchors.items(len(anchor_prompts()), random.Random(0))
-        self.anchors.targets(self.base.model, items, self.settings.train.top_k)
+        with forking(process_count(self.settings.train.workers, self.base.device)):
+            self.controls  # noqa: B018 (the property computes and caches the base answers)
+            items = self.anchors.items(len(anchor_prompts()), random.Random(0))
+            self.anchors.targets(self.base.model, items, self.settings.train.top_k)
         return time.perf_counter() - start
 
     def _stage(self, stage: str | None) -> None:
@@ -143,7 +146,8 @@ class Consolidator:
             except BlockingIOError:
                 return CycleResult(tenant, Outcome.BUSY, reasons=("another cycle is running",))
             try:
-                return self._cycle(tenant, should_stop)
+                with forking(process_count(self.settings.train.workers, self.base.device)):
+                    return self._cycle(tenant, should_stop)
             except Exception as err:  # recorded, and the experiences stay buffered for later
                 logger.exception("cycle failed for tenant %s", tenant)
                 return CycleResult(

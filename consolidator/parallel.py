@@ -19,40 +19,44 @@ Linux and CPU only (fork is unsafe beside macOS's frameworks; a GPU is one devic
 
 from __future__ import annotations
 
-import ctypes
 import datetime
 import logging
 import os
-import signal
 import sys
 import tempfile
 import traceback
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["Group", "data_parallel", "worker_count"]
+from reverie.model.forked import can_fork, die_with_parent, reap
+
+__all__ = ["Group", "data_parallel", "process_count", "worker_count"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _TIMEOUT = datetime.timedelta(seconds=120)  # a step takes seconds: longer means a stuck peer
-_PR_SET_PDEATHSIG = 1
+
+
+def process_count(workers: int | str, device: torch.device) -> int:
+    """How many processes a cycle's work splits across: ``workers`` itself, or for ``auto`` one
+    per PyTorch thread (the thread budget the process was given: ``OMP_NUM_THREADS``, else the
+    cores). Always 1 on a GPU and off Linux."""
+    if not can_fork(device):
+        return 1
+    return max(1, torch.get_num_threads() if workers == "auto" else int(workers))
 
 
 def worker_count(workers: int | str, batch_size: int, device: torch.device) -> int:
-    """How many processes train: ``workers`` itself, or for ``auto`` one per PyTorch thread
-    (the thread budget the process was given, ``OMP_NUM_THREADS`` or the cores), each taking
-    at least two examples of a batch. Always 1 on a GPU and off Linux."""
-    if device.type != "cpu" or not sys.platform.startswith("linux"):
-        return 1
-    if workers == "auto":
-        return max(1, min(torch.get_num_threads(), batch_size // 2))
-    return max(1, min(int(workers), batch_size))
+    """How many processes train: :func:`process_count`, at most one per example of a batch
+    (for ``auto``, one per two examples)."""
+    n = process_count(workers, device)
+    return max(1, min(n, batch_size // 2 if workers == "auto" else batch_size))
 
 
 @dataclass
@@ -115,20 +119,20 @@ def data_parallel(size: int) -> Iterator[Group]:
                 break
             children.append(pid)
         if rank:
-            _die_with_parent()
+            die_with_parent()
         group = Group(rank, size, _process_group(store_dir, rank, size))
     except Exception as err:
         if rank:
             os._exit(1)
         logger.warning("training workers did not start (%s); training alone", err)
-        _reap(children, kill=True)
+        reap(children, kill=True)
         children = []
         torch.set_num_threads(threads)
         group = Group()
     except BaseException:
         if rank:
             os._exit(1)
-        _reap(children, kill=True)
+        reap(children, kill=True)
         _restore(threads, store_dir)
         raise
     if rank:
@@ -143,10 +147,10 @@ def data_parallel(size: int) -> Iterator[Group]:
     try:
         yield group
     except BaseException:
-        _reap(children, kill=True)
+        reap(children, kill=True)
         raise
     else:
-        _reap(children, kill=False)
+        reap(children, kill=False)
     finally:
         _restore(threads, store_dir)
 
@@ -157,27 +161,6 @@ def _process_group(store_dir: str, rank: int, size: int) -> Any:
     options._devices = [dist.ProcessGroupGloo.create_device(hostname="127.0.0.1")]
     options._timeout = _TIMEOUT
     return dist.ProcessGroupGloo(store, rank, size, options)
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to kill this worker when its parent dies (a SIGKILLed trainer leaves none)."""
-    with suppress(OSError, AttributeError):  # no prctl: the gloo timeout ends the worker
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _reap(children: Sequence[int], *, kill: bool) -> None:
-    for pid in children:
-        if kill:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        try:
-            _, status = os.waitpid(pid, 0)
-        except ChildProcessError:
-            continue
-        if not kill and status:
-            logger.warning("training worker %d exited with status %d", pid, status)
 
 
 def _restore(threads: int, store_dir: str) -> None:

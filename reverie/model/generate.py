@@ -14,6 +14,7 @@ import torch
 
 from reverie.model.base import BaseModel
 from reverie.model.config import ModelSettings
+from reverie.model.forked import can_fork, fork_map, workers
 from reverie.model.progress import advance
 from reverie.model.prompts import encode, render_user
 
@@ -23,6 +24,7 @@ __all__ = ["BATCH", "answer", "generate_ids"]
 # batch of 64 costs little more per step than one of 16: 128 probe-length prompts took 13.2 s at
 # 64 against 21.6 s at 16 on two cores (teacher-length: 37.4 s against 42.0 s at 32).
 BATCH = 64
+MIN_SHARE = 8  # fewer prompts per process are not worth a fork
 
 
 @torch.no_grad()
@@ -37,8 +39,34 @@ def generate_ids(
     device: torch.device | None = None,
 ) -> list[list[int]]:
     """Greedy continuation of each prompt, cut after the first EOS (which is kept). (Serving
-    decodes through :mod:`reverie.model.batcher` instead, one token per step per chat.)"""
+    decodes through :mod:`reverie.model.batcher` instead, one token per step per chat.) Inside
+    :func:`reverie.model.forked.forking` on CPU, the prompts (by length, so each process gets
+    long and short ones alike) are split across forked processes."""
     device = device or torch.device("cpu")
+
+    def run(share: list[Sequence[int]]) -> list[list[int]]:
+        return _generate(model, share, eos_id, pad_id, max_new_tokens, batch_size, device)
+
+    n = workers() if can_fork(device) else 1
+    if n <= 1 or len(prompts) < 2 * MIN_SHARE:
+        return run(list(prompts))
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    done = fork_map(run, [prompts[i] for i in order], n)
+    out: list[list[int]] = [[] for _ in prompts]
+    for i, seq in zip(order, done, strict=True):
+        out[i] = seq
+    return out
+
+
+def _generate(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+    batch_size: int,
+    device: torch.device,
+) -> list[list[int]]:
     out: list[list[int]] = [[] for _ in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding
     for start in range(0, len(order), batch_size):
