@@ -20,7 +20,13 @@ from collections.abc import Sequence
 from reverie.consolidator.spans import STOP
 from reverie.memory.experience import Experience
 
-__all__ = ["GENERAL_TEMPLATES", "common_words", "general_questions", "neighbourhood_questions"]
+__all__ = [
+    "GENERAL_TEMPLATES",
+    "common_words",
+    "evaluated_phrasing",
+    "general_questions",
+    "neighbourhood_questions",
+]
 
 _TEMPLATES = ("What is a {w}?", "Tell me one general fact about {w}s.")
 GENERAL_TEMPLATES = (
@@ -29,6 +35,9 @@ GENERAL_TEMPLATES = (
     "How would you describe {w} to a child?",
     "What are common facts about {w}?",
 )  # the router's negatives: deliberately none of the evaluated phrasings above
+_EVALUATED = re.compile(
+    "|".join("^" + re.escape(t).replace(re.escape("{w}"), ".+") + "$" for t in _TEMPLATES)
+)
 _WORD = re.compile(r"\b[a-z][a-z-]{3,}\b")  # lowercase in the text: not a name
 _SKIP = STOP | {"user", "users", "every", "each", "always", "never", "usually", "today"}
 
@@ -37,6 +46,13 @@ def common_words(text: str) -> list[str]:
     """The text's common words (lowercase, four letters or more, not function words), in
     order, each once."""
     return list(dict.fromkeys(w for w in _WORD.findall(text) if w not in _SKIP))
+
+
+def evaluated_phrasing(question: str) -> bool:
+    """Whether ``question`` is in a phrasing the neighbourhood score asks ("What is a ...?"):
+    such a question is never a router negative, or the score would measure what the router was
+    given rather than how it generalises."""
+    return _EVALUATED.match(question) is not None
 
 
 def general_questions(texts: Sequence[str]) -> list[str]:

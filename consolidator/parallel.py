@@ -1,20 +1,19 @@
-"""Data-parallel training on CPU: the trainer forks one worker process per extra core.
+"""Data-parallel training on CPU: the trainer forks worker processes of one thread each.
 
 Two PyTorch threads on one small model train barely faster than one (a step is many small
 matmuls and element-wise kernels that do not split well); two processes of one thread each,
-each taking half of every batch, run side by side. So :func:`train` forks: the worker inherits
-the model, the examples, the optimiser and the plan exactly as they are (no pickling; the
-frozen weights are shared copy-on-write) and runs the same loop. Each step both backpropagate
-their share, the gradients (and the loss) are summed over gloo (torch.distributed), and both
-take the same optimiser step, so their adapters stay identical. The parent alone logs,
-checkpoints, answers ``should_stop`` and keeps the result; the worker exits when the loop ends,
+each taking half of every batch, run side by side. So :func:`train` forks
+(``reverie/model/forked.py`` says how children are made safe): the worker inherits the model,
+the examples, the optimiser and the plan exactly as they are (no pickling; the frozen weights
+are shared copy-on-write) and runs the same loop. Each step every process backpropagates its
+share, the gradients (and the loss) are summed over gloo (torch.distributed), and every process
+takes the same optimiser step, so their adapters stay identical. The parent alone logs,
+checkpoints, answers ``should_stop`` and keeps the result; a worker exits when the loop ends,
 is killed when the parent leaves it early, and dies with the parent.
 
 A worker that dies (killed, out of memory) breaks the next sum: the parent notices at once,
-logs it, redoes that step on the whole batch and finishes alone, with the same result a
-single process would have had from there.
-
-Linux and CPU only (fork is unsafe beside macOS's frameworks; a GPU is one device).
+kills the others, takes its threads back, redoes that step on the whole batch and finishes
+alone, with the result a single process would have had from there.
 """
 
 from __future__ import annotations
@@ -22,10 +21,8 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-import sys
 import tempfile
-import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -33,7 +30,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from reverie.model.forked import can_fork, die_with_parent, reap
+from reverie.model.forked import can_fork, fork_children, reap
 
 __all__ = ["Group", "data_parallel", "process_count", "worker_count"]
 
@@ -66,9 +63,13 @@ class Group:
     rank: int = 0
     size: int = 1
     pg: Any = None  # the gloo process group (None: training alone)
+    release: Callable[[], None] | None = None  # the parent's: stop the workers, threads back
 
     def alone(self) -> Group:
-        """The group once the workers are gone: this process trains the whole batch."""
+        """The group once a worker is gone: the others are stopped and this process trains the
+        whole batch with all its threads."""
+        if self.release is not None:
+            self.release()
         return Group()
 
     def share(self, batch: Sequence[T]) -> list[T]:
@@ -101,70 +102,64 @@ class Group:
 def data_parallel(size: int) -> Iterator[Group]:
     """Fork ``size - 1`` workers and yield each process its :class:`Group` (the parent gets rank
     0). In a worker the block runs to its end, then the process exits; the parent, leaving the
-    block, waits for the workers (or kills them if it leaves on an exception). Each process
-    runs ``torch.get_num_threads() // size`` threads meanwhile (at least one)."""
+    block, waits for the workers (or kills them if it leaves on an exception). Every process
+    runs one thread meanwhile."""
     if size <= 1:
         yield Group()
         return
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // size))
+    torch.set_num_threads(1)
     store_dir = tempfile.mkdtemp(prefix="reverie-train-")
     children: list[int] = []
-    rank = 0
-    try:
-        for r in range(1, size):
-            pid = os.fork()
-            if pid == 0:
-                rank = r
-                break
-            children.append(pid)
-        if rank:
-            die_with_parent()
-        group = Group(rank, size, _process_group(store_dir, rank, size))
-    except Exception as err:
-        if rank:
-            os._exit(1)
-        logger.warning("training workers did not start (%s); training alone", err)
-        reap(children, kill=True)
-        children = []
+
+    def release(kill: bool = True) -> None:
+        reap(children, kill=kill)
+        children.clear()
         torch.set_num_threads(threads)
-        group = Group()
+
+    try:
+        rank, children[:] = fork_children(size)
     except BaseException:
-        if rank:
-            os._exit(1)
-        reap(children, kill=True)
-        _restore(threads, store_dir)
+        release()
+        _remove(store_dir)
         raise
     if rank:
-        status = 0
+        status = 1
         try:
+            group = Group(rank, size, _process_group(store_dir, rank, size))
             yield group
+            status = 0
         except BaseException:
-            status = 1
-            traceback.print_exc(file=sys.stderr)  # the parent carries on alone
+            logger.exception("training worker %d failed; the parent trains on", rank)
         finally:
             os._exit(status)  # never back into the caller's code: the parent owns the result
     try:
+        try:
+            group = Group(0, size, _process_group(store_dir, 0, size), release)
+        except Exception as err:
+            logger.warning("training workers did not start (%s); training alone", err)
+            release()
+            group = Group()
         yield group
     except BaseException:
-        reap(children, kill=True)
+        release()
         raise
     else:
-        reap(children, kill=False)
+        release(kill=False)
     finally:
-        _restore(threads, store_dir)
+        _remove(store_dir)
 
 
 def _process_group(store_dir: str, rank: int, size: int) -> Any:
     store = dist.FileStore(os.path.join(store_dir, "store"), size)
+    store.set_timeout(_TIMEOUT)
     options = dist.ProcessGroupGloo._Options()  # type: ignore[attr-defined]
     options._devices = [dist.ProcessGroupGloo.create_device(hostname="127.0.0.1")]
     options._timeout = _TIMEOUT
     return dist.ProcessGroupGloo(store, rank, size, options)
 
 
-def _restore(threads: int, store_dir: str) -> None:
-    torch.set_num_threads(threads)
+def _remove(store_dir: str) -> None:
     for name in os.listdir(store_dir):
         os.unlink(os.path.join(store_dir, name))
     os.rmdir(store_dir)

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from reverie.consolidator.artifact import replay_pool
 from reverie.consolidator.evaluate import Routes
 from reverie.consolidator.items import TransferItem
-from reverie.consolidator.neighbourhood import general_questions
+from reverie.consolidator.neighbourhood import evaluated_phrasing, general_questions
 from reverie.consolidator.teacher import anchor_prompts
 from reverie.memory.adapters import VersionInfo
 from reverie.memory.buffer import Buffer
@@ -24,7 +24,7 @@ from reverie.memory.embedder import Embedder
 from reverie.memory.experience import Experience
 from reverie.memory.router import Router
 
-__all__ = ["cycle_router", "routes"]
+__all__ = ["cycle_router", "negative_questions", "routes"]
 
 
 def cycle_router(
@@ -53,11 +53,18 @@ def cycle_router(
     negatives = None
     if settings.negatives:
         keys = set(texts)
-        general = dict.fromkeys([*general_questions(held_texts), *anchor_prompts()])
-        negatives = embedder.embed([q for q in general if q not in keys])
+        negatives = embedder.embed([q for q in negative_questions(held_texts) if q not in keys])
     return Router(
         embedder.embed(texts), settings.threshold, embedder.name, negatives, settings.margin
     )
+
+
+def negative_questions(texts: Sequence[str]) -> list[str]:
+    """What the router of an adapter holding ``texts`` keeps from it: general questions about
+    their common words and the anchor prompts, none in a phrasing the neighbourhood score asks
+    (some anchors are "What is a ...?")."""
+    general = dict.fromkeys([*general_questions(texts), *anchor_prompts()])
+    return [q for q in general if not evaluated_phrasing(q)]
 
 
 def routes(router: Router | None, embedder: Embedder | None) -> Routes | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 from reverie.memory.stream import StreamConsumer, StreamMessage
 
@@ -30,4 +32,19 @@ def next_offsets(messages: list[StreamMessage]) -> dict[int, int]:
     out: dict[int, int] = {}
     for m in messages:
         out[m.partition] = max(out.get(m.partition, 0), m.offset + 1)
+    return out
+
+
+def children() -> set[int]:
+    """This process's child processes (reaped ones excluded, zombies included), read from
+    /proc: compare before and after to see what a call left behind."""
+    me, out = os.getpid(), set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # ended meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                out.add(int(entry.name))
     return out

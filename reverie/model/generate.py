@@ -7,7 +7,7 @@ attention mask marks the real tokens.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -44,11 +44,18 @@ def generate_ids(
     long and short ones alike) are split across forked processes."""
     device = device or torch.device("cpu")
 
-    def run(share: list[Sequence[int]]) -> list[list[int]]:
-        return _generate(model, share, eos_id, pad_id, max_new_tokens, batch_size, device)
-
     n = workers() if can_fork(device) else 1
-    if n <= 1 or len(prompts) < 2 * MIN_SHARE:
+    if len(prompts) < 2 * MIN_SHARE:
+        n = 1
+
+    def run(share: list[Sequence[int]]) -> list[list[int]]:
+        # the parent reports its share's progress as the whole call's (the shares are alike)
+        def report(done: int) -> None:
+            advance(min(len(prompts), done * n), len(prompts))
+
+        return _generate(model, share, eos_id, pad_id, max_new_tokens, batch_size, device, report)
+
+    if n <= 1:
         return run(list(prompts))
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     done = fork_map(run, [prompts[i] for i in order], n)
@@ -66,6 +73,7 @@ def _generate(
     max_new_tokens: int,
     batch_size: int,
     device: torch.device,
+    report: Callable[[int], None],
 ) -> list[list[int]]:
     out: list[list[int]] = [[] for _ in prompts]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding
@@ -89,7 +97,7 @@ def _generate(
         for row, i in enumerate(idx):
             seq = generated[row]
             out[i] = seq[: seq.index(eos_id) + 1] if eos_id in seq else seq
-        advance(start + len(idx), len(prompts))
+        report(start + len(idx))
     return out
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-__all__ = ["advance", "listening"]
+__all__ = ["advance", "listening", "mute"]
 
 Listener = Callable[[int, int], None]  # (done, total) of one generation call
 _listener: ContextVar[Listener | None] = ContextVar("reverie_progress", default=None)
@@ -32,3 +32,8 @@ def advance(done: int, total: int) -> None:
     listener = _listener.get()
     if listener is not None:
         listener(done, total)
+
+
+def mute() -> None:
+    """Nobody listens from here on in this context (a forked child: its parent reports)."""
+    _listener.set(None)

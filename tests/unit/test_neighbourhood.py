@@ -40,3 +40,20 @@ def test_router_negatives_cover_every_common_word_in_other_phrasings() -> None:
     exps = [make_experience(t, tenant="t") for t in texts]
     evaluated = neighbourhood_questions(exps, per_experience=10, seed=0)
     assert evaluated and not set(evaluated) & set(negatives)  # the score measures generalisation
+
+
+def test_no_router_negative_is_in_an_evaluated_phrasing() -> None:
+    from reverie.consolidator.neighbourhood import evaluated_phrasing
+    from reverie.consolidator.routing import negative_questions
+    from reverie.consolidator.teacher import anchor_prompts
+
+    text = "My landlord raised the rent and the budget for the warehouse is tight."
+    exps = [make_experience(text, tenant="t")]
+    evaluated = neighbourhood_questions(exps, per_experience=10, seed=0)
+    assert evaluated and all(evaluated_phrasing(q) for q in evaluated)
+    assert "What is a landlord?" in anchor_prompts()  # the anchors hold such questions...
+    negatives = negative_questions([text])
+    assert not set(evaluated) & set(negatives)  # ...but the router is not given them
+    assert not any(evaluated_phrasing(q) for q in negatives)
+    assert "Explain landlord in general terms." in negatives
+    assert len(negatives) > len(general_questions([text]))  # anchors of other forms stay

@@ -15,16 +15,10 @@ import torch
 from reverie.consolidator.config import TrainSettings
 from reverie.consolidator.parallel import worker_count
 from reverie.consolidator.train import TrainingInterrupted, train
+from tests.helpers import children
 from tests.unit.test_train import examples, lora
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks on Linux")
-
-
-def children() -> list[int]:
-    pids: list[int] = []
-    for task in Path("/proc/self/task").iterdir():
-        pids += [int(p) for p in (task / "children").read_text().split()]
-    return pids
 
 
 def adapter(model: Any) -> dict[str, torch.Tensor]:
@@ -43,6 +37,7 @@ def trained(tiny_base: Any, workers: int, **kwargs: Any) -> tuple[dict[str, torc
 
 
 def test_two_workers_train_the_weights_one_process_would(tiny_base: Any) -> None:
+    before = children()
     alone, one = trained(tiny_base, 1)
     together, two = trained(tiny_base, 2)
     assert (one.workers, two.workers) == (1, 2)
@@ -54,22 +49,27 @@ def test_two_workers_train_the_weights_one_process_would(tiny_base: Any) -> None
     assert any(not torch.equal(alone[n], initial[n]) for n in alone)  # it did train
     for name, value in alone.items():
         assert torch.allclose(together[name], value, atol=1e-5), name
-    assert children() == []  # the worker exited with the loop
+    assert children() == before  # the worker exited with the loop
 
 
 def test_a_killed_worker_leaves_the_parent_to_finish_alone(tiny_base: Any) -> None:
+    before = children()
     alone, _ = trained(tiny_base, 1)
+    threads = torch.get_num_threads()
+    seen: list[int] = []
 
     def kill_the_worker(step: int) -> None:
+        seen.append(torch.get_num_threads())
         if step == 2:
-            (pid,) = children()
+            (pid,) = children() - before
             os.kill(pid, signal.SIGKILL)
 
     weights, stats = trained(tiny_base, 2, on_step=kill_the_worker)
     assert stats.steps == 6 and stats.workers == 1
     for name, value in alone.items():
         assert torch.allclose(weights[name], value, atol=1e-5), name
-    assert children() == []
+    assert seen[:2] == [1, 1] and seen[-1] == threads  # one thread each, all of them alone
+    assert children() == before
 
 
 def test_workers_that_cannot_connect_leave_the_parent_to_train_alone(
@@ -81,16 +81,17 @@ def test_workers_that_cannot_connect_leave_the_parent_to_train_alone(
         raise RuntimeError("no loopback")
 
     monkeypatch.setattr(parallel, "_process_group", no_network)  # in the worker too: it forks
-    threads = torch.get_num_threads()
+    before, threads = children(), torch.get_num_threads()
     alone, _ = trained(tiny_base, 1)
     weights, stats = trained(tiny_base, 2)
     assert stats.workers == 1 and stats.steps == 6
     for name, value in alone.items():
         assert torch.allclose(weights[name], value, atol=1e-6), name
-    assert children() == [] and torch.get_num_threads() == threads
+    assert children() == before and torch.get_num_threads() == threads
 
 
 def test_an_interrupted_run_leaves_no_worker_behind(tiny_base: Any, tmp_path: Path) -> None:
+    before = children()
     steps: list[int] = []
     with pytest.raises(TrainingInterrupted):
         trained(
@@ -102,7 +103,7 @@ def test_an_interrupted_run_leaves_no_worker_behind(tiny_base: Any, tmp_path: Pa
             should_stop=lambda: len(steps) >= 2,
         )
     assert steps == [1, 2]  # the parent alone reports steps
-    assert children() == []
+    assert children() == before
     assert (tmp_path / "ckpt.pt").exists()
 
 

@@ -58,7 +58,15 @@ def test_saved_and_loaded_as_it_was(tmp_path: Path) -> None:
     with pytest.raises(IntegrityError, match="embedder"):
         load_router(tmp_path, "another-embedder")
     assert (tmp_path / ROUTER_FILE).exists()
-    assert loaded.negatives is None and loaded.margin == 0.0  # written without negatives
+    assert loaded.negatives is None  # written without negatives
+
+
+def test_a_router_written_before_negatives_existed_loads(tmp_path: Path) -> None:
+    keys = unit([1, 2, 3])
+    np.savez(tmp_path / ROUTER_FILE, keys=keys, threshold=np.float64(0.45), embedder=np.array("e"))
+    loaded = load_router(tmp_path, "e")
+    assert loaded is not None and loaded.negatives is None and loaded.margin == 0.0
+    assert loaded.routes(unit([1, 2, 3.1], [-1, 0, 0])).tolist() == [True, False]
 
 
 def test_negatives_and_margin_are_saved_with_the_keys(tmp_path: Path) -> None:
