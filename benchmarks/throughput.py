@@ -1,7 +1,7 @@
 """How fast a cycle runs against what this machine can do.
 
     python -m benchmarks.throughput [--threads 1,2] [--n 20] [--parts peak,precision,step,cycle]
-        [--json FILE]
+        [--workers auto] [--json FILE]
 
 Four parts, in one run:
 
@@ -25,7 +25,8 @@ Four parts, in one run:
 4. **A cycle through the command users run.** ``--n`` fictional_dev experiences (with their
    held-out questions as probes) are logged into a fresh data dir, the per-base-model caches are
    filled (a deployed daemon pays that once), then ``reverie consolidate --once --json`` runs in a
-   subprocess at each thread count, trained as the settings say (``REVERIE_TRAIN__PRECISION``,
+   subprocess at each thread count (and each ``--workers`` value: ``train.workers``, how many
+   processes the cycle splits into), trained as the settings say (``REVERIE_TRAIN__PRECISION``,
    ``REVERIE_MODEL__ATTENTION`` from the environment reach it). Reported: the subprocess's wall
    time, each stage's seconds, training tokens/s, training MFU (the step's FLOPs per token x the
    cycle's tokens / training seconds / peak) and the cycle's own efficacy/ceiling and locality.
@@ -293,7 +294,7 @@ def precision_drift(base: Any, adapter_scale: float = 2e-3) -> dict[str, dict[st
 
 
 # -- 3. a cycle through `reverie consolidate --once` -------------------------------------------
-def cycle(n: int, threads: int, root: Path) -> dict[str, Any]:
+def cycle(n: int, threads: int, root: Path, workers: str = "auto") -> dict[str, Any]:
     from reverie.agent import MemoryClient
     from reverie.benchmarks.methods import shared_models_dir
     from reverie.consolidator.cycle import Consolidator
@@ -314,6 +315,7 @@ def cycle(n: int, threads: int, root: Path) -> dict[str, Any]:
         **os.environ,
         "REVERIE_DATA_DIR": str(root),
         "OMP_NUM_THREADS": str(threads),
+        "REVERIE_TRAIN__WORKERS": workers,
         "PYTHONPATH": str(REPO),  # this checkout's code, wherever the package is installed
     }
     start = time.perf_counter()
@@ -332,6 +334,7 @@ def cycle(n: int, threads: int, root: Path) -> dict[str, Any]:
     probes = result["probes"]
     return {
         "threads": threads,
+        "workers": result["train"].get("workers", 1),  # processes that trained
         "experiences": n,
         "outcome": result["outcome"],
         "wall_seconds": round(wall, 1),
@@ -351,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
         "--parts",
         default="peak,precision,step,cycle",
         help="which parts to run (peak,precision,step,cycle)",
+    )
+    parser.add_argument(
+        "--workers",
+        default="auto",
+        help="train.workers values to run the cycle with at each thread count (e.g. 1,auto)",
     )
     parser.add_argument("--json", help="also write the JSON report here")
     args = parser.parse_args(argv)
@@ -379,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             s["mfu"] = round(s["achieved_gflops"] / _peak(report, s["precision"], s["threads"]), 3)
         if "cycle" in parts:
             report["cycle"] = []
-            for t in threads:
-                run = cycle(args.n, t, Path(tmp) / f"cycle-{t}")
+            for t, w in ((t, w) for t in threads for w in args.workers.split(",")):
+                run = cycle(args.n, t, Path(tmp) / f"cycle-{t}-{w}", w)
                 step = next(
                     s
                     for s in report["step"]
@@ -425,7 +433,7 @@ def _step_row(s: dict[str, Any]) -> list[Any]:
 def _cycle_row(c: dict[str, Any]) -> list[Any]:
     stages = [c["stage_seconds"].get(s) for s in STAGES]
     tail = [c["train"]["tokens_per_s"], c["train_mfu"], c["efficacy_over_ceiling"], c["locality"]]
-    return [c["threads"], c["wall_seconds"], *stages, *tail]
+    return [c["threads"], c.get("workers", 1), c["wall_seconds"], *stages, *tail]
 
 
 def _tables(report: dict[str, Any]) -> None:
@@ -441,7 +449,8 @@ def _tables(report: dict[str, Any]) -> None:
     print_table([_step_row(s) for s in report["step"]], header)
     if report.get("cycle"):
         print()
-        header = ["threads", "wall s", *STAGES, "train tok/s", "train MFU", "eff/ceil", "locality"]
+        header = ["threads", "processes", "wall s", *STAGES, "train tok/s", "train MFU"]
+        header += ["eff/ceil", "locality"]
         print_table([_cycle_row(c) for c in report["cycle"]], header)
 
 
