@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from reverie.memory.adapters import AdapterRegistry
+from reverie.memory.buffer import Hit
 from reverie.memory.errors import InvalidInputError
 from reverie.memory.experience import Experience
 from reverie.memory.router import Router, load_router
@@ -41,6 +42,7 @@ __all__ = [
     "Sampling",
     "build_messages",
     "recall_mode",
+    "select_recalled",
 ]
 
 logger = logging.getLogger(__name__)
@@ -90,6 +92,26 @@ def recall_mode(value: object) -> RecallMode:
     raise InvalidInputError(
         "recall", f"must be true, false, or one of {', '.join(RECALL_MODES)}; got {value!r}"
     )
+
+
+RECALL_WINDOW = 0.1
+
+
+def select_recalled(
+    hits: Sequence[Hit], *, k: int, min_score: float, window: float, only_new: bool = False
+) -> list[Experience]:
+    """The experiences a chat puts in the prompt: of ``hits`` (best first), at most ``k``
+    scoring ``min_score`` or more and within ``window`` (cosine) of the best of them, consolidated
+    ones left out when ``only_new``.
+
+    The window keeps a near miss out of the prompt: on the fictional tuning split SmolLM2 with
+    the three nearest experiences answered 0.52 of the held-out questions, with only those within
+    0.1 of the nearest 0.68, against 0.72 with exactly the right one (the nearest was right for
+    0.98 of the questions; README, Never worse)."""
+    kept = [
+        h for h in hits if h.score >= min_score and not (only_new and h.status == "consolidated")
+    ][:k]
+    return [h.experience for h in kept if h.score >= kept[0].score - window] if kept else []
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,13 @@ from typing import Any
 
 from reverie.agent.auth import TokenStore
 from reverie.agent.chat import (
+    RECALL_WINDOW,
     RecallMode,
     Reply,
     Responder,
     Sampling,
     recall_mode,
+    select_recalled,
     validate_messages,
 )
 from reverie.agent.proof import ErasureLog, probe_questions, prove
@@ -416,6 +418,7 @@ class MemoryClient:
         k: int = 3,
         max_new_tokens: int | None = None,
         min_score: float = 0.25,
+        window: float = RECALL_WINDOW,
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
@@ -423,7 +426,8 @@ class MemoryClient:
         should_stop: Callable[[], bool] | None = None,
     ) -> Reply:
         """Answer with the base model + the tenant's current adapter and, by ``recall``, the
-        ``k`` experiences closest to the last user turn (cosine >= ``min_score``) in the prompt:
+        ``k`` experiences closest to the last user turn (cosine >= ``min_score``, and within
+        ``window`` of the closest: a small model answers worse beside a near miss) in the prompt:
 
         * ``"all"`` (or True, the default): consolidated or not, so consolidating a fact never
           makes the agent answer worse than it did from the buffer;
@@ -443,14 +447,15 @@ class MemoryClient:
         recalled: list[Experience] = []
         question = next(m["content"] for m in reversed(turns) if m["role"] == "user")
         vector = self._embedder.embed([question])[0]  # recalls, and routes the adapter
+        if not isinstance(window, int | float) or isinstance(window, bool) or not 0 <= window <= 2:
+            raise InvalidInputError(
+                "window", f"must be a cosine distance from 0 to 2 (2 keeps all k), got {window!r}"
+            )
         if mode != "none" and k:
-            only_new = mode == "unconsolidated"
             hits = self.buffer.search(tenant, vector, k * 4)
-            recalled = [
-                h.experience
-                for h in hits
-                if h.score >= min_score and not (only_new and h.status == "consolidated")
-            ][:k]
+            recalled = select_recalled(
+                hits, k=k, min_score=min_score, window=window, only_new=mode == "unconsolidated"
+            )
         return self.load_model().respond(
             turns,
             tenant=tenant,

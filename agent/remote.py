@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from reverie.agent.chat import RecallMode, Reply
+from reverie.agent.chat import RECALL_WINDOW, RecallMode, Reply
 from reverie.agent.client import LogItem, Page
 from reverie.memory.buffer import Hit, Status, StoredExperience
 from reverie.memory.errors import (
@@ -163,6 +163,7 @@ class RemoteMemoryClient:
         recall: bool | RecallMode = "all",
         k: int = 3,
         max_new_tokens: int | None = None,
+        window: float = RECALL_WINDOW,
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
@@ -172,6 +173,7 @@ class RemoteMemoryClient:
             "messages": [dict(m) for m in messages],
             "recall": recall,
             "k": k,
+            "window": window,
             "temperature": temperature,
             "top_p": top_p,
             "seed": seed,

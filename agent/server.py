@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from reverie.agent.auth import TokenStore
-from reverie.agent.chat import Reply
+from reverie.agent.chat import RECALL_WINDOW, Reply
 from reverie.agent.client import MemoryClient
 from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.errors import (
@@ -129,6 +129,7 @@ class ChatIn(BaseModel):
     # Reverie's extension: which memories go in the prompt (true = "all", false = "none")
     recall: bool | Literal["all", "unconsolidated", "none"] = "all"
     k: int = Field(default=3, ge=0, le=20)
+    window: float = Field(default=RECALL_WINDOW, ge=0, le=2)
 
 
 class RollbackIn(_Body):
@@ -392,6 +393,7 @@ def create_app(
                 tenant=tenant,
                 recall=body.recall,
                 k=body.k,
+                window=body.window,
                 max_new_tokens=body.max_completion_tokens or body.max_tokens,
                 temperature=body.temperature or 0.0,
                 top_p=body.top_p if body.top_p is not None else 1.0,

@@ -271,6 +271,8 @@ def test_answers_recall_consolidated_memory_too_unless_asked_not_to(
         assert client.chat(question, tenant="alice", recall=False).recalled_ids == ()
         with pytest.raises(InvalidInputError, match="recall"):
             client.chat(question, tenant="alice", recall="some")
+        with pytest.raises(InvalidInputError, match="window"):
+            client.chat(question, tenant="alice", window=-0.1)
         # The tiny model's context is 512 tokens: a longer prompt is refused, not run.
         long = [{"role": "user", "content": "Tell me about the cat. " * 120}]
         with pytest.raises(InvalidInputError, match="context"):

@@ -396,6 +396,9 @@ def test_remote_client_has_the_local_clients_methods_types_and_errors(server: Se
         reply = memory.chat([{"role": "user", "content": "Where is the boat?"}], tenant="carol",
                             max_new_tokens=4)  # fmt: skip
         assert reply.model and "boat" in reply.recalled_ids
+        only = memory.chat([{"role": "user", "content": "Where is the boat?"}], tenant="carol",
+                           max_new_tokens=1, window=0.0)  # fmt: skip
+        assert only.recalled_ids == ("boat",)  # nothing less close than the best hit
         assert memory.status()["tenants"]["carol"]["total"] == 3
         assert memory.forget("boat", tenant="carol") == []
         *_, erasure = memory.erasures("carol")
@@ -418,6 +421,11 @@ def test_remote_client_has_the_local_clients_methods_types_and_errors(server: Se
             (lambda: memory.recall("x", tenant="carol", k=500), InvalidInputError, "k"),
             (lambda: memory.log("other", tenant="carol", id="gym"), ConflictError, None),
             (lambda: memory.log("mine", tenant="alice"), InvalidInputError, "tenant"),
+            (
+                lambda: memory.chat([{"role": "user", "content": "x"}], tenant="carol", window=3),
+                InvalidInputError,
+                "window",
+            ),
         ]:
             try:
                 call()

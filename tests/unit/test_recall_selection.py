@@ -1,0 +1,40 @@
+"""Which recalled experiences a chat puts in the prompt (agent/chat.py select_recalled)."""
+
+from __future__ import annotations
+
+from reverie.agent.chat import select_recalled
+from reverie.memory.buffer import Hit
+from reverie.memory.experience import Experience
+
+
+def hits(*scored: tuple[str, float, str]) -> list[Hit]:
+    return [
+        Hit(Experience(tenant="t", id=eid, text=f"fact {eid}"), score, status)  # type: ignore[arg-type]
+        for eid, score, status in scored
+    ]
+
+
+def ids(chosen: list[Experience]) -> list[str]:
+    return [e.id for e in chosen]
+
+
+def test_a_near_miss_stays_out_of_the_prompt() -> None:
+    found = hits(("a", 0.80, "buffered"), ("b", 0.74, "buffered"), ("c", 0.62, "buffered"))
+    assert ids(select_recalled(found, k=3, min_score=0.25, window=0.1)) == ["a", "b"]
+    assert ids(select_recalled(found, k=3, min_score=0.25, window=0.0)) == ["a"]
+    assert ids(select_recalled(found, k=3, min_score=0.25, window=2.0)) == ["a", "b", "c"]
+
+
+def test_k_and_min_score_still_bound_what_is_recalled() -> None:
+    found = hits(("a", 0.50, "buffered"), ("b", 0.49, "buffered"), ("c", 0.20, "buffered"))
+    assert ids(select_recalled(found, k=1, min_score=0.25, window=2.0)) == ["a"]
+    assert ids(select_recalled(found, k=3, min_score=0.25, window=2.0)) == ["a", "b"]
+    assert select_recalled(hits(("c", 0.20, "buffered")), k=3, min_score=0.25, window=2.0) == []
+    assert select_recalled([], k=3, min_score=0.25, window=0.1) == []
+
+
+def test_the_window_is_measured_from_the_best_experience_the_mode_allows() -> None:
+    """Recalling only unconsolidated memory, the consolidated best hit does not set the bar."""
+    found = hits(("old", 0.90, "consolidated"), ("new", 0.70, "buffered"), ("x", 0.55, "buffered"))
+    assert ids(select_recalled(found, k=3, min_score=0.25, window=0.1)) == ["old"]
+    assert ids(select_recalled(found, k=3, min_score=0.25, window=0.1, only_new=True)) == ["new"]
