@@ -1,12 +1,14 @@
 """Which questions the router sends to the adapter, without training anything.
 
-    python -m benchmarks.router [--datasets fictional_dev,squad] [--n 20] [--seeds 0,1]
-        [--json FILE]
+    python -m benchmarks.router [--datasets fictional_dev,squad] [--n 5,20] [--seeds 0,1]
+        [--no-echo] [--json FILE]
 
 A router needs only embeddings, so its rule can be measured in a minute. For the first ``--n``
-experiences of each dataset it builds the router a cycle would (``consolidator/routing.py``):
-keys from the experiences and their rule-built transfer prompts (every candidate: a cycle keeps
-only those its teacher answers from the text, so the real router has fewer keys), negatives
+experiences of each dataset (a small cycle and a full one) it builds the router a cycle would
+(``consolidator/routing.py``):
+keys from the experiences, their rule-built transfer prompts (every candidate: a cycle keeps
+only those its teacher answers from the text, so the real router has fewer keys) and their echo
+questions (``--no-echo``: without them, the router before echo keys), negatives
 from their common words and the anchor prompts. Then it reports the share routed to the adapter
 of:
 
@@ -40,7 +42,7 @@ from reverie.consolidator.config import TransferSettings
 from reverie.consolidator.locality import load_controls
 from reverie.consolidator.neighbourhood import common_words, neighbourhood_questions
 from reverie.consolidator.routing import negative_questions
-from reverie.consolidator.transfer import rule_candidates
+from reverie.consolidator.transfer import echo_questions, rule_candidates
 from reverie.memory.config import RouterSettings
 from reverie.memory.embedder import SentenceTransformerEmbedder
 from reverie.memory.experience import Experience
@@ -52,7 +54,9 @@ OTHER_PHRASINGS = ("Where can you usually find a {w}?", "Why are {w}s useful?", 
 RULES = [("threshold only", None), ("negatives, margin 0", 0.0), ("negatives, margin -0.05", -0.05)]
 
 
-def measure(rows: Sequence[dict[str, Any]], seed: int, embedder: Any) -> list[dict[str, Any]]:
+def measure(
+    rows: Sequence[dict[str, Any]], seed: int, embedder: Any, echo: bool = True
+) -> list[dict[str, Any]]:
     threshold = RouterSettings().threshold
     rng = random.Random(seed)
     exps = [
@@ -60,10 +64,13 @@ def measure(rows: Sequence[dict[str, Any]], seed: int, embedder: Any) -> list[di
         for r in rows
     ]
     texts = [e.text for e in exps]
+    probe_questions = {p["question"] for r in rows for p in r["probes"]}
     keys = list(texts)
     for exp in exps:
         items, _ = rule_candidates(exp, TransferSettings(), rng)
         keys += [i.student for i in items if not i.raw]
+        if echo:  # the caller's probes are the held-out questions, never keys
+            keys += [q for q in echo_questions(exp.text) if q not in probe_questions]
     words = list(dict.fromkeys(w for t in texts for w in common_words(t)))
     unseen = set(words[1::2])  # negatives withheld for these in `unseen_words`
     near = neighbourhood_questions(exps, 2, seed)
@@ -104,24 +111,33 @@ def _mentions(question: str, words: set[str]) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", default="fictional_dev,squad")
-    parser.add_argument("--n", type=int, default=20)
+    parser.add_argument("--n", default="5,20", help="experiences per router, comma-separated")
     parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--no-echo", action="store_true", help="keys without echo questions")
     parser.add_argument("--json", help="also write the JSON report here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     embedder = SentenceTransformerEmbedder()
-    report: dict[str, Any] = {"benchmark": "router", "environment": environment(), "results": {}}
+    report: dict[str, Any] = {
+        "benchmark": "router",
+        "environment": environment(),
+        "echo_keys": not args.no_echo,
+        "results": {},
+    }
     table = []
     for dataset in args.datasets.split(","):
-        rows = DATASETS[dataset](args.n)
-        for seed in (int(s) for s in args.seeds.split(",")):
-            runs = measure(rows, seed, embedder)
-            report["results"].setdefault(dataset, []).append({"seed": seed, "rules": runs})
-            table += [[dataset, seed, *r.values()] for r in runs]
+        for n in (int(x) for x in args.n.split(",")):
+            rows = DATASETS[dataset](n)
+            for seed in (int(s) for s in args.seeds.split(",")):
+                runs = measure(rows, seed, embedder, echo=not args.no_echo)
+                report["results"].setdefault(dataset, []).append(
+                    {"n": n, "seed": seed, "rules": runs}
+                )
+                table += [[dataset, n, seed, *r.values()] for r in runs]
     write_report(report, args.json)
     print_table(
         table,
-        ["dataset", "seed", "rule", "keys", "probes", "neighbourhood", "other phrasings",
+        ["dataset", "n", "seed", "rule", "keys", "probes", "neighbourhood", "other phrasings",
          "controls", "unseen words"],
     )  # fmt: skip
 

@@ -250,13 +250,12 @@ class Consolidator:
                         should_stop=should_stop,
                     )  # fmt: skip
             with timer("probe"), merged(model):
+                earlier = probe_bank(lineage)
                 router = cycle_router(
                     self.embedder, s.router, self.buffer, tenant, experiences, transfer.items,
-                    lineage,
+                    lineage, held_out={p.question for p in [*probes, *earlier]},
                 )  # fmt: skip
-                bank = sample_bank(
-                    probe_bank(lineage), s.consolidation.retention_budget, recipe.seed
-                )
+                bank = sample_bank(earlier, s.consolidation.retention_budget, recipe.seed)
                 ev = evaluate(
                     base, s.model, model, probes=probes, before=before, bank=bank,
                     controls=self.controls, raw_controls=raw_controls, max_new_tokens=tokens,

@@ -54,6 +54,7 @@ __all__ = [
     "TransferSet",
     "build_transfer_set",
     "cycle_transfer",
+    "echo_questions",
     "rule_candidates",
 ]
 
@@ -101,6 +102,12 @@ def _echo(sentence: str, span: Span) -> str:
     before, after = sentence[: span.start], sentence[span.end :]
     question = f"{before}{_wh(span, before)}{after}".strip().rstrip(".;!")
     return question[0].upper() + question[1:] + "?"
+
+
+def echo_questions(text: str) -> list[str]:
+    """Every question the text answers with one of its spans, in the text's own words ("The
+    user prefers what in their coffee?"): the form held-out probes take."""
+    return [_echo(s, sp) for s in sentences(text) or [text] for sp in spans(s)]
 
 
 def _cloze(prefix: str) -> str:
