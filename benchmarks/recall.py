@@ -26,12 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from reverie.agent import MemoryClient
+from reverie.agent.chat import select_recalled
 from reverie.benchmarks.common import environment, print_table, write_report
 from reverie.benchmarks.consolidation import DATASETS
+from reverie.memory.buffer import Hit
+from reverie.memory.experience import Experience
 from reverie.model.metrics import best
 from reverie.settings import load_settings
 
 logger = logging.getLogger(__name__)
+
+MIN_SCORE = 0.25  # MemoryClient.chat's default
 
 RULES: list[tuple[str, int, float]] = [
     ("k=1", 1, 2.0),
@@ -48,25 +53,16 @@ def measure(rows: list[dict[str, Any]], root: Path) -> dict[str, Any]:
     nearest = top3 = asked = 0
     with MemoryClient(settings) as client:
         client.log_many([{"id": r["id"], "text": r["text"]} for r in rows], tenant="bench")
-        responder = client.load_model()
         for row in rows:
             own = client.get(row["id"], tenant="bench").experience
             for probe in row["probes"]:
-                question, golds = probe["question"], (probe["answer"],)
-                messages = [{"role": "user", "content": question}]
-                ids = [h.experience.id for h in client.recall(question, tenant="bench", k=3)]
+                hits = client.recall(probe["question"], tenant="bench", k=12)
+                ids = [h.experience.id for h in hits[:3]]
                 nearest += ids[:1] == [row["id"]]
                 top3 += row["id"] in ids
                 asked += 1
-                reply = responder.respond(
-                    messages, tenant="bench", recalled=[own], max_new_tokens=24
-                )
-                right["right experience only"] += bool(best(reply.text, golds)["contains"])
-                for name, k, window in RULES:
-                    reply = client.chat(
-                        messages, tenant="bench", k=k, window=window, max_new_tokens=24
-                    )
-                    right[name] += bool(best(reply.text, golds)["contains"])
+                for name, ok in _score(client, probe, own, hits).items():
+                    right[name] += ok
     n = max(1, asked)
     return {
         "questions": asked,
@@ -74,6 +70,31 @@ def measure(rows: list[dict[str, Any]], root: Path) -> dict[str, Any]:
         "right_in_top3": round(top3 / n, 4),
         "accuracy": {name: round(v / n, 4) for name, v in right.items()},
     }
+
+
+def _score(
+    client: MemoryClient, probe: dict[str, str], own: Experience, hits: list[Hit]
+) -> dict[str, bool]:
+    """Per rule, whether the base model answers the probe right with what the rule recalls.
+    Rules that recall the same experiences get the same answer, so each is generated once."""
+    question, golds = probe["question"], (probe["answer"],)
+    messages = [{"role": "user", "content": question}]
+    chosen = {"right experience only": [own]} | {
+        name: select_recalled(hits, k=k, min_score=MIN_SCORE, window=window)
+        for name, k, window in RULES
+    }
+    answers: dict[tuple[str, ...], bool] = {}
+    for recalled in chosen.values():
+        key = tuple(e.id for e in recalled)
+        if key not in answers:
+            reply = client.load_model().respond(
+                messages, tenant="bench", recalled=recalled, max_new_tokens=24
+            )
+            answers[key] = bool(best(reply.text, golds)["contains"])
+    served = client.chat(messages, tenant="bench", max_new_tokens=1)
+    default = tuple(e.id for e in chosen["k=3, window 0.1 (default)"])
+    assert served.recalled_ids == default, (question, served.recalled_ids)  # chat's own rule
+    return {name: answers[tuple(e.id for e in r)] for name, r in chosen.items()}
 
 
 def main() -> None:
