@@ -42,6 +42,7 @@ __all__ = [
     "Sampling",
     "build_messages",
     "recall_mode",
+    "recall_window",
     "select_recalled",
 ]
 
@@ -94,23 +95,35 @@ def recall_mode(value: object) -> RecallMode:
     )
 
 
+RECALL_MIN_SCORE = 0.25
 RECALL_WINDOW = 0.1
+
+
+def recall_window(value: object) -> float:
+    """``window`` checked: a cosine distance from 0 to 2 (2 keeps every one of the ``k``)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 2:
+        raise InvalidInputError(
+            "window", f"must be a cosine distance from 0 to 2 (2 keeps all k), got {value!r}"
+        )
+    return float(value)
 
 
 def select_recalled(
     hits: Sequence[Hit], *, k: int, min_score: float, window: float, only_new: bool = False
 ) -> list[Experience]:
-    """The experiences a chat puts in the prompt: of ``hits`` (best first), at most ``k``
-    scoring ``min_score`` or more and within ``window`` (cosine) of the best of them, consolidated
-    ones left out when ``only_new``.
+    """The experiences a chat puts in the prompt: of ``hits``, at most ``k`` (the best first)
+    scoring ``min_score`` or more and within ``window`` (cosine, >= 0) of the best of them,
+    consolidated ones left out when ``only_new``.
 
     The window keeps a near miss out of the prompt: on the fictional tuning split SmolLM2 with
-    the three nearest experiences answered 0.52 of the held-out questions, with only those within
+    the three nearest experiences answered 0.55 of the held-out questions, with only those within
     0.1 of the nearest 0.68, against 0.72 with exactly the right one (the nearest was right for
-    0.98 of the questions; README, Never worse)."""
-    kept = [
+    0.98 of the questions; benchmarks/results/recall.json, README "Which memories go in the
+    prompt")."""
+    eligible = [
         h for h in hits if h.score >= min_score and not (only_new and h.status == "consolidated")
-    ][:k]
+    ]
+    kept = sorted(eligible, key=lambda h: -h.score)[: max(0, k)]
     return [h.experience for h in kept if h.score >= kept[0].score - window] if kept else []
 
 

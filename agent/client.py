@@ -22,12 +22,14 @@ from typing import Any
 
 from reverie.agent.auth import TokenStore
 from reverie.agent.chat import (
+    RECALL_MIN_SCORE,
     RECALL_WINDOW,
     RecallMode,
     Reply,
     Responder,
     Sampling,
     recall_mode,
+    recall_window,
     select_recalled,
     validate_messages,
 )
@@ -417,7 +419,7 @@ class MemoryClient:
         recall: bool | RecallMode = "all",
         k: int = 3,
         max_new_tokens: int | None = None,
-        min_score: float = 0.25,
+        min_score: float = RECALL_MIN_SCORE,
         window: float = RECALL_WINDOW,
         temperature: float = 0.0,
         top_p: float = 1.0,
@@ -444,13 +446,10 @@ class MemoryClient:
         mode = recall_mode(recall)
         if not isinstance(k, int) or not 0 <= k <= MAX_K:
             raise InvalidInputError("k", f"must be an integer from 0 to {MAX_K}, got {k!r}")
+        window = recall_window(window)
         recalled: list[Experience] = []
         question = next(m["content"] for m in reversed(turns) if m["role"] == "user")
         vector = self._embedder.embed([question])[0]  # recalls, and routes the adapter
-        if not isinstance(window, int | float) or isinstance(window, bool) or not 0 <= window <= 2:
-            raise InvalidInputError(
-                "window", f"must be a cosine distance from 0 to 2 (2 keeps all k), got {window!r}"
-            )
         if mode != "none" and k:
             hits = self.buffer.search(tenant, vector, k * 4)
             recalled = select_recalled(

@@ -129,7 +129,13 @@ class ChatIn(BaseModel):
     # Reverie's extension: which memories go in the prompt (true = "all", false = "none")
     recall: bool | Literal["all", "unconsolidated", "none"] = "all"
     k: int = Field(default=3, ge=0, le=20)
-    window: float = Field(default=RECALL_WINDOW, ge=0, le=2)
+    window: float = Field(
+        default=RECALL_WINDOW,
+        ge=0,
+        le=2,
+        strict=True,
+        description="Recall only memories within this cosine of the closest (2: all k).",
+    )
 
 
 class RollbackIn(_Body):

@@ -3,8 +3,10 @@
     python -m benchmarks.recall [--datasets fictional_dev,squad] [--n 20] [--json FILE]
 
 No training: the first ``--n`` experiences of each dataset are logged into a fresh tenant and
-every held-out question is asked through ``MemoryClient.chat`` (the base model, as a tenant
-without an adapter is served), once per rule:
+every held-out question is answered by the chat path's responder (the base model, as a tenant
+without an adapter is served) with what each rule recalls (``agent.chat.select_recalled``, the
+function ``MemoryClient.chat`` uses; one chat per question checks that it recalls what the
+default rule chose):
 
 * ``right experience only``: the question's own experience and nothing else in the prompt (the
   probe stage's in-context ceiling, through the chat path);
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from reverie.agent import MemoryClient
-from reverie.agent.chat import select_recalled
+from reverie.agent.chat import RECALL_MIN_SCORE, select_recalled
 from reverie.benchmarks.common import environment, print_table, write_report
 from reverie.benchmarks.consolidation import DATASETS
 from reverie.memory.buffer import Hit
@@ -36,7 +38,6 @@ from reverie.settings import load_settings
 
 logger = logging.getLogger(__name__)
 
-MIN_SCORE = 0.25  # MemoryClient.chat's default
 
 RULES: list[tuple[str, int, float]] = [
     ("k=1", 1, 2.0),
@@ -80,7 +81,7 @@ def _score(
     question, golds = probe["question"], (probe["answer"],)
     messages = [{"role": "user", "content": question}]
     chosen = {"right experience only": [own]} | {
-        name: select_recalled(hits, k=k, min_score=MIN_SCORE, window=window)
+        name: select_recalled(hits, k=k, min_score=RECALL_MIN_SCORE, window=window)
         for name, k, window in RULES
     }
     answers: dict[tuple[str, ...], bool] = {}
@@ -93,7 +94,8 @@ def _score(
             answers[key] = bool(best(reply.text, golds)["contains"])
     served = client.chat(messages, tenant="bench", max_new_tokens=1)
     default = tuple(e.id for e in chosen["k=3, window 0.1 (default)"])
-    assert served.recalled_ids == default, (question, served.recalled_ids)  # chat's own rule
+    if served.recalled_ids != default:  # chat's own rule is the one measured as the default
+        raise RuntimeError(f"chat recalled {served.recalled_ids} for {question!r}, not {default}")
     return {name: answers[tuple(e.id for e in r)] for name, r in chosen.items()}
 
 

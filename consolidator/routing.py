@@ -43,11 +43,12 @@ def cycle_router(
     embedder to route with). ``held_out``: the probe questions the cycle measures with, never
     keys (a key answers itself: the router's recall on them would be meaningless).
 
-    Echo questions are keys because transfer prompts alone left questions about a small cycle's
-    facts nearer to a negative than to any key ("What kind of milk does the user take in
-    coffee?" against "What does the word milk mean?"): in a cycle of 5 fictional facts 0.73 of
-    the held-out questions routed to the adapter, 0.93 with echo questions, and no more
-    neighbourhood or control questions did (README, Never worse)."""
+    Echo questions are keys because the prompts a cycle keeps (those its teacher answered from
+    the text) can leave a question about a fact nearer to a negative than to any key ("What kind
+    of milk does the user take in coffee?" against "What does the word milk mean?"). They add
+    keys where the teacher dropped an echo prompt, or where the experience brought its own
+    probes (its echo questions are then not held out); without caller probes the echo questions
+    are mostly the probes themselves, and stay out."""
     if embedder is None or not settings.enabled:
         return None
     held = [
@@ -59,9 +60,9 @@ def cycle_router(
     earlier = [s.experience.text for s in buffer.get_many(tenant, held).values()]
     held_texts = [*earlier, *(e.text for e in experiences)]
     prompts = [i.student for i in [*replay_pool(lineage), *items] if not i.raw]
-    skip = set(held_out)
-    echoes = [q for t in held_texts for q in echo_questions(t) if q not in skip]
-    texts = list(dict.fromkeys([*held_texts, *prompts, *echoes]))
+    echoes = [q for t in held_texts for q in echo_questions(t)]
+    skip = set(held_out)  # also when another experience's prompt happens to be the same words
+    texts = [t for t in dict.fromkeys([*held_texts, *prompts, *echoes]) if t not in skip]
     negatives = None
     if settings.negatives:
         keys = set(texts)

@@ -105,8 +105,8 @@ def _echo(sentence: str, span: Span) -> str:
 
 
 def echo_questions(text: str) -> list[str]:
-    """Every question the text answers with one of its spans, in the text's own words ("The
-    user prefers what in their coffee?"): the form held-out probes take."""
+    """Every question the text answers with one of its spans, in the text's own words ("My
+    landlord is called who and rent is due on the 3rd?"): the form held-out probes take."""
     return [_echo(s, sp) for s in sentences(text) or [text] for sp in spans(s)]
 
 

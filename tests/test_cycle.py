@@ -308,6 +308,10 @@ def test_the_router_keeps_the_adapter_off_unrelated_questions(
         assert router is not None and router.threshold == settings.router.threshold
         assert router.negatives is not None and len(router.negatives) > 0
         assert router.margin == settings.router.margin
+        lines = (version.path / "probes.jsonl").read_text().splitlines()
+        held = [json.loads(line)["question"] for line in lines]
+        assert held  # ...and none is a key: routing them is generalising, not looking up
+        assert router.scores(np.asarray(embedder.embed(held), np.float32)).max() < 0.9999
         assert ROUTER_FILE in version.manifest["checksums"]  # verified and rolled back with it
         served = result.probes["served"]
         assert served["router"]["probes_routed"] == 1.0  # "What about cat?" is close enough

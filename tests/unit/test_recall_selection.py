@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from reverie.agent.chat import select_recalled
+import math
+
+import pytest
+
+from reverie.agent.chat import recall_window, select_recalled
 from reverie.memory.buffer import Hit
+from reverie.memory.errors import InvalidInputError
 from reverie.memory.experience import Experience
 
 
@@ -38,3 +43,14 @@ def test_the_window_is_measured_from_the_best_experience_the_mode_allows() -> No
     found = hits(("old", 0.90, "consolidated"), ("new", 0.70, "buffered"), ("x", 0.55, "buffered"))
     assert ids(select_recalled(found, k=3, min_score=0.25, window=0.1)) == ["old"]
     assert ids(select_recalled(found, k=3, min_score=0.25, window=0.1, only_new=True)) == ["new"]
+
+
+@pytest.mark.parametrize("bad", [-0.1, 2.5, math.nan, True, "0.1", None])
+def test_a_bad_window_names_the_field(bad: object) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        recall_window(bad)
+    assert info.value.field == "window"
+
+
+def test_windows_from_none_to_everything_are_accepted() -> None:
+    assert [recall_window(w) for w in (0, 0.1, 2)] == [0.0, 0.1, 2.0]
