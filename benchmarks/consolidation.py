@@ -121,7 +121,12 @@ def run_one(
     settings: Settings = load_settings(
         data_dir=root,
         train={**overrides.get("train", {}), "method": method, "seed": seed},
-        gate={"min_efficacy": 0.0, "min_retention": 0.0, "min_locality": 0.0},
+        gate={
+            "min_efficacy": 0.0,
+            "min_retention": 0.0,
+            "min_locality": 0.0,
+            "min_raw_locality": 0.0,
+        },
         consolidation={"max_experiences": len(rows), **overrides.get("consolidation", {})},
         **{k: v for k, v in overrides.items() if k not in ("train", "consolidation")},
     )

@@ -79,7 +79,12 @@ class MethodRun:
         self.settings: Settings = load_settings(
             data_dir=root,
             train=train,
-            gate={"min_efficacy": 0.0, "min_retention": 0.0, "min_locality": 0.0},
+            gate={
+                "min_efficacy": 0.0,
+                "min_retention": 0.0,
+                "min_locality": 0.0,
+                "min_raw_locality": 0.0,
+            },
             **overrides,
         )
         self.client = MemoryClient(self.settings, embedder=embedder)

@@ -162,3 +162,18 @@ def test_consolidation_run_reports_every_held_out_answer(
     assert out["no_context_after"] == round(
         sum(a["correct"] for a in out["probe_answers"]) / len(asked), 4
     )
+
+
+def test_benchmark_runs_measure_without_gating(
+    tmp_path: Path, tiny_base: Any, embedder: Any
+) -> None:
+    """A benchmark's candidate is always promoted, so what it reports is the trained adapter's
+    answers: every gate threshold is zero, the raw-locality floor included."""
+    from reverie.benchmarks.methods import MethodRun
+
+    run = MethodRun("distill", tmp_path / "m", tiny_base, embedder)
+    try:
+        mins = {k: v for k, v in run.settings.gate.model_dump().items() if k.startswith("min_")}
+        assert mins and set(mins.values()) == {0.0}, mins
+    finally:
+        run.close()
