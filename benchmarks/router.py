@@ -5,10 +5,10 @@
 
 A router needs only embeddings, so its rule can be measured in a minute. For the first ``--n``
 experiences of each dataset (a small cycle and a full one) it builds the router a cycle would
-(``consolidator/routing.py``):
-keys from the experiences, their rule-built transfer prompts (every candidate: a cycle keeps
-only those its teacher answers from the text, so the real router has fewer keys) and their echo
-questions (``--no-echo``: without them, the router before echo keys), negatives
+(``consolidator/routing.py``): keys from the experiences, their rule-built transfer prompts
+(every candidate: a cycle keeps only those its teacher answers from the text, so the real router
+has fewer keys) and their echo questions (``--no-echo``: without them, the rule before echo
+keys), negatives
 from their common words and the anchor prompts. Then it reports the share routed to the adapter
 of:
 
