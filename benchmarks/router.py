@@ -8,9 +8,8 @@ experiences of each dataset (a small cycle and a full one) it builds the router 
 (``consolidator/routing.py``): keys from the experiences, their rule-built transfer prompts
 (every candidate: a cycle keeps only those its teacher answers from the text, so the real router
 has fewer keys) and their echo questions (``--no-echo``: without them, the rule before echo
-keys), negatives
-from their common words and the anchor prompts. Then it reports the share routed to the adapter
-of:
+keys), negatives from their common words and the anchor prompts. Then it reports the share
+routed to the adapter of:
 
 * ``probes``: the held-out questions (should route; the consolidation benchmark's *router
   recall*);
