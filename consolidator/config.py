@@ -171,6 +171,7 @@ class TransferSettings(_Section):
             "cloze",
             "echo",
             "qgen",
+            "paraphrase",
             "recite",
             "recall",
             "verbatim",

@@ -17,7 +17,7 @@ import re
 
 from reverie.consolidator.spans import STOP, spans
 
-__all__ = ["WH_BY_KIND", "clause_subject", "clauses", "wh_questions"]
+__all__ = ["WH_BY_KIND", "clause_subject", "clauses", "verb_index", "wh_questions"]
 
 _BE = {"is", "are", "was", "were"}
 _AUX = _BE | {"has", "have", "had", "will", "can", "must", "should", "would", "could", "may"}
@@ -103,7 +103,7 @@ def _is_verb(raw: str) -> bool:
     )
 
 
-def _verb_index(words: list[str], start: int = 1) -> int | None:
+def verb_index(words: list[str], start: int = 1) -> int | None:
     return next((i for i in range(start, min(len(words), 9)) if _is_verb(words[i])), None)
 
 
@@ -121,7 +121,7 @@ def clauses(sentence: str) -> list[str]:
         if subject and (words[0].lower() in _ADVERBS or _is_verb(words[0])):
             part = f"{subject} {part}"
             words = part.split()
-        vi = _verb_index(words)
+        vi = verb_index(words)
         if vi is None:
             if out:
                 out[-1] += f" and {part}"  # "salt and pepper": not a new clause
@@ -178,7 +178,7 @@ def clause_subject(clause: str) -> str | None:
     """The words before the clause's verb ("The user's cat Biscuit"), lowercased like a cue
     ("the user's cat Biscuit"); None without a verb or with a pronoun subject."""
     words = clause.split()
-    vi = _verb_index(words)
+    vi = verb_index(words)
     if vi is None or words[0].lower() in _PRONOUNS | {"to", "if", "when"}:
         return None
     return _lower_first(" ".join(words[:vi]).rstrip(","))
@@ -194,7 +194,7 @@ def wh_questions(sentence: str) -> list[str]:
 
 def _clause_questions(clause: str) -> list[str]:
     words = clause.split()
-    vi = _verb_index(words)
+    vi = verb_index(words)
     if vi is None:
         return []
     subject = " ".join(words[:vi]).rstrip(",")

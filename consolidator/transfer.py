@@ -7,6 +7,9 @@ them well, so *something else asks and the teacher answers*. Strategies (``trans
                span (name, number, date, ...) and every few words (rules, deterministic);
 * ``echo``     the sentence as a question, a span replaced by a wh-word (rules);
 * ``qgen``     grammatical wh-questions about each clause's subject (rules, ``questions.py``);
+* ``paraphrase`` questions the sentence answers with another span, or in other words: its
+               subject ("Who borrowed the ladder?"), a passive's agent, a name both ways
+               ("Who is Mateo?", "What is the user's son called?"; ``paraphrase.py``);
 * ``recite``   "What do you know about <entity>?" for the experience's names and possessive
                phrases ("my landlord"), answered freely by the teacher;
 * ``recall``   "What did I tell you about <entity>?" and other prompts that ask for what the
@@ -38,6 +41,7 @@ from typing import Any
 from reverie.consolidator.config import TransferSettings
 from reverie.consolidator.generator import generate_pairs
 from reverie.consolidator.items import TransferItem, TransferSet
+from reverie.consolidator.paraphrase import paraphrase_questions
 from reverie.consolidator.probes import Probe, metadata_probes
 from reverie.consolidator.questions import WH_BY_KIND, clause_subject, clauses, wh_questions
 from reverie.consolidator.sampling import round_robin
@@ -175,6 +179,9 @@ def rule_candidates(
         if "qgen" in on:
             for question in wh_questions(sentence):
                 add("qgen", question)
+        if "paraphrase" in on:
+            for question in paraphrase_questions(sentence):
+                add("paraphrase", question)
     cues = _cues(text)
     if "recite" in on:
         for cue in cues:
