@@ -32,7 +32,6 @@ __all__ = [
     "subject_questions",
 ]
 
-_BE = {"is", "are", "was", "were"}
 _PRONOUN_STARTS = {
     "he",
     "she",
@@ -52,11 +51,12 @@ _PRONOUN_STARTS = {
 _ADVERBS = {"always", "never", "also", "often", "usually", "then", "still", "now"}
 _CUT_AT = {"on", "in", "at", "for", "from", "every", "with"}
 _AGENT = re.compile(
-    r"(?:^|,\s*|\s)(?P<aux>is|are|was|were)?\s*(?P<verb>[a-z]+ed)\s+by\s+"
+    r"\b(?:(?P<aux>is|are|was|were)\s+)?(?P<verb>[a-z]+ed)\s+by\s+"
     r"(?P<agent>[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*)"
 )
+# The role: a determiner and up to four lowercase words ("the user's gym instructor").
 _ROLE_NAME = re.compile(
-    r"^(?P<role>(?:[Tt]he|[Mm]y|[Oo]ur|[Tt]heir)\b[^,]*?[a-z][\w'-]*),?\s+"
+    r"^(?P<role>(?:[Tt]he|[Mm]y|[Oo]ur|[Tt]heir)(?:\s+[a-z][\w'-]*){1,4}),?\s+"
     r"(?P<name>(?:Dr\.\s+)?[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)?),?$"
 )
 _NAME_IS_ROLE = re.compile(
@@ -70,10 +70,13 @@ _ROLE_IS_NAME = re.compile(
 
 
 def _lower(phrase: str) -> str:
-    return phrase[0].lower() + phrase[1:] if phrase.split()[0] in ("The", "My", "Our") else phrase
+    """A sentence-initial determiner lowercased, as it reads inside a question."""
+    first = phrase.split()[0]
+    return phrase[0].lower() + phrase[1:] if first in ("The", "My", "Our", "Their") else phrase
 
 
 def _question(text: str) -> str:
+    """Single spaces, no stray commas, a capital and a question mark."""
     q = re.sub(r"\s+", " ", text).strip(" ,")
     return q[0].upper() + q[1:] + "?"
 
@@ -92,7 +95,8 @@ def _who_or_what(subject: str) -> str:
 
 def _parts(sentence: str) -> list[str]:
     """The sentence's clauses, also split at semicolons ("...; her clinic is on ...")."""
-    return [c for part in re.split(r";\s*", sentence.rstrip(".;!?")) for c in clauses(part)]
+    sentence = " ".join(sentence.split())  # one space between words: no regex meets a long run
+    return [c for part in re.split(r"; ", sentence.rstrip(".;!?")) for c in clauses(part)]
 
 
 def _split(clause: str) -> tuple[str, list[str]] | None:
@@ -129,15 +133,23 @@ def subject_questions(clause: str) -> list[str]:
 
 def agent_questions(clause: str) -> list[str]:
     """Who did what a passive clause reports: "X is managed by N" -> "Who is X managed by?"."""
-    split = _split(clause)
     m = _AGENT.search(clause)
-    if split is None or m is None:
+    if m is None:
         return []
-    subject = _lower(split[0])
     aux, verb = m.group("aux"), m.group("verb")
-    if aux:
-        return [_question(f"Who {aux} {subject} {verb} by")]
-    return [_question(f"Who {verb} {subject}")]  # ", approved by N": a past participle
+    if aux:  # "X is managed by N": X is everything before the auxiliary
+        subject = clause[: m.start()].strip(" ,")
+        if not subject or subject.split()[0].lower() in _PRONOUN_STARTS:
+            return []
+        return [_question(f"Who {aux} {_lower(subject)} {verb} by")]
+    split = _split(clause)  # "X is 48,000 euros, approved by N": X is the clause's subject
+    if split is None or m.start() < len(split[0]):
+        return []
+    return [_question(f"Who {verb} {_lower(split[0])}")]
+
+
+def _bare(name: str) -> str:
+    return re.sub(r"^(?:Dr\.|The)\s+", "", name)
 
 
 def role_names(sentence: str) -> list[tuple[str, str]]:
@@ -148,13 +160,14 @@ def role_names(sentence: str) -> list[tuple[str, str]]:
         words = clause.split()
         vi = verb_index(words)
         subject = " ".join(words[:vi]) if vi else clause
+        names = {_bare(sp.text) for sp in spans(clause) if sp.kind == "name"}
         for pattern, text in (
             (_ROLE_NAME, subject),
             (_NAME_IS_ROLE, clause),
             (_ROLE_IS_NAME, clause),
         ):
             m = pattern.match(text)
-            if m:
+            if m and _bare(m.group("name")) in names:
                 pairs.append((_lower(m.group("role").rstrip(",")), m.group("name")))
     return list(dict.fromkeys(pairs))
 

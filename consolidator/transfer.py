@@ -152,11 +152,13 @@ def rule_candidates(
     rng.shuffle(pairs)
     held = pairs[: settings.probes_per_experience]
     probes = [Probe(eid, _echo(s, sp), (sp.text,), text) for s, sp in held]
-    held_questions = {p.question for p in probes}
+    # Neither these nor the caller's probes are asked (a rule may write a caller's question
+    # word for word); cycle_transfer drops any that still match, as the last guard.
+    held_questions = {normalize(p.question) for p in probes + metadata_probes(experience)}
     out: list[TransferItem] = []
 
     def add(strategy: str, student: str, target: str | None = None) -> None:
-        if student not in held_questions:
+        if normalize(student) not in held_questions:
             out.append(TransferItem(eid, strategy, student, context_prompt(text, student), target))
 
     for sentence in sentences(text) or [text]:
@@ -196,7 +198,8 @@ def rule_candidates(
         prompts = [t.format(c=c) for t in _CUES for c in cues] or [
             _CUES[0].format(c=" ".join(text.split()[:4]))
         ]
-        for prompt in prompts[: settings.verbatim_per_experience]:
+        asked = [p for p in prompts if normalize(p) not in held_questions]
+        for prompt in asked[: settings.verbatim_per_experience]:
             out.append(
                 TransferItem(eid, "verbatim", prompt, context_prompt(text, prompt), answer=text)
             )
