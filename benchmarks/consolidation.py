@@ -75,11 +75,16 @@ DATASETS = {
 
 
 def ask(
-    client: MemoryClient, questions: Sequence[tuple[str, Sequence[str]]], recall: RecallMode
-) -> dict[str, float]:
+    client: MemoryClient,
+    questions: Sequence[tuple[str, Sequence[str]]],
+    recall: RecallMode,
+    keep_answers: bool = False,
+) -> dict[str, Any]:
     """Questions asked through the served path (``MemoryClient.chat``, as an agent asks):
-    the share answered right, and the share the adapter answered (routed)."""
+    the share answered right, the share the adapter answered (routed), and with
+    ``keep_answers`` each question's reply (to compare runs question by question)."""
     right = routed = 0
+    answers = []
     for question, golds in questions:
         reply = client.chat(
             [{"role": "user", "content": question}],
@@ -87,10 +92,15 @@ def ask(
             recall=recall,
             max_new_tokens=24,
         )
-        right += bool(best(reply.text, golds)["contains"])
+        correct = bool(best(reply.text, golds)["contains"])
+        right += correct
         routed += reply.routed
+        answers.append({"question": question, "prediction": reply.text, "correct": correct})
     n = max(1, len(questions))
-    return {"accuracy": round(right / n, 4), "routed": round(routed / n, 4)}
+    out: dict[str, Any] = {"accuracy": round(right / n, 4), "routed": round(routed / n, 4)}
+    if keep_answers:
+        out["answers"] = answers
+    return out
 
 
 def served_path(client: MemoryClient, rows: list[dict[str, Any]], when: str) -> dict[str, Any]:
@@ -103,7 +113,7 @@ def served_path(client: MemoryClient, rows: list[dict[str, Any]], when: str) -> 
     modes: tuple[RecallMode, ...] = (
         ("all", "none") if when == "before" else ("all", "unconsolidated", "none")
     )
-    out: dict[str, Any] = {f"probes_{m}": ask(client, probes, m) for m in modes}
+    out: dict[str, Any] = {f"probes_{m}": ask(client, probes, m, keep_answers=True) for m in modes}
     out["controls_all"] = ask(client, controls, "all")
     return out
 
