@@ -180,12 +180,12 @@ class TransferSettings(_Section):
             "split",
         ]
     ] = Field(
-        default=["cloze", "echo", "qgen", "paraphrase", "recite", "verbatim"],
+        default=["cloze", "echo", "qgen", "recite", "verbatim"],
         min_length=1,
         description="Which kinds of transfer items to build (see consolidator/transfer.py).",
     )
     max_items_per_experience: int = Field(
-        default=20, ge=1, description="Teacher-answered items kept per experience."
+        default=10, ge=1, description="Teacher-answered items kept per experience."
     )
     max_candidates_per_experience: int = Field(
         default=32,
