@@ -72,6 +72,15 @@ class TrainSettings(_Section):
     )
     ce_weight: float = Field(default=0.25, ge=0, description="Extra CE on the teacher's answer.")
     top_k: int = Field(default=128, ge=1, description="Teacher tokens kept per position.")
+    context_share: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of fact items trained a second time with the experience in the "
+        "student's prompt too, towards the same teacher targets, so the adapter answers with "
+        "recalled context as the model did before (served answers recall experiences into "
+        "the prompt). 0 = off.",
+    )
     hidden_weight: float = Field(
         default=0.0,
         ge=0,

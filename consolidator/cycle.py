@@ -211,6 +211,8 @@ class Consolidator:
                         top_k=recipe.top_k,
                         min_confidence=s.transfer.min_confidence,
                         hidden_layers=deep_layers(base, recipe),
+                        context_share=recipe.context_share,
+                        seed=recipe.seed,
                     )
             with timer("teacher"):
                 n_anchors = max(

@@ -291,12 +291,23 @@ def fact_examples(
     top_k: int,
     min_confidence: float,
     hidden_layers: Sequence[int] = (),
+    context_share: float = 0.0,
+    seed: int = 0,
 ) -> list[Example]:
     """Fact and replay items tokenised, with the targets of ``teacher`` (the current adapter,
     experience in context), its hidden states at ``hidden_layers`` included. Items the teacher
     gives with a mean probability under ``min_confidence`` are dropped (its own greedy answers
-    usually pass; a forced verbatim text or an old replayed answer may not any more)."""
+    usually pass; a forced verbatim text or an old replayed answer may not any more).
+
+    ``context_share`` of the kept items (a seeded sample) come a second time with the teacher's
+    prompt, experience in context, as the student's: towards the same targets, the adapter
+    learns to leave in-context answers as they were."""
     targets = _targets(base, fmt, teacher, items, top_k, hidden_layers)
+    kept = [
+        (i, t)
+        for i, t in zip(items, targets, strict=True)
+        if answer_confidence(t, i.answer_ids) >= min_confidence
+    ]
     examples = [
         Example(
             prompt_ids(base, fmt, i, "student"),
@@ -304,13 +315,18 @@ def fact_examples(
             t,
             kind="replay" if i.strategy == "replay" else "fact",
         )
-        for i, t in zip(items, targets, strict=True)
-        if answer_confidence(t, i.answer_ids) >= min_confidence
+        for i, t in kept
     ]
-    if len(examples) < len(items):
+    if context_share > 0 and kept:
+        chosen = random.Random(seed).sample(kept, round(context_share * len(kept)))
+        examples += [
+            Example(prompt_ids(base, fmt, i, "teacher"), list(i.answer_ids), t, kind="context")
+            for i, t in chosen
+        ]
+    if len(kept) < len(items):
         logger.info(
             "dropped %d items the teacher gives with mean probability < %.2f",
-            len(items) - len(examples),
+            len(items) - len(kept),
             min_confidence,
         )
     return examples

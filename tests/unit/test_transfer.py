@@ -117,3 +117,31 @@ def test_builder_counts_only_the_sampled_candidates(tiny_base: Any) -> None:
     )
     ts = build_transfer_set(tiny_base, ModelSettings(), tiny_base.model, [EXP], settings)
     assert ts.stats["cloze"]["produced"] == 3
+
+
+def test_context_share_trains_items_again_with_the_experience_in_the_prompt(
+    tiny_base: Any,
+) -> None:
+    from reverie.consolidator.teacher import fact_examples, prompt_ids
+
+    settings = TransferSettings(strategies=["verbatim"], teacher_max_new_tokens=6)
+    items = build_transfer_set(tiny_base, ModelSettings(), tiny_base.model, [EXP], settings).items
+    fmt = ModelSettings()
+
+    def examples(share: float) -> list[Any]:
+        return fact_examples(
+            tiny_base, fmt, tiny_base.model, items, top_k=4, min_confidence=0.0,
+            context_share=share, seed=1,
+        )  # fmt: skip
+
+    plain = examples(0.0)
+    assert [e.kind for e in plain] == ["fact"] * len(items)
+    mixed = examples(0.5)
+    extra = [e for e in mixed if e.kind == "context"]
+    assert len(extra) == round(0.5 * len(items)) > 0
+    teacher_prompts = {tuple(prompt_ids(tiny_base, fmt, i, "teacher")) for i in items}
+    for e in extra:
+        assert tuple(e.prompt_ids) in teacher_prompts  # the experience is in the prompt
+        # towards the very targets of one of the facts (the teacher is not asked again)
+        assert any(f.targets is e.targets for f in mixed if f.kind == "fact")
+    assert [e.prompt_ids for e in mixed if e.kind == "fact"] == [e.prompt_ids for e in plain]
