@@ -84,7 +84,7 @@ def ask(
     the share answered right, the share the adapter answered (routed), and with
     ``keep_answers`` each question's reply (to compare runs question by question)."""
     right = routed = 0
-    answers = []
+    replies = []
     for question, golds in questions:
         reply = client.chat(
             [{"role": "user", "content": question}],
@@ -95,11 +95,11 @@ def ask(
         correct = bool(best(reply.text, golds)["contains"])
         right += correct
         routed += reply.routed
-        answers.append({"question": question, "prediction": reply.text, "correct": correct})
+        replies.append({"question": question, "reply": reply.text, "correct": correct})
     n = max(1, len(questions))
     out: dict[str, Any] = {"accuracy": round(right / n, 4), "routed": round(routed / n, 4)}
     if keep_answers:
-        out["answers"] = answers
+        out["replies"] = replies
     return out
 
 

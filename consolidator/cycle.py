@@ -235,7 +235,7 @@ class Consolidator:
                 precision = matmul_dtype(recipe.precision, base.device)
                 run_key = (
                     f"{transfer.digest()}:{current.version if current else ''}:{attempt}"
-                    f":{precision}"
+                    f":{precision}:{len(examples)}"
                 )  # a checkpoint from another precision would not finish with the same weights
                 teacher_state = snapshot(model)
                 stats = train(
@@ -267,9 +267,11 @@ class Consolidator:
                     routes=routes(router, self.embedder),
                 )  # fmt: skip
             decision = decide(ev.summary, s.gate)
+            twins = sum(e.kind == "context" for e in examples)
             transfer_info = transfer.info(
-                replay=len(replay), anchors=len(anchors), trained=len(examples)
+                replay=len(replay), anchors=len(anchors), trained=len(examples) - twins
             )
+            transfer_info["context_twins"] = twins
             with timer("commit"):
                 manifest = version_manifest(
                     parent=current.version if current else None,

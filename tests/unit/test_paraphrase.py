@@ -123,10 +123,11 @@ def test_a_callers_probe_is_never_asked() -> None:
     exp = make_experience(
         "The user's son Mateo plays the cello.", tenant="t", id="e1", metadata={"probes": [probe]}
     )
-    items, _ = rule_candidates(exp, TransferSettings(), random.Random(0))
+    on = TransferSettings(strategies=[*TransferSettings().strategies, "paraphrase"])
+    items, _ = rule_candidates(exp, on, random.Random(0))
     asked = {" ".join(i.student.lower().split()) for i in items}
     assert "what is the name of the user's son?" not in asked
     assert "what is the user's son called?" in asked  # the other wordings stay
     plain = make_experience("The user's son Mateo plays the cello.", tenant="t", id="e1")
-    items, _ = rule_candidates(plain, TransferSettings(), random.Random(0))
+    items, _ = rule_candidates(plain, on, random.Random(0))
     assert "What is the name of the user's son?" in {i.student for i in items}
