@@ -103,6 +103,27 @@ def ask(
     return out
 
 
+FROM_SHARED = {"squad"}  # read from ../shared/data: its text stays there, not in our reports
+
+
+def without_question_text(result: dict[str, Any]) -> dict[str, Any]:
+    """The result with each per-question record reduced to its index, reply and score, for
+    datasets read from ../shared/data (their questions and golds are not copied into reports)."""
+
+    def strip(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {"index": i, **{k: v for k, v in r.items() if k not in ("question", "answers")}}
+            for i, r in enumerate(records)
+        ]
+
+    out = {**result, "probe_answers": strip(result.get("probe_answers") or [])}
+    for when in (out.get("served_path") or {}).values():
+        for mode in when.values():
+            if "replies" in mode:
+                mode["replies"] = strip(mode["replies"])
+    return out
+
+
 def served_path(client: MemoryClient, rows: list[dict[str, Any]], when: str) -> dict[str, Any]:
     """Accuracy on the held-out questions and on control questions as served, by recall mode
     (``all``: consolidated memory recalled too, the default; ``unconsolidated``: only memory not
@@ -310,9 +331,12 @@ def main() -> None:
                     (run_dir / "models").parent.mkdir(parents=True, exist_ok=True)
                     (run_dir / "models").symlink_to(Path.home() / ".cache" / "reverie" / "models")
                     logger.info("=== %s / %s / seed %d ===", dataset, method, seed)
-                    report["results"][dataset].append(
-                        run_one(rows, method, seed, base, embedder, run_dir, overrides, args.served)
+                    result = run_one(
+                        rows, method, seed, base, embedder, run_dir, overrides, args.served
                     )
+                    if dataset in FROM_SHARED:
+                        result = without_question_text(result)
+                    report["results"][dataset].append(result)
                     save_report(report, args.json)
     write_report(report, args.json)
     table(report)
