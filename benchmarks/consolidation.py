@@ -107,12 +107,13 @@ FROM_SHARED = {"squad"}  # read from ../shared/data: its text stays there, not i
 
 
 def without_question_text(result: dict[str, Any]) -> dict[str, Any]:
-    """The result with each per-question record reduced to its index, reply and score, for
-    datasets read from ../shared/data (their questions and golds are not copied into reports)."""
+    """The result with each per-question record reduced to its index and scores, for datasets
+    read from ../shared/data: not their questions and golds, nor the model's replies (which
+    often repeat a passage's sentences or a question word for word)."""
 
     def strip(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [
-            {"index": i, **{k: v for k, v in r.items() if k not in ("question", "answers")}}
+            {"index": i, **{k: v for k, v in r.items() if k in ("correct", "bleed")}}
             for i, r in enumerate(records)
         ]
 

@@ -180,14 +180,20 @@ def test_benchmark_runs_measure_without_gating(
 
 
 def test_shared_datasets_keep_no_question_text_in_reports() -> None:
-    """SQuAD's questions and golds stay in ../shared/data: a report keeps index, reply, score."""
+    """SQuAD's text stays in ../shared/data: a report keeps each question's index and score, not
+    the question, its golds or the reply (which can repeat the passage)."""
     from reverie.benchmarks.consolidation import FROM_SHARED, without_question_text
 
     record = {"question": "Q?", "answers": ["gold"], "prediction": "p", "correct": True}
     served = {
-        "after": {"probes_all": {"accuracy": 1.0, "replies": [{"question": "Q?", "reply": "r"}]}}
+        "after": {
+            "probes_all": {
+                "accuracy": 1.0,
+                "replies": [{"question": "Q?", "reply": "r", "correct": False}],
+            }
+        }
     }
     out = without_question_text({"probe_answers": [record], "served_path": served, "seed": 0})
-    assert out["probe_answers"] == [{"index": 0, "prediction": "p", "correct": True}]
-    assert out["served_path"]["after"]["probes_all"]["replies"] == [{"index": 0, "reply": "r"}]
+    assert out["probe_answers"] == [{"index": 0, "correct": True}]
+    assert out["served_path"]["after"]["probes_all"]["replies"] == [{"index": 0, "correct": False}]
     assert "Q?" not in json.dumps(out) and "squad" in FROM_SHARED
