@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from reverie.consolidator.questions import clauses, verb_index
+from reverie.consolidator.questions import ADVERBS, clauses, lower_first, verb_index
 from reverie.consolidator.spans import spans
 
 __all__ = [
@@ -48,7 +48,6 @@ _PRONOUN_STARTS = {
     "when",
     "this",
 }
-_ADVERBS = {"always", "never", "also", "often", "usually", "then", "still", "now"}
 _CUT_AT = {"on", "in", "at", "for", "from", "every", "with"}
 _AGENT = re.compile(
     r"\b(?:(?P<aux>is|are|was|were)\s+)?(?P<verb>[a-z]+ed)\s+by\s+"
@@ -67,12 +66,6 @@ _ROLE_IS_NAME = re.compile(
     r"^(?P<role>(?:[Tt]he(?: user's)?|[Mm]y|[Oo]ur|[Tt]heir)\s+[a-z][\w'-]*(?:\s+[a-z][\w'-]*)?)"
     r"\s+(?:is|was)\s+(?:called\s+|named\s+)?(?P<name>[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*)"
 )
-
-
-def _lower(phrase: str) -> str:
-    """A sentence-initial determiner lowercased, as it reads inside a question."""
-    first = phrase.split()[0]
-    return phrase[0].lower() + phrase[1:] if first in ("The", "My", "Our", "Their") else phrase
 
 
 def _question(text: str) -> str:
@@ -105,7 +98,7 @@ def _split(clause: str) -> tuple[str, list[str]] | None:
     vi = verb_index(words)
     if vi is None or vi == 0 or words[0].lower() in _PRONOUN_STARTS:
         return None
-    subject = " ".join(w for w in words[:vi] if w.lower() not in _ADVERBS).rstrip(",")
+    subject = " ".join(w for w in words[:vi] if w.lower() not in ADVERBS).rstrip(",")
     return (subject, words[vi:]) if subject else None
 
 
@@ -141,11 +134,11 @@ def agent_questions(clause: str) -> list[str]:
         subject = clause[: m.start()].strip(" ,")
         if not subject or subject.split()[0].lower() in _PRONOUN_STARTS:
             return []
-        return [_question(f"Who {aux} {_lower(subject)} {verb} by")]
+        return [_question(f"Who {aux} {lower_first(subject)} {verb} by")]
     split = _split(clause)  # "X is 48,000 euros, approved by N": X is the clause's subject
     if split is None or m.start() < len(split[0]):
         return []
-    return [_question(f"Who {verb} {_lower(split[0])}")]
+    return [_question(f"Who {verb} {lower_first(split[0])}")]
 
 
 def _bare(name: str) -> str:
@@ -168,7 +161,7 @@ def role_names(sentence: str) -> list[tuple[str, str]]:
         ):
             m = pattern.match(text)
             if m and _bare(m.group("name")) in names:
-                pairs.append((_lower(m.group("role").rstrip(",")), m.group("name")))
+                pairs.append((lower_first(m.group("role").rstrip(",")), m.group("name")))
     return list(dict.fromkeys(pairs))
 
 

@@ -17,7 +17,15 @@ import re
 
 from reverie.consolidator.spans import STOP, spans
 
-__all__ = ["WH_BY_KIND", "clause_subject", "clauses", "verb_index", "wh_questions"]
+__all__ = [
+    "ADVERBS",
+    "WH_BY_KIND",
+    "clause_subject",
+    "clauses",
+    "lower_first",
+    "verb_index",
+    "wh_questions",
+]
 
 _BE = {"is", "are", "was", "were"}
 _AUX = _BE | {"has", "have", "had", "will", "can", "must", "should", "would", "could", "may"}
@@ -107,7 +115,7 @@ def verb_index(words: list[str], start: int = 1) -> int | None:
     return next((i for i in range(start, min(len(words), 9)) if _is_verb(words[i])), None)
 
 
-_ADVERBS = {"always", "never", "also", "often", "usually", "then", "still", "now"}
+ADVERBS = {"always", "never", "also", "often", "usually", "then", "still", "now"}
 
 
 def clauses(sentence: str) -> list[str]:
@@ -118,7 +126,7 @@ def clauses(sentence: str) -> list[str]:
     subject: str | None = None
     for part in filter(None, parts):
         words = part.split()
-        if subject and (words[0].lower() in _ADVERBS or _is_verb(words[0])):
+        if subject and (words[0].lower() in ADVERBS or _is_verb(words[0])):
             part = f"{subject} {part}"
             words = part.split()
         vi = verb_index(words)
@@ -128,7 +136,7 @@ def clauses(sentence: str) -> list[str]:
             else:
                 out.append(part)
             continue
-        subject = " ".join(w for w in words[:vi] if w.lower() not in _ADVERBS)
+        subject = " ".join(w for w in words[:vi] if w.lower() not in ADVERBS)
         out.append(part)
     return out
 
@@ -147,11 +155,12 @@ def _base_form(verb: str) -> str:
     return v[:-1] if v.endswith("s") else v
 
 
-def _lower_first(phrase: str) -> str:
+def lower_first(phrase: str) -> str:
+    """A sentence-initial determiner lowercased, as the phrase reads inside a question."""
     first = phrase.split()[0]
     return (
         phrase[0].lower() + phrase[1:]
-        if first in ("The", "My", "Our", "Your", "A", "An")
+        if first in ("The", "My", "Our", "Your", "Their", "A", "An")
         else phrase
     )
 
@@ -181,7 +190,7 @@ def clause_subject(clause: str) -> str | None:
     vi = verb_index(words)
     if vi is None or words[0].lower() in _PRONOUNS | {"to", "if", "when"}:
         return None
-    return _lower_first(" ".join(words[:vi]).rstrip(","))
+    return lower_first(" ".join(words[:vi]).rstrip(","))
 
 
 def wh_questions(sentence: str) -> list[str]:
@@ -202,7 +211,7 @@ def _clause_questions(clause: str) -> list[str]:
         return []
     verb = words[vi].strip(",").lower()
     rest = " ".join(words[vi + 1 :]).rstrip(",")
-    subj = _lower_first(subject)
+    subj = lower_first(subject)
     out: list[str] = []
     # "X is called/named Y" and "the user's cat Biscuit ..." ask for the name.
     if verb in _BE and re.match(r"(?:called|named)\b", rest):
@@ -214,7 +223,7 @@ def _clause_questions(clause: str) -> list[str]:
     )
     subjects = [subj]
     if role:
-        short = _lower_first(role.group(1))
+        short = lower_first(role.group(1))
         subjects.append(short)
         out += [f"What is the name of {short}?", f"Who is {short}?"]
     aux, base = (
