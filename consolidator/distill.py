@@ -66,15 +66,26 @@ def distill_loss(
     if student_logits.ndim != 2 or teacher_ids.shape != teacher_logp.shape:
         raise ValueError("expected student_logits [N, V] and teacher ids/logp [N, k]")
     t = float(temperature)
-    student_logp_t = F.log_softmax(student_logits.float() / t, dim=-1)
+    # Every pass over [N, V] costs as much as the LM head's own backward here, so none is spent
+    # for nothing: no division at T = 1, and at T = 1 one gather (so one scatter backward)
+    # reads both the teacher's tokens and the targets.
+    logits = student_logits.float()
+    student_logp_t = F.log_softmax(logits if t == 1.0 else logits / t, dim=-1)
     teacher_logp_t = F.log_softmax(teacher_logp.float() / t, dim=-1)
-    student_at_teacher = student_logp_t.gather(-1, teacher_ids.long())
+    k = teacher_ids.shape[1]
+    together = ce_weight and t == 1.0
+    ids = torch.cat([teacher_ids.long(), targets.long()[:, None]], -1) if together else None
+    picked = student_logp_t.gather(-1, ids if ids is not None else teacher_ids.long())
+    student_at_teacher = picked[:, :k]
     kl = (teacher_logp_t.exp() * (teacher_logp_t - student_at_teacher)).sum(-1) * (t * t)
     per_token = kl_weight * kl
     ce = torch.zeros_like(kl)
     if ce_weight:
-        student_logp_1 = student_logp_t if t == 1.0 else F.log_softmax(student_logits.float(), -1)
-        ce = -student_logp_1.gather(-1, targets.long()[:, None]).squeeze(-1)
+        if together:
+            ce = -picked[:, k]
+        else:
+            student_logp_1 = F.log_softmax(logits, -1)
+            ce = -student_logp_1.gather(-1, targets.long()[:, None]).squeeze(-1)
         per_token = per_token + ce_weight * ce
     if weights is None:
         weights = torch.ones_like(per_token)
