@@ -133,9 +133,8 @@ def profile_step(
     from torch.utils.flop_counter import FlopCounterMode
 
     from reverie.consolidator.config import TrainSettings
-    from reverie.consolidator.distill import lm_parts
-    from reverie.consolidator.precision import frozen_in, matmul_dtype
-    from reverie.consolidator.train import batch_loss, student_model
+    from reverie.consolidator.precision import matmul_dtype
+    from reverie.consolidator.train import batch_loss, student_model, training_kernels
 
     torch.set_num_threads(threads)
     loaded = base.model.config._attn_implementation
@@ -159,7 +158,7 @@ def profile_step(
     dtype = matmul_dtype(precision, torch.device("cpu"))
     model.train()
     try:
-        with frozen_in(lm_parts(model)[0], dtype):
+        with training_kernels(model, dtype):
             for _ in range(2):
                 step()
             counter = FlopCounterMode(display=False)

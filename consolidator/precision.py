@@ -15,10 +15,12 @@ measures both, and a step's speed in each precision.
 
 :func:`frozen_in` swaps, for its duration, the forward of every frozen float32 ``nn.Linear`` of
 the body for one that multiplies a bfloat16 copy of its weight (made once) by the input rounded
-to bfloat16 and returns the product (rounded to bfloat16) as float32. The LM head is not
-touched (training runs it itself, in float32). Nothing is swapped when the weights are not
-float32: a model loaded in bfloat16 (on a GPU, by default) already multiplies in bfloat16, and
-there its head, norms and attention run in bfloat16 too.
+to bfloat16 and returns the product (rounded to bfloat16) as float32. Given the LM head too, its
+backward (the input gradient) multiplies in bfloat16 the same way, while its forward stays float32:
+logits rounded to bfloat16 (a step of 0.125 at 20) would swamp the KL the loss measures, but a
+gradient rounded to three digits is what the body's projections already pass back. Nothing is
+swapped when the weights are not float32: a model loaded in bfloat16 (on a GPU, by default)
+already multiplies in bfloat16, and there its head, norms and attention run in bfloat16 too.
 """
 
 from __future__ import annotations
@@ -55,29 +57,60 @@ def _low_precision_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tens
     return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
 
 
+class _HeadProduct(torch.autograd.Function):
+    """``x @ weight.T`` in float32, its input gradient through ``low`` (the weight's copy in a
+    lower precision); the frozen weight gets no gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(low)
+        return F.linear(x, weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (low,) = ctx.saved_tensors
+        return (grad.to(low.dtype) @ low).to(grad.dtype), None, None
+
+
+def _head_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if self.weight._version != self._reverie_version:
+        raise RuntimeError("a frozen weight changed inside frozen_in; leave the context first")
+    return _HeadProduct.apply(x, self.weight, self._reverie_low)
+
+
+def _frozen(module: Any) -> bool:
+    weight = getattr(module, "weight", None)
+    return (
+        isinstance(module, torch.nn.Linear)
+        and weight is not None
+        and not weight.requires_grad
+        and weight.dtype == torch.float32
+        and not hasattr(module, "_reverie_low")
+    )
+
+
 @contextmanager
-def frozen_in(body: Any, dtype: torch.dtype) -> Iterator[int]:
+def frozen_in(body: Any, dtype: torch.dtype, head: Any = None) -> Iterator[int]:
     """For the duration, every frozen float32 ``nn.Linear`` in ``body`` multiplies in ``dtype``
-    (float32 = nothing changes). Yields how many layers were swapped. Each layer gets its own
-    forward back on exit, whatever happened (a layer already swapped by an enclosing
+    (float32 = nothing changes), and ``head`` (a frozen LM head without bias), if given,
+    backpropagates in ``dtype``. Yields how many body layers were swapped. Each layer gets its
+    own forward back on exit, whatever happened (a layer already swapped by an enclosing
     ``frozen_in`` is left to it)."""
     swapped: list[tuple[torch.nn.Linear, Any]] = []
     try:
+        if dtype != torch.float32 and head is not None and _frozen(head) and head.bias is None:
+            swapped.append((head, head.__dict__.get("forward")))
+            head._reverie_low = head.weight.detach().to(dtype)
+            head._reverie_version = head.weight._version
+            head.forward = types.MethodType(_head_forward, head)
         if dtype != torch.float32:
             for module in body.modules():
-                weight = getattr(module, "weight", None)
-                if (
-                    isinstance(module, torch.nn.Linear)
-                    and weight is not None
-                    and not weight.requires_grad
-                    and weight.dtype == torch.float32
-                    and not hasattr(module, "_reverie_low")
-                ):
+                if _frozen(module):
                     swapped.append((module, module.__dict__.get("forward")))
-                    module._reverie_low = weight.detach().to(dtype)
-                    module._reverie_version = weight._version
-                    module.forward = types.MethodType(_low_precision_forward, module)  # type: ignore[method-assign]
-        yield len(swapped)
+                    module._reverie_low = module.weight.detach().to(dtype)
+                    module._reverie_version = module.weight._version
+                    module.forward = types.MethodType(_low_precision_forward, module)
+        yield len(swapped) - int(head is not None and any(m is head for m, _ in swapped))
     finally:
         for module, previous in swapped:
             module.__dict__.pop("forward", None)

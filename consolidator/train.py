@@ -15,7 +15,8 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from reverie.consolidator.distill import (
     lm_parts,
     right_padded,
 )
+from reverie.consolidator.fused import fused_lora
 from reverie.consolidator.parallel import data_parallel, worker_count
 from reverie.consolidator.precision import frozen_in, matmul_dtype
 from reverie.memory.files import atomic_write_bytes
@@ -48,6 +50,7 @@ __all__ = [
     "lr_factor",
     "mean_loss",
     "train",
+    "training_kernels",
 ]
 
 logger = logging.getLogger(__name__)
@@ -206,9 +209,10 @@ def batch_loss(
         out = body(
             input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=deep
         )
-    # The LM head runs at answer positions only (most of a sequence is prompt), in the head's own
-    # dtype whatever the body's matmuls ran in: bfloat16 logits (3 significant digits on values
-    # near 20) add noise to the KL larger than the signal it carries near convergence.
+    # The LM head runs at answer positions only (most of a sequence is prompt), forward in the
+    # head's own dtype whatever the body's matmuls ran in: bfloat16 logits (3 significant digits
+    # on values near 20) add noise to the KL larger than the signal it carries near convergence
+    # (its backward may run in bfloat16: see training_kernels).
     with record_function("lm_head"):
         picked = out.last_hidden_state[rows.to(device), cols.to(device)]
         logits = head(picked.to(head.weight.dtype))
@@ -273,6 +277,16 @@ def _hidden_term(
     return hidden_loss(student, teacher.to(device), weights.to(device))
 
 
+@contextmanager
+def training_kernels(model: Any, dtype: torch.dtype) -> Iterator[None]:
+    """How a training step multiplies: the frozen projections (and the head's backward) in
+    ``dtype`` (consolidator/precision.py), each LoRA sum inside one product
+    (consolidator/fused.py)."""
+    body, head = lm_parts(model)
+    with frozen_in(body, dtype, head), fused_lora(body):
+        yield
+
+
 @torch.no_grad()
 def mean_loss(
     model: Any,
@@ -285,7 +299,7 @@ def mean_loss(
     """Token-weighted mean loss over ``examples`` (no training), in ``settings.precision``."""
     total, weight = 0.0, 0
     dtype = matmul_dtype(settings.precision, device or torch.device("cpu"))
-    with frozen_in(lm_parts(model)[0], dtype):
+    with training_kernels(model, dtype):
         for start in range(0, len(examples), settings.batch_size):
             batch = examples[start : start + settings.batch_size]
             loss, _, _ = batch_loss(model, batch, settings, pad_id=pad_id, device=device)
@@ -327,12 +341,10 @@ def train(
         logger.info("resuming training at step %d of %d", start_step, len(plan))
     progress = _Progress(len(plan), start_step)
     model.train()
-    # bfloat16 training: the frozen projections multiply in bfloat16 (consolidator/precision.py)
-    body, _ = lm_parts(model)
     n_workers = worker_count(settings.workers, settings.batch_size, device)
     # With workers, each process from here runs this loop on its share of every batch
     # (consolidator/parallel.py); only the parent (rank 0) gets past the `continue` below.
-    with frozen_in(body, dtype), data_parallel(n_workers) as group:
+    with training_kernels(model, dtype), data_parallel(n_workers) as group:
         stats.workers = group.size
         began = time.perf_counter()
         for step in range(start_step, len(plan)):
