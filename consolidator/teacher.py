@@ -33,8 +33,7 @@ from reverie.consolidator.train import Example
 from reverie.memory.files import atomic_write_bytes, read_keyed, write_keyed
 from reverie.model.base import BaseModel
 from reverie.model.config import ModelSettings
-from reverie.model.forked import can_fork, fork_map, workers
-from reverie.model.generate import MIN_SHARE, generate_ids
+from reverie.model.generate import generate_ids
 from reverie.model.metrics import normalize
 from reverie.model.prompts import encode, render_user
 
@@ -224,42 +223,16 @@ def teacher_targets(
 ) -> list[TeacherTargets]:
     """Run the teacher on ``prompt + answer`` for every item (right padding, masked by position)
     and keep its top-k log-probabilities where it predicts each answer token, and its hidden
-    states there at ``hidden_layers`` (indices into ``hidden_states``; none by default). Inside
-    :func:`reverie.model.forked.forking` on CPU the items (by length, so each process gets long
-    and short ones alike) are split across forked processes, as generation is."""
+    states there at ``hidden_layers`` (indices into ``hidden_states``; none by default)."""
     device = device or torch.device("cpu")
-    pairs = [(list(p), list(a)) for p, a in zip(prompts, answers, strict=True)]
-
-    def run(share: list[tuple[list[int], list[int]]]) -> list[TeacherTargets]:
-        return _forward_targets(model, share, pad_id, top_k, batch_size, device, hidden_layers)
-
-    n = workers() if can_fork(device) else 1
-    if n <= 1 or len(pairs) < 2 * MIN_SHARE:
-        return run(pairs)
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    done = fork_map(run, [pairs[i] for i in order], n)
-    out: list[TeacherTargets] = [done[0]] * len(pairs)
-    for i, targets in zip(order, done, strict=True):
-        out[i] = targets
-    return out
-
-
-def _forward_targets(
-    model: Any,
-    pairs: Sequence[tuple[list[int], list[int]]],
-    pad_id: int,
-    top_k: int,
-    batch_size: int,
-    device: torch.device,
-    hidden_layers: Sequence[int],
-) -> list[TeacherTargets]:
     layers = list(hidden_layers)
-    out: list[TeacherTargets | None] = [None] * len(pairs)
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-    body, head = lm_parts(model)
+    out: list[TeacherTargets | None] = [None] * len(prompts)
+    lengths = [len(p) + len(a) for p, a in zip(prompts, answers, strict=True)]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        ids, mask = right_padded([pairs[i][0] + pairs[i][1] for i in idx], pad_id)
+        ids, mask = right_padded([list(prompts[i]) + list(answers[i]) for i in idx], pad_id)
+        body, head = lm_parts(model)
         result = body(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
@@ -267,7 +240,7 @@ def _forward_targets(
         )
         hidden = result.last_hidden_state
         for row, i in enumerate(idx):
-            pos = answer_positions(len(pairs[i][0]), len(pairs[i][1])).to(device)
+            pos = answer_positions(len(prompts[i]), len(answers[i])).to(device)
             logp = torch.log_softmax(head(hidden[row, pos]).float(), dim=-1)
             values, indices = logp.topk(min(top_k, logp.shape[-1]), dim=-1)
             states = None

@@ -18,7 +18,7 @@ from reverie.model.forked import can_fork, fork_map, workers
 from reverie.model.progress import advance
 from reverie.model.prompts import encode, render_user
 
-__all__ = ["BATCH", "MIN_SHARE", "answer", "generate_ids"]
+__all__ = ["BATCH", "answer", "generate_ids"]
 
 # Sequences generated together. Decoding is bound by reading the weights once per step, so a
 # batch of 64 costs little more per step than one of 16: 128 probe-length prompts took 13.2 s at
