@@ -128,3 +128,32 @@ def test_nothing_is_swapped_in_float32_or_on_weights_already_in_low_precision(
     layer = torch.nn.Linear(4, 4).to(dtype).requires_grad_(False)
     with frozen_in(torch.nn.Sequential(layer), dtype) as swapped:
         assert swapped == 0
+
+
+def test_the_head_backpropagates_in_bfloat16_and_its_logits_stay_float32(tiny_base: Any) -> None:
+    """Given the head, frozen_in keeps its forward exact (float32 logits) and multiplies only its
+    input gradient in bfloat16; the head's own forward comes back afterwards."""
+    model = lora(tiny_base)
+    body, head = lm_parts(model)
+    x = torch.randn(5, head.in_features, generator=torch.Generator().manual_seed(1))
+    grad = torch.randn(5, head.out_features, generator=torch.Generator().manual_seed(2))
+
+    def run(low: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        leaf = x.clone().requires_grad_(True)
+        with frozen_in(body, torch.bfloat16, head if low else None) as swapped:
+            assert swapped == 7 * int(tiny_base.model.config.num_hidden_layers)  # body only
+            logits = head(leaf)
+            logits.backward(grad)
+        assert leaf.grad is not None
+        return logits.detach(), leaf.grad
+
+    exact_logits, exact_grad = run(low=False)
+    logits, low_grad = run(low=True)
+    assert torch.equal(logits, exact_logits) and logits.dtype == torch.float32
+    expected = (grad.bfloat16() @ head.weight.detach().bfloat16()).float()
+    assert torch.equal(low_grad, expected)
+    assert not torch.equal(low_grad, exact_grad)
+    assert torch.allclose(low_grad, exact_grad, rtol=0.05, atol=0.05 * exact_grad.abs().max())
+    assert head.weight.grad is None  # frozen: no gradient for the tied weight
+    assert "forward" not in head.__dict__ and not hasattr(head, "_reverie_low")
+    model.unload()

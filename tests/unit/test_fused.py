@@ -1,0 +1,85 @@
+"""A LoRA layer's sum in one addmm: the same outputs and gradients as peft's forward, peft's own
+forward wherever the fused one does not apply, and every layer's forward back afterwards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from reverie.consolidator.config import TrainSettings
+from reverie.consolidator.distill import lm_parts
+from reverie.consolidator.fused import fused_lora
+from reverie.consolidator.train import batch_loss
+from tests.unit.test_train import examples, lora
+
+
+def _adapter_gradient(model: Any, exs: list[Any], pad_id: int, fused: bool) -> torch.Tensor:
+    model.zero_grad(set_to_none=True)
+    body, _ = lm_parts(model)
+    with fused_lora(body) if fused else _nothing():
+        loss, _, _ = batch_loss(model, exs, TrainSettings(), pad_id=pad_id)
+        loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _trained(model: Any) -> Any:
+    """A trained-looking adapter: B is zero at initialisation, so the adapter adds nothing."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))
+    return model
+
+
+def test_fused_sum_matches_peft_in_outputs_and_gradients(tiny_base: Any) -> None:
+    model = _trained(lora(tiny_base))
+    body, _ = lm_parts(model)
+    layer = body.layers[0].mlp.up_proj
+    x = torch.randn(2, 3, layer.in_features, generator=torch.Generator().manual_seed(4))
+    reference = layer(x)
+    with fused_lora(body) as swapped:
+        assert swapped == 3 * int(tiny_base.model.config.num_hidden_layers)  # q, v, up per layer
+        fused = layer(x)
+    assert not torch.equal(reference, layer.base_layer(x))  # the adapter adds something
+    assert torch.allclose(fused, reference, atol=1e-6, rtol=1e-5)
+    exs = examples(tiny_base, model)
+    plain = _adapter_gradient(model, exs, tiny_base.pad_id, fused=False)
+    summed = _adapter_gradient(model, exs, tiny_base.pad_id, fused=True)
+    assert plain.abs().max() > 0
+    assert torch.allclose(summed, plain, atol=1e-6, rtol=1e-4)
+    assert not any("forward" in m.__dict__ for m in body.modules())
+    model.unload()
+
+
+def test_disabled_adapters_and_dropout_run_pefts_own_forward(tiny_base: Any) -> None:
+    model = _trained(lora(tiny_base))
+    body, _ = lm_parts(model)
+    layer = body.layers[0].self_attn.q_proj
+    x = torch.randn(4, layer.in_features, generator=torch.Generator().manual_seed(5))
+    with fused_lora(body):
+        assert not torch.equal(layer(x), layer.base_layer(x))
+        with model.disable_adapter():
+            assert torch.equal(layer(x), layer.base_layer(x))
+        layer.lora_dropout["default"] = torch.nn.Dropout(p=1.0)  # drops the adapter's input
+        layer.train()
+        assert torch.equal(layer(x), layer.base_layer(x))
+    model.unload()
+
+
+def test_forwards_come_back_after_an_error(tiny_base: Any) -> None:
+    model = lora(tiny_base)
+    body, _ = lm_parts(model)
+    with pytest.raises(KeyError), fused_lora(body):
+        raise KeyError("a failure mid-training")
+    assert not any("forward" in m.__dict__ for m in body.modules())
+    model.unload()
