@@ -331,7 +331,11 @@ def train(
     params = _trainable(model)
     if not params:
         raise ValueError("the model has no trainable parameters (wrap it with a LoRA adapter)")
-    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    # the fused kernel updates every tensor in one pass (half the foreach step's time on CPU)
+    fused = device.type in ("cpu", "cuda") and all(p.dtype == torch.float32 for p in params)
+    optimizer = torch.optim.AdamW(
+        params, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused
+    )
     plan = batches([len(e) for e in examples], settings.batch_size, settings.epochs, settings.seed)
     dtype = matmul_dtype(settings.precision, device)
     stats = TrainStats(precision=str(dtype).removeprefix("torch."))
