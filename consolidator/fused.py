@@ -8,8 +8,9 @@ adapter's products themselves. :func:`fused_lora` makes each adapted layer compu
 ``base(x).addmm_(lora_A(x), lora_B.T, alpha=scaling)`` instead: the same sum (up to the rounding
 of where ``scaling`` is applied), the scaling and the addition done inside the product, in place.
 
-Only the plain case is fused: one active adapter, no dropout, no variant (DoRA), not merged, and
-every tensor in one dtype; anything else runs peft's own forward.
+Only the plain case is fused: one active adapter, no dropout, no variant (DoRA), no LoRA bias, not
+merged, and the input and the adapter in one dtype (so not a bfloat16 model on a GPU, whose
+adapter peft keeps in float32); anything else runs peft's own forward.
 """
 
 from __future__ import annotations
@@ -36,18 +37,24 @@ def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> tor
         or len(names) != 1
         or names[0] in self.lora_variant
         or not isinstance(self.lora_dropout[names[0]], torch.nn.Identity)
+        or self.lora_B[names[0]].bias is not None
+        or not (x.dtype == self.lora_A[names[0]].weight.dtype == self.lora_B[names[0]].weight.dtype)
     ):
         return type(self).forward(self, x, *args, **kwargs)
     name = names[0]
-    a_weight, b_weight = self.lora_A[name].weight, self.lora_B[name].weight
+    a_weight, b_weight, scaling = (
+        self.lora_A[name].weight,
+        self.lora_B[name].weight,
+        self.scaling[name],
+    )
     result = self.base_layer(x)
-    if not (result.dtype == x.dtype == a_weight.dtype == b_weight.dtype):
-        return type(self).forward(self, x, *args, **kwargs)
     low = F.linear(x, a_weight)
+    if result.dtype != x.dtype:  # a base layer of its own precision: peft's sum, not recomputed
+        return result + (F.linear(low, b_weight) * scaling).to(result.dtype)
     # in place: the base product is a fresh tensor that no backward reads (a linear layer's
     # backward keeps its inputs, a cast's nothing), so the sum needs no copy of it
     result.view(-1, result.shape[-1]).addmm_(
-        low.reshape(-1, low.shape[-1]), b_weight.t(), alpha=self.scaling[name]
+        low.reshape(-1, low.shape[-1]), b_weight.t(), alpha=scaling
     )
     return result
 

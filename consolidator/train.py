@@ -180,7 +180,13 @@ def _load_checkpoint(path: Path, model: Any, optimizer: Any, key: str) -> int:
     with torch.no_grad():
         for name, value in state["adapter"].items():
             params[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
+    saved = state["optimizer"]
+    for group in saved["param_groups"]:  # this run's kernel, not the one that saved the state
+        group["fused"], group["foreach"] = (
+            optimizer.defaults["fused"],
+            optimizer.defaults["foreach"],
+        )
+    optimizer.load_state_dict(saved)
     return int(state["step"])
 
 

@@ -76,6 +76,28 @@ def test_cross_entropy_term_and_weights(logits: tuple[torch.Tensor, torch.Tensor
     assert parts["ce"] == pytest.approx(ce.mean().item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_kl_plus_cross_entropy_gradient_matches_the_closed_form(
+    logits: tuple[torch.Tensor, torch.Tensor], temperature: float
+) -> None:
+    """With the CE term the student's logits get T * (q_T - p_T) / N from the KL and
+    c * (q_1 - onehot) / N from the CE, at T = 1 (one gather for both) and at T != 1."""
+    student, teacher = logits
+    student = student.clone().requires_grad_(True)
+    ids, logp = dense(teacher)
+    targets = torch.tensor([0, 1, 2, 3, 4, 0])
+    loss, parts = distill_loss(student, ids, logp, targets, ce_weight=0.25, temperature=temperature)
+    loss.backward()
+    t, s = temperature, student.detach()
+    q_t, p_t = torch.softmax(s / t, -1), torch.softmax(teacher / t, -1)
+    onehot = torch.nn.functional.one_hot(targets, 5).float()
+    expected = (t * (q_t - p_t) + 0.25 * (torch.softmax(s, -1) - onehot)) / 6
+    assert student.grad is not None
+    assert torch.allclose(student.grad, expected, atol=1e-6)
+    ce = -torch.log_softmax(s, -1).gather(-1, targets[:, None]).squeeze(-1)
+    assert parts["ce"] == pytest.approx(ce.mean().item(), rel=1e-5)
+
+
 def test_gradient_flows_to_student_only(logits: tuple[torch.Tensor, torch.Tensor]) -> None:
     student, teacher = logits
     student = student.clone().requires_grad_(True)

@@ -247,3 +247,53 @@ def replace_hidden(targets: Any) -> Any:
     from dataclasses import replace
 
     return replace(targets, hidden=None)
+
+
+def test_a_checkpoint_from_another_optimiser_kernel_resumes_with_this_runs_kernel(
+    tiny_base: Any, tmp_path: Path
+) -> None:
+    """A checkpoint saved by the foreach AdamW (before the fused kernel) resumes under the fused
+    one: the optimiser's stored kernel flags are this run's, not the saved ones."""
+    from reverie.consolidator import train as train_module
+
+    model = lora(tiny_base)
+    params = [p for p in model.parameters() if p.requires_grad]
+    old = torch.optim.AdamW(params, lr=1e-3, foreach=True)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    old.step()
+    ckpt = tmp_path / "ckpt.pt"
+    train_module._save_checkpoint(ckpt, model, old, 1, "k")
+    new = torch.optim.AdamW(params, lr=1e-3, fused=True)
+    assert train_module._load_checkpoint(ckpt, model, new, "k") == 1
+    group = new.param_groups[0]
+    assert group["fused"] is True and not group["foreach"]
+    assert new.state[params[0]]["step"].dtype == torch.float32  # what the fused kernel needs
+    new.step()  # the fused kernel runs on the resumed state
+    model.unload()
+
+
+def test_train_runs_its_steps_through_the_training_kernels(
+    tiny_base: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from contextlib import contextmanager
+
+    from reverie.consolidator import train as train_module
+
+    entered: list[torch.dtype] = []
+    kernels = train_module.training_kernels
+
+    @contextmanager
+    def spy(model: Any, dtype: torch.dtype) -> Any:
+        entered.append(dtype)
+        with kernels(model, dtype):
+            yield
+
+    monkeypatch.setattr(train_module, "training_kernels", spy)
+    model = lora(tiny_base)
+    exs = examples(tiny_base, model)
+    settings = TrainSettings(epochs=1, batch_size=len(exs), precision="bfloat16")
+    train(model, exs, settings, pad_id=tiny_base.pad_id)
+    mean_loss(model, exs, settings, pad_id=tiny_base.pad_id)
+    assert entered == [torch.bfloat16, torch.bfloat16]
+    model.unload()
