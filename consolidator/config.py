@@ -105,8 +105,9 @@ class TrainSettings(_Section):
     )
     precision: Literal["float32", "bfloat16", "auto"] = Field(
         default="auto",
-        description="bfloat16 = the frozen base projections multiply in bfloat16 while the "
-        "adapter, norms, attention, LM head and loss stay float32 (consolidator/precision.py); "
+        description="bfloat16 = the frozen base projections (and the LM head's backward) "
+        "multiply in bfloat16 while the adapter, norms, attention, the logits and the loss stay "
+        "float32 (consolidator/precision.py); "
         "auto = bfloat16 where the hardware multiplies it natively (CUDA, a CPU with AVX512-BF16 "
         "or AMX), float32 elsewhere. On the reference CPU it trains 1.38x faster on one thread and "
         "1.10x on two, with float32's efficacy and locality on two seeds (README, Results). "
