@@ -3,6 +3,7 @@ forward wherever the fused one does not apply, and every layer's forward back af
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
 
@@ -46,13 +47,19 @@ def _peft_forward_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(LoraLinear, "forward", refuse)
 
 
+def _setup(tiny_base: Any, pick: Callable[[Any], Any], *shape: int) -> tuple[Any, ...]:
+    """A trained adapter, its body, the layer ``pick`` chooses and an input of ``shape``."""
+    model = _trained(lora(tiny_base))
+    body, _ = lm_parts(model)
+    layer = pick(body)
+    x = torch.randn(*shape, layer.in_features, generator=torch.Generator().manual_seed(4))
+    return model, body, layer, x
+
+
 def test_fused_sum_matches_peft_in_outputs_and_gradients(
     tiny_base: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = _trained(lora(tiny_base))
-    body, _ = lm_parts(model)
-    layer = body.layers[0].mlp.up_proj
-    x = torch.randn(2, 3, layer.in_features, generator=torch.Generator().manual_seed(4))
+    model, body, layer, x = _setup(tiny_base, lambda b: b.layers[0].mlp.up_proj, 2, 3)
     exs = examples(tiny_base, model)
     reference = layer(x)
     plain = _adapter_gradient(model, exs, tiny_base.pad_id, fused=False)
@@ -74,10 +81,7 @@ def test_fused_sum_on_the_bfloat16_frozen_base_matches_pefts_sum_there(
     tiny_base: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Training's own setting: frozen_in's bfloat16 products, the adapter summed in float32."""
-    model = _trained(lora(tiny_base))
-    body, _ = lm_parts(model)
-    layer = body.layers[1].self_attn.v_proj
-    x = torch.randn(5, layer.in_features, generator=torch.Generator().manual_seed(6))
+    model, body, layer, x = _setup(tiny_base, lambda b: b.layers[1].self_attn.v_proj, 5)
     with frozen_in(body, torch.bfloat16):
         reference = layer(x)
         with monkeypatch.context() as patch:
@@ -90,10 +94,7 @@ def test_fused_sum_on_the_bfloat16_frozen_base_matches_pefts_sum_there(
 
 
 def test_disabled_adapters_and_dropout_run_pefts_own_forward(tiny_base: Any) -> None:
-    model = _trained(lora(tiny_base))
-    body, _ = lm_parts(model)
-    layer = body.layers[0].self_attn.q_proj
-    x = torch.randn(4, layer.in_features, generator=torch.Generator().manual_seed(5))
+    model, body, layer, x = _setup(tiny_base, lambda b: b.layers[0].self_attn.q_proj, 4)
     with fused_lora(body):
         assert not torch.equal(layer(x), layer.base_layer(x))
         with model.disable_adapter():
