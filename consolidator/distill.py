@@ -66,9 +66,9 @@ def distill_loss(
     if student_logits.ndim != 2 or teacher_ids.shape != teacher_logp.shape:
         raise ValueError("expected student_logits [N, V] and teacher ids/logp [N, k]")
     t = float(temperature)
-    # Passes over [N, V] (V = 49k) are a tenth of a CPU training step's time, so none is spent
-    # for nothing: no division at T = 1, and at T = 1 one gather (so one scatter backward)
-    # reads both the teacher's tokens and the targets.
+    # Each pass over [N, V] (V = 49k, N = the batch's answer tokens) is visible in a CPU
+    # training step's profile, so none is spent for nothing: no division at T = 1, and at
+    # T = 1 one gather (so one scatter backward) reads both the teacher's tokens and the targets.
     logits = student_logits.float()
     student_logp_t = F.log_softmax(logits if t == 1.0 else logits / t, dim=-1)
     teacher_logp_t = F.log_softmax(teacher_logp.float() / t, dim=-1)

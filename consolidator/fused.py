@@ -3,8 +3,8 @@
 peft computes a LoRA layer as ``base(x) + lora_B(lora_A(x)) * scaling``: after the small
 ``[tokens, r] @ [r, out]`` product, one pass over the ``[tokens, out]`` output multiplies it by
 ``scaling`` and another adds it to the base product, and the backward repeats the scaling pass.
-On a CPU step of a 135M model those passes over the MLP's 1,536-wide outputs cost as much as the
-adapter's products themselves. :func:`fused_lora` makes each adapted layer compute
+On a CPU step of a 135M model those passes over the MLP's 1,536-wide outputs showed up in a
+profile beside the adapter's own products. :func:`fused_lora` makes each adapted layer compute
 ``base(x).addmm_(lora_A(x), lora_B.T, alpha=scaling)`` instead: the same sum (up to the rounding
 of where ``scaling`` is applied), the scaling and the addition done inside the product, in place.
 
