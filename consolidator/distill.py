@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from reverie.model.base import lm_parts
 
 __all__ = [
     "TeacherTargets",
@@ -142,13 +143,6 @@ def answer_positions(prompt_len: int, answer_len: int) -> torch.Tensor:
     predicts token i + 1).
     """
     return torch.arange(prompt_len - 1, prompt_len - 1 + answer_len)
-
-
-def lm_parts(model: Any) -> tuple[Any, Any]:
-    """The transformer body and the LM head of a causal LM, under any peft wrapping (so the head
-    can run on the few positions that need logits)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.model, inner.lm_head
 
 
 def right_padded(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, ...]:

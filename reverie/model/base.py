@@ -35,6 +35,7 @@ __all__ = [
     "BaseModel",
     "attach_adapter",
     "last_layers",
+    "lm_parts",
     "load_base",
     "merged",
     "native_bfloat16",
@@ -258,3 +259,10 @@ def merged(model: Any) -> Iterator[Any]:
         # Switching the adapter off unmerges it on the fly (peft), so check before unmerging.
         if any(getattr(m, "merged", False) for m in model.modules()):
             model.unmerge_adapter()
+
+
+def lm_parts(model: Any) -> tuple[Any, Any]:
+    """The transformer body and the LM head of a causal LM, under any peft wrapping (so the head
+    can run on the few positions that need logits)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.model, inner.lm_head

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from reverie.model.generate import left_pad_mask, left_pad_states
+
 __all__ = ["BASE_ADAPTER", "Batcher", "DecodeRequest"]
 
 logger = logging.getLogger(__name__)
@@ -222,13 +224,17 @@ class Batcher:
             # it was, not half joined.
             merged = [
                 (
-                    torch.cat([_left_pad(mine.keys, width), _left_pad(theirs.keys, width)]),
-                    torch.cat([_left_pad(mine.values, width), _left_pad(theirs.values, width)]),
+                    torch.cat(
+                        [left_pad_states(mine.keys, width), left_pad_states(theirs.keys, width)]
+                    ),
+                    torch.cat(
+                        [left_pad_states(mine.values, width), left_pad_states(theirs.values, width)]
+                    ),
                 )
                 for mine, theirs in zip(self._cache.layers, cache.layers, strict=True)
             ]
             row = torch.ones((1, length), dtype=torch.long)
-            mask = torch.cat([_left_pad_mask(self._mask, width), _left_pad_mask(row, width)])
+            mask = torch.cat([left_pad_mask(self._mask, width), left_pad_mask(row, width)])
             for layer, (keys, values) in zip(self._cache.layers, merged, strict=True):
                 layer.keys, layer.values = keys, values
             self._mask = mask
@@ -308,19 +314,3 @@ class Batcher:
             pick = torch.multinomial(sorted_probs, 1, generator=request.generator)
             return int(order[pick])
         return int(torch.multinomial(probs, 1, generator=request.generator))
-
-
-def _left_pad(states: torch.Tensor, width: int) -> torch.Tensor:
-    """[B, H, T, D] -> [B, H, width, D] with zeros on the left."""
-    missing = width - states.shape[2]
-    if missing == 0:
-        return states
-    pad = states.new_zeros((states.shape[0], states.shape[1], missing, states.shape[3]))
-    return torch.cat([pad, states], dim=2)
-
-
-def _left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
-    missing = width - mask.shape[1]
-    if missing == 0:
-        return mask
-    return torch.cat([mask.new_zeros((mask.shape[0], missing)), mask], dim=1)
