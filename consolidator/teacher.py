@@ -33,7 +33,7 @@ from reverie.consolidator.train import Example
 from reverie.memory.files import atomic_write_bytes, read_keyed, write_keyed
 from reverie.model.base import BaseModel
 from reverie.model.config import ModelSettings
-from reverie.model.generate import generate_ids
+from reverie.model.generate import generate_ids, prefix_groups
 from reverie.model.metrics import normalize
 from reverie.model.prompts import encode, render_user
 
@@ -221,35 +221,53 @@ def teacher_targets(
     device: torch.device | None = None,
     hidden_layers: Sequence[int] = (),
 ) -> list[TeacherTargets]:
-    """Run the teacher on ``prompt + answer`` for every item (right padding, masked by position)
-    and keep its top-k log-probabilities where it predicts each answer token, and its hidden
-    states there at ``hidden_layers`` (indices into ``hidden_states``; none by default)."""
+    """Run the teacher on ``prompt + answer`` for every item and keep its top-k
+    log-probabilities where it predicts each answer token, and its hidden states there at
+    ``hidden_layers`` (indices into ``hidden_states``; none by default).
+
+    Items are sorted so that prompts sharing a prefix (the chat header and the experience, for
+    the dozen items of one experience) are neighbours; each run of them computes that prefix
+    once, then every item's rest of the prompt and its answer (right-padded) on top of it."""
+    from transformers import DynamicCache
+
     device = device or torch.device("cpu")
     layers = list(hidden_layers)
     out: list[TeacherTargets | None] = [None] * len(prompts)
-    lengths = [len(p) + len(a) for p, a in zip(prompts, answers, strict=True)]
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    order = sorted(range(len(prompts)), key=lambda i: list(prompts[i]))
+    body, head = lm_parts(model)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        ids, mask = right_padded([list(prompts[i]) + list(answers[i]) for i in idx], pad_id)
-        body, head = lm_parts(model)
-        result = body(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            output_hidden_states=bool(layers),
-        )
-        hidden = result.last_hidden_state
-        for row, i in enumerate(idx):
-            pos = answer_positions(len(prompts[i]), len(answers[i])).to(device)
-            logp = torch.log_softmax(head(hidden[row, pos]).float(), dim=-1)
-            values, indices = logp.topk(min(top_k, logp.shape[-1]), dim=-1)
-            states = None
-            if layers:
-                picked = [result.hidden_states[layer][row, pos] for layer in layers]
-                states = torch.stack(picked, dim=1).to(torch.float16).cpu()
-            out[i] = TeacherTargets(
-                indices.to(torch.int32).cpu(), values.to(torch.float16).cpu(), states
+        for shared, members in prefix_groups([prompts[i] for i in idx]):
+            items = [idx[m] for m in members]
+            cache = DynamicCache()
+            if shared:
+                prefix = torch.tensor([list(prompts[items[0]][:shared])], device=device)
+                body(input_ids=prefix, cache=cache, use_cache=True)
+                cache.batch_repeat_interleave(len(items))
+            tails = [list(prompts[i][shared:]) + list(answers[i]) for i in items]
+            ids, tail_mask = right_padded(tails, pad_id)
+            mask = torch.cat([tail_mask.new_ones((len(items), shared)), tail_mask], dim=1)
+            positions = shared + torch.arange(ids.shape[1]).expand(len(items), -1)
+            result = body(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=positions.to(device),
+                cache=cache if shared else None,
+                use_cache=bool(shared),
+                output_hidden_states=bool(layers),
             )
+            hidden = result.last_hidden_state
+            for row, i in enumerate(items):
+                pos = answer_positions(len(prompts[i]) - shared, len(answers[i])).to(device)
+                logp = torch.log_softmax(head(hidden[row, pos]).float(), dim=-1)
+                values, indices = logp.topk(min(top_k, logp.shape[-1]), dim=-1)
+                states = None
+                if layers:
+                    picked = [result.hidden_states[layer][row, pos] for layer in layers]
+                    states = torch.stack(picked, dim=1).to(torch.float16).cpu()
+                out[i] = TeacherTargets(
+                    indices.to(torch.int32).cpu(), values.to(torch.float16).cpu(), states
+                )
     return [t for t in out if t is not None]
 
 
