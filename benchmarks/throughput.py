@@ -226,9 +226,10 @@ def precision_drift(base: Any, adapter_scale: float = 2e-3) -> dict[str, dict[st
     import torch.nn.functional as F
 
     from reverie.consolidator.config import TrainSettings
-    from reverie.consolidator.distill import lm_parts, right_padded
+    from reverie.consolidator.distill import right_padded
     from reverie.consolidator.precision import frozen_in
     from reverie.consolidator.train import student_model
+    from reverie.model.base import lm_parts
 
     model = student_model(base, None, TrainSettings())
     generator = torch.Generator().manual_seed(1)

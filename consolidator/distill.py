@@ -19,8 +19,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from reverie.model.base import lm_parts
-
 __all__ = [
     "TeacherTargets",
     "answer_positions",
@@ -28,7 +26,6 @@ __all__ = [
     "hidden_layer_ids",
     "hidden_loss",
     "kl_to_reference",
-    "lm_parts",
     "right_padded",
 ]
 

@@ -26,14 +26,14 @@ from typing import Any
 import torch
 
 from reverie.consolidator.config import TransferSettings
-from reverie.consolidator.distill import TeacherTargets, answer_positions, lm_parts, right_padded
+from reverie.consolidator.distill import TeacherTargets, answer_positions, right_padded
 from reverie.consolidator.items import TransferItem
 from reverie.consolidator.spans import content_words, grounding, key_spans
 from reverie.consolidator.train import Example
 from reverie.memory.files import atomic_write_bytes, read_keyed, write_keyed
-from reverie.model.base import BaseModel
+from reverie.model.base import BaseModel, lm_parts
 from reverie.model.config import ModelSettings
-from reverie.model.generate import generate_ids, prefix_groups
+from reverie.model.generate import generate_ids, prefix_cache, prefix_groups
 from reverie.model.metrics import normalize
 from reverie.model.prompts import encode, render_user
 
@@ -228,8 +228,6 @@ def teacher_targets(
     Items are sorted so that prompts sharing a prefix (the chat header and the experience, for
     the dozen items of one experience) are neighbours; each run of them computes that prefix
     once, then every item's rest of the prompt and its answer (right-padded) on top of it."""
-    from transformers import DynamicCache
-
     device = device or torch.device("cpu")
     layers = list(hidden_layers)
     out: list[TeacherTargets | None] = [None] * len(prompts)
@@ -239,11 +237,7 @@ def teacher_targets(
         idx = order[start : start + batch_size]
         for shared, members in prefix_groups([prompts[i] for i in idx]):
             items = [idx[m] for m in members]
-            cache = DynamicCache()
-            if shared:
-                prefix = torch.tensor([list(prompts[items[0]][:shared])], device=device)
-                body(input_ids=prefix, cache=cache, use_cache=True)
-                cache.batch_repeat_interleave(len(items))
+            cache = prefix_cache(model, prompts[items[0]][:shared], len(items), device)
             tails = [list(prompts[i][shared:]) + list(answers[i]) for i in items]
             ids, tail_mask = right_padded(tails, pad_id)
             mask = torch.cat([tail_mask.new_ones((len(items), shared)), tail_mask], dim=1)

@@ -31,14 +31,13 @@ from reverie.consolidator.distill import (
     distill_loss,
     hidden_layer_ids,
     hidden_loss,
-    lm_parts,
     right_padded,
 )
 from reverie.consolidator.fused import fused_lora
 from reverie.consolidator.parallel import data_parallel, worker_count
 from reverie.consolidator.precision import frozen_in, matmul_dtype
 from reverie.memory.files import atomic_write_bytes
-from reverie.model.base import BaseModel, attach_adapter, last_layers
+from reverie.model.base import BaseModel, attach_adapter, last_layers, lm_parts
 
 __all__ = [
     "Example",

@@ -7,6 +7,7 @@ attention mask marks the real tokens.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,11 +19,20 @@ from reverie.model.forked import can_fork, fork_map, workers
 from reverie.model.progress import advance
 from reverie.model.prompts import encode, render_user
 
-__all__ = ["BATCH", "answer", "generate_ids"]
+__all__ = [
+    "BATCH",
+    "answer",
+    "generate_ids",
+    "left_pad_mask",
+    "left_pad_states",
+    "prefix_cache",
+    "prefix_groups",
+]
 
 # Sequences generated together. Decoding is bound by reading the weights once per step, so a
 # batch of 64 costs little more per step than one of 16: 128 probe-length prompts took 13.2 s at
-# 64 against 21.6 s at 16 on two cores (teacher-length: 37.4 s against 42.0 s at 32).
+# 64 against 21.6 s at 16 on two cores (teacher-length: 37.4 s against 42.0 s at 32), measured
+# with transformers' generate, before rows left the batch when they end.
 BATCH = 64
 MIN_SHARE = 8  # fewer prompts per process are not worth a fork
 
@@ -97,38 +107,47 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def prefix_groups(prompts: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:
-    """Split ``prompts`` (sorted, so prompts sharing a prefix are adjacent) into runs that share
-    a prefix, computed once per run: ``(prefix length, row indices)`` per run, every row keeping
-    at least one token of its own. The split minimises the tokens prefilled (each run's prefix
-    once, then every row's rest), by dynamic programming over the run boundaries.
+# A forward pass costs about this many tokens' worth of compute before its first token (reading
+# every weight once, and the Python around 30 layers), so a run of prompts earns its own prefix
+# pass only where sharing saves more than that.
+PASS_TOKENS = 32
 
-    Example: three questions about one experience and one about another -> two runs, the first
-    prefilling the shared chat header and experience once instead of three times.
+
+def prefix_groups(prompts: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:
+    """Split ``prompts`` (sorted, so prompts sharing a prefix are adjacent) into runs, each with
+    the length of the prefix computed once for all its prompts (0: no prefix pass), every prompt
+    keeping at least one token of its own: ``(prefix length, row indices)`` per run.
+
+    The split minimises the cost of prefilling: per run one pass (two with a prefix pass, each
+    counted as :data:`PASS_TOKENS` tokens), plus the prefix once, plus every prompt's rest; a
+    dynamic programme over the run boundaries finds it.
+
+    Example: a dozen questions about each of two experiences -> two runs, each computing the chat
+    header and its experience once; unrelated questions sharing only the chat header -> one run
+    without a prefix pass.
     """
     n = len(prompts)
     adjacent = [0] + [_common(prompts[i - 1], prompts[i]) for i in range(1, n)]
-    best = [0] + [0] * n  # best[i]: fewest tokens for rows [0, i)
-    cut = [0] * (n + 1)
+    best: list[float] = [0.0] + [math.inf] * n  # best[i]: cheapest prefill of rows [0, i)
+    choice = [(0, 0)] * (n + 1)  # choice[end]: (begin, prefix) of the last run
     for end in range(1, n + 1):
-        shared, shortest, total, best[end] = 1 << 30, 1 << 30, 0, 1 << 62
+        shared, shortest, total = math.inf, math.inf, 0
         for begin in range(end - 1, -1, -1):  # run = rows [begin, end)
             if begin < end - 1:
                 shared = min(shared, adjacent[begin + 1])
             shortest = min(shortest, len(prompts[begin]))
             total += len(prompts[begin])
-            prefix = max(0, min(shared, shortest - 1))
-            cost = best[begin] + prefix + total - prefix * (end - begin)
+            prefix = int(max(0, min(shared, shortest - 1)))
+            alone = PASS_TOKENS + total
+            together = 2 * PASS_TOKENS + prefix + total - prefix * (end - begin)
+            cost = best[begin] + min(alone, together)
             if cost < best[end]:
-                best[end], cut[end] = cost, begin
+                best[end], choice[end] = cost, (begin, prefix if together < alone else 0)
     runs: list[tuple[int, list[int]]] = []
     end = n
     while end > 0:
-        begin = cut[end]
-        rows = list(range(begin, end))
-        shared = min((adjacent[i] for i in rows[1:]), default=1 << 30)
-        shortest = min(len(prompts[i]) for i in rows)
-        runs.append((max(0, min(shared, shortest - 1)), rows))
+        begin, prefix = choice[end]
+        runs.append((prefix, list(range(begin, end))))
         end = begin
     return runs[::-1]
 
@@ -161,19 +180,25 @@ def left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
     return torch.cat([mask.new_zeros((mask.shape[0], missing)), mask], dim=1)
 
 
+def prefix_cache(model: Any, prefix: Sequence[int], rows: int, device: torch.device) -> Any:
+    """A key/value cache holding ``prefix``, computed once and repeated for ``rows`` rows (an
+    empty cache for an empty prefix)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    if prefix:
+        body, _ = lm_parts(model)
+        body(input_ids=torch.tensor([list(prefix)], device=device), cache=cache, use_cache=True)
+        cache.batch_repeat_interleave(rows)
+    return cache
+
+
 def _prefill_run(
     model: Any, prompts: Sequence[Sequence[int]], shared: int, pad_id: int, device: torch.device
 ) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """Prefill prompts that share their first ``shared`` tokens: those once, then every
     prompt's rest (left-padded). Returns the cache, its attention mask and the last logits."""
-    from transformers import DynamicCache
-
-    body, _ = lm_parts(model)
-    cache = DynamicCache()
-    if shared:
-        prefix = torch.tensor([list(prompts[0][:shared])], device=device)
-        body(input_ids=prefix, cache=cache, use_cache=True)
-        cache.batch_repeat_interleave(len(prompts))
+    cache = prefix_cache(model, prompts[0][:shared], len(prompts), device)
     ids, tail_mask = _left_padded([p[shared:] for p in prompts], pad_id)
     mask = torch.cat([tail_mask.new_ones((len(prompts), shared)), tail_mask], dim=1)
     logits = _next_logits(model, ids, mask, _positions(mask)[:, shared:], cache, device)
@@ -202,6 +227,38 @@ def _next_logits(
     return head(hidden[:, -1])
 
 
+def _prefill(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    pad_id: int,
+    room: int,
+    device: torch.device,
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Prefill a batch run by run (each run's rests padded only to its own longest), then
+    merge the runs' caches, left-padded to one width, into one cache with ``room`` positions
+    reserved for decoding. Returns the cache, its attention mask and the last logits, rows in
+    ``prompts``' order."""
+    from reverie.model.kvcache import ReservedLayer, cache_of
+
+    caches, masks, logits = [], [], []
+    for shared, members in prefix_groups(prompts):  # runs are contiguous, in order
+        cache, mask, last = _prefill_run(
+            model, [prompts[i] for i in members], shared, pad_id, device
+        )
+        caches.append(cache)
+        masks.append(mask)
+        logits.append(last)
+    width = max(m.shape[1] for m in masks)
+    merged = []
+    for n in range(len(caches[0].layers)):
+        layers = [c.layers[n] for c in caches]
+        merged.append(ReservedLayer.merged(layers, width, room))
+        for layer in layers:  # each run's cache is freed as soon as it is copied
+            layer.keys = layer.values = None
+    mask = torch.cat([left_pad_mask(m, width) for m in masks])
+    return cache_of(merged), mask, torch.cat(logits)
+
+
 def _greedy(
     model: Any,
     prompts: Sequence[Sequence[int]],
@@ -210,52 +267,28 @@ def _greedy(
     max_new_tokens: int,
     device: torch.device,
 ) -> list[list[int]]:
-    """Greedy answers of one batch, as ``generate`` gives them, with two savings: a prefix that
-    several prompts share (the chat header and the experience, when the teacher answers many
-    questions about it) is prefilled once, and a row leaves the batch when it ends.
-
-    Each run of prompts sharing a prefix is prefilled on its own (its rests padded only to the
-    run's longest); the runs' caches are then left-padded to one width and decode together. The
-    attention mask marks the real tokens and the positions count them, so padding in the middle
-    of a row changes nothing."""
-    from reverie.model.kvcache import ReservedLayer, cache_of
-
-    runs = prefix_groups(prompts)
-    parts = [
-        _prefill_run(model, [prompts[i] for i in members], shared, pad_id, device)
-        for shared, members in runs
-    ]
-    rows = [i for _, members in runs for i in members]  # batch row -> prompt
-    width = max(mask.shape[1] for _, mask, _ in parts)
-    cache = cache_of(
-        [
-            ReservedLayer(
-                torch.cat([left_pad_states(c.layers[n].keys, width) for c, _, _ in parts]),
-                torch.cat([left_pad_states(c.layers[n].values, width) for c, _, _ in parts]),
-                room=max_new_tokens,
-            )
-            for n in range(len(parts[0][0].layers))
-        ]
-    )
-    mask = torch.cat([left_pad_mask(m, width) for _, m, _ in parts])
-    logits = torch.cat([last for _, _, last in parts])
-    positions = mask.sum(dim=1, keepdim=True)  # of the next token
+    """Greedy answers of one batch, as ``generate`` gives them (greedy, no logits processors),
+    with two savings: a prefix that several prompts share (the chat header and the experience,
+    when the teacher answers many questions about it) is prefilled once, and a row leaves the
+    batch when it ends. The attention mask marks the real tokens and the positions count them,
+    so padding in the middle of a row (between a run's prefix and a row's rest) changes
+    nothing."""
+    cache, mask, logits = _prefill(model, prompts, pad_id, max_new_tokens - 1, device)
+    positions = mask.sum(dim=1, keepdim=True)  # of each row's next token
     out: list[list[int]] = [[] for _ in prompts]
-    alive = torch.arange(len(rows))
+    alive = torch.arange(len(prompts))  # batch row -> prompt
     while True:
         tokens = logits.argmax(dim=-1).cpu()
         keep = []
-        for j, (row, token) in enumerate(zip(alive.tolist(), tokens.tolist(), strict=True)):
-            seq = out[rows[row]]
-            seq.append(token)
-            if token != eos_id and len(seq) < max_new_tokens:
+        for j, (i, token) in enumerate(zip(alive.tolist(), tokens.tolist(), strict=True)):
+            out[i].append(token)
+            if token != eos_id and len(out[i]) < max_new_tokens:
                 keep.append(j)
         if not keep:
             return out
         if len(keep) < len(alive):
             index = torch.tensor(keep)
-            for layer in cache.layers:
-                layer.select(index.to(device))
+            cache.batch_select_indices(index.to(device))
             alive, tokens = alive[index], tokens[index]
             mask, positions = mask[index], positions[index]
         mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)

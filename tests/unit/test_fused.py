@@ -12,10 +12,10 @@ import torch
 from peft.tuners.lora.layer import Linear as LoraLinear
 
 from reverie.consolidator.config import TrainSettings
-from reverie.consolidator.distill import lm_parts
 from reverie.consolidator.fused import fused_lora
 from reverie.consolidator.precision import frozen_in
 from reverie.consolidator.train import batch_loss
+from reverie.model.base import lm_parts
 from tests.unit.test_train import examples, lora
 
 

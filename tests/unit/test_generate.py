@@ -21,8 +21,11 @@ def _prompts(base: Any) -> list[list[int]]:
     lengths, and a prompt of one token."""
     tok = base.tokenizer
     texts = [
-        f"Context: {context}\nQuestion: {question}"
-        for context in ("Mateo keeps bees behind the old mill.", "The rent is due on Fridays.")
+        f"Context: {context} {context}\nQuestion: {question}"
+        for context in (
+            "Mateo keeps bees behind the old mill by the river and sells their honey in town.",
+            "The rent is due on Fridays, paid to the landlord, Mrs Okafor, in cash or by card.",
+        )
         for question in ("Who keeps bees?", "Where are they?", "When?", "Say it again, slowly.")
     ]
     texts += ["Hello there", "What is the capital of France? Tell me.", "Name colours."]
@@ -49,23 +52,39 @@ def _ours(base: Any, prompts: list[list[int]], n: int, eos: int, batch: int = 64
     )
 
 
-def test_prefix_groups_share_what_they_can_and_keep_a_token_each() -> None:
-    prompts = sorted([[1, 2, 3, 4, 5], [1, 2, 3, 4, 6, 7], [1, 2, 3, 9], [8, 8], [8], [5, 6]])
-    runs = prefix_groups(prompts)
-    assert sorted(i for _, rows in runs for i in rows) == list(range(len(prompts)))
+def _check_runs(prompts: list[list[int]], runs: list[tuple[int, list[int]]]) -> None:
+    assert [i for _, rows in runs for i in rows] == list(range(len(prompts)))  # contiguous
     for shared, rows in runs:
-        assert rows == list(range(rows[0], rows[-1] + 1))  # runs are contiguous
         assert all(len(prompts[i]) > shared for i in rows)  # each row keeps a token of its own
         assert all(prompts[i][:shared] == prompts[rows[0]][:shared] for i in rows)
-    cost = sum(shared + sum(len(prompts[i]) - shared for i in rows) for shared, rows in runs)
-    # [1,2,3] once for the three rows that share it (not four tokens for the first two alone),
-    # then their rests; the others alone
-    assert cost == 3 + (2 + 3 + 1) + 2 + 1 + 2
-    assert prefix_groups([[4, 5]]) == [(1, [0])]
+
+
+def test_prefix_groups_compute_a_long_shared_prefix_once() -> None:
+    header, facts = [1, 2, 3], [list(range(100 * k, 100 * k + 40)) for k in (1, 2)]
+    questions = [[7, 8 + q, 9] for q in range(12)]
+    prompts = sorted(header + f + q for f in facts for q in questions)
+    runs = prefix_groups(prompts)
+    _check_runs(prompts, runs)
+    assert [(shared, len(rows)) for shared, rows in runs] == [(44, 12), (44, 12)]
+    repeated = prefix_groups([header + facts[0]] * 3)  # identical prompts: all but one token
+    assert repeated == [(42, [0, 1, 2])]
+
+
+def test_prefix_groups_pay_a_pass_only_where_it_saves_more() -> None:
+    # eight prompts sharing a 3-token header: 24 tokens saved, less than a pass costs
+    prompts = sorted([1, 2, 3, 10 + k, 5, 6, 7, 8] for k in range(8))
+    assert prefix_groups(prompts) == [(0, list(range(8)))]
+    # forty of them: 120 tokens saved, worth a pass
+    prompts = sorted([1, 2, 3, 10 + k, 5, 6, 7, 8] for k in range(40))
+    assert prefix_groups(prompts) == [(3, list(range(40)))]
+    assert prefix_groups([[4, 5]]) == [(0, [0])]
+    one_token = sorted([[5], [5, 6, 7], [9]])
+    _check_runs(one_token, prefix_groups(one_token))
 
 
 def test_same_tokens_as_transformers_generate(tiny_base: Any) -> None:
     prompts = _prompts(tiny_base)
+    assert any(shared for shared, _ in prefix_groups(sorted(prompts)))  # a prefix pass runs
     # an eos the model does emit, so rows end at different steps
     emitted = [t for p in prompts for t in _alone(tiny_base, p, 12, NEVER)[3:]]
     eos = max(set(emitted), key=emitted.count)
@@ -111,3 +130,38 @@ def test_rows_leave_the_batch_when_they_end(tiny_base: Any) -> None:
     steps = shapes[len(shapes) - (max(lengths) - 1) :]  # decoding: the last calls
     # after step k, one token per row for only the answers longer than k
     assert steps == [(sum(n > k for n in lengths), 1) for k in range(1, max(lengths))]
+
+
+def test_a_lora_model_generates_as_peft_does(tiny_base: Any) -> None:
+    """The body and head are called directly (not peft's wrapper): the adapter still applies,
+    and switching it off still gives the base model's tokens."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        tiny_base.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"])
+    )
+    try:
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(weight, std=0.5)  # an adapter that changes answers
+        prompts = _prompts(tiny_base)
+        with torch.no_grad(), model.disable_adapter():
+            base = [_alone(tiny_base, p, 8, NEVER) for p in prompts]
+            assert generate_ids(model, prompts, eos_id=NEVER, pad_id=2, max_new_tokens=8) == base
+        expected = []
+        for p in prompts:
+            with torch.no_grad():
+                ids = model.generate(
+                    input_ids=torch.tensor([p]),
+                    attention_mask=torch.ones((1, len(p)), dtype=torch.long),
+                    max_new_tokens=8,
+                    do_sample=False,
+                    pad_token_id=2,
+                    eos_token_id=NEVER,
+                )
+            expected.append(ids[0, len(p) :].tolist())
+        assert expected != base
+        assert generate_ids(model, prompts, eos_id=NEVER, pad_id=2, max_new_tokens=8) == expected
+    finally:
+        model.unload()

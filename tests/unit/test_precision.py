@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from reverie.consolidator.config import TrainSettings
-from reverie.consolidator.distill import lm_parts, right_padded
+from reverie.consolidator.distill import right_padded
 from reverie.consolidator.precision import frozen_in, matmul_dtype
 from reverie.consolidator.train import batch_loss
-from reverie.model.base import native_bfloat16
+from reverie.model.base import lm_parts, native_bfloat16
 from tests.unit.test_train import examples, lora
 
 

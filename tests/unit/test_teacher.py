@@ -30,6 +30,12 @@ def test_shared_prefixes_give_each_items_own_targets(tiny_base: Any) -> None:
     targets = teacher_targets(
         tiny_base.model, prompts, answers, pad_id=tiny_base.pad_id, top_k=8, hidden_layers=[1]
     )
+    cut = teacher_targets(  # runs cut by batch boundaries, no hidden states
+        tiny_base.model, prompts, answers, pad_id=tiny_base.pad_id, top_k=8, batch_size=2
+    )
+    for t, c in zip(targets, cut, strict=True):
+        assert torch.equal(t.ids, c.ids) and c.hidden is None
+        assert torch.allclose(t.logp.float(), c.logp.float(), atol=1e-2)
     for prompt, answer, t in zip(prompts, answers, targets, strict=True):
         logp, hidden = _alone(tiny_base.model, prompt, answer, layer=1)
         values, ids = logp.topk(8, dim=-1)
