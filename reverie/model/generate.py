@@ -107,9 +107,9 @@ def _common(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-# A forward pass costs about this many tokens' worth of compute before its first token (reading
-# every weight once, and the Python around 30 layers), so a run of prompts earns its own prefix
-# pass only where sharing saves more than that.
+# The price of a forward pass, in tokens, when choosing runs: each pass reads every weight once
+# and runs the Python around every layer whatever its size, so a run of prompts takes its own
+# prefix pass only where sharing saves more than that. A chosen price, not a measured one.
 PASS_TOKENS = 32
 
 
