@@ -17,7 +17,9 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -204,7 +206,9 @@ class Responder:
         self._base = base
         self._max_adapters = max_adapters
         self._lock = threading.RLock()  # model changes and decoding steps
-        self._peft: Any = None  # a PeftModel once the first adapter is loaded
+        self._peft: Any = None  # a PeftModel once the first LoRA adapter is loaded
+        self._prefixes: dict[str, Any] = {}  # adapter name -> its KVPrefix (prefix adapters)
+        self._slot: Any = None  # the prefix slot once the first prefix adapter is loaded
         self._loaded: OrderedDict[str, str] = OrderedDict()  # adapter name -> version, LRU order
         self._routers: dict[str, Router | None] = {}  # adapter name -> its version's router
         self._batcher: Batcher | None = None
@@ -239,12 +243,36 @@ class Responder:
             return self._batcher
 
     def _forward(self, ids: Any, mask: Any, positions: Any, cache: Any, adapters: list[str]) -> Any:
-        """One forward pass of the batch: each row through its own adapter (or none)."""
+        """One forward pass of the batch: each row through its own adapter (or none). LoRA
+        rows go to peft by name; prefix rows are the base model's there, with their prefix in
+        the attention slot (reverie/model/prefix.py)."""
+        from reverie.model.batcher import BASE_ADAPTER
+
         inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
         inputs["logits_to_keep"] = 1  # the LM head at the last position only (the prefill too)
-        if self._peft is None:  # no adapter loaded yet: every row is the base model's
-            return self.base.model(**inputs, cache=cache, use_cache=True).logits
-        return self._peft(**inputs, cache=cache, use_cache=True, adapter_names=adapters).logits
+        rows = [self._prefixes.get(name) for name in adapters]
+        lora = [BASE_ADAPTER if name in self._prefixes else name for name in adapters]
+        prefixed = self._slot.using(rows) if self._slot is not None else nullcontext()
+        with prefixed:
+            if self._peft is None:  # no LoRA adapter loaded yet: the base model's weights
+                return self.base.model(**inputs, cache=cache, use_cache=True).logits
+            return self._peft(**inputs, cache=cache, use_cache=True, adapter_names=lora).logits
+
+    def _load(self, name: str, path: Path) -> None:
+        """Load the adapter saved at ``path`` as ``name``: into peft (LoRA) or as a prefix."""
+        from reverie.model.prefix import KVPrefix, adapter_kind, install
+
+        if adapter_kind(path) == "prefix":
+            self._slot = self._slot or install(self.base.model)
+            self._prefixes[name] = KVPrefix.load(path, self.base.model).to(self.base.device)
+            return
+        from peft import PeftModel
+
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(self.base.model, str(path), adapter_name=name)
+        else:
+            self._peft.load_adapter(str(path), adapter_name=name)
+        self._peft.eval()  # peft takes per-row adapter names only in eval mode
 
     def _activate(self, tenant: str) -> tuple[str, str, Router | None] | None:
         """Load the tenant's current adapter if new; return its name, version and router
@@ -255,15 +283,7 @@ class Responder:
         name = f"{tenant}@{current.version}"
         if name not in self._loaded:
             self.registry.verify(tenant, current.version)
-            from peft import PeftModel
-
-            if self._peft is None:
-                self._peft = PeftModel.from_pretrained(
-                    self.base.model, str(current.path), adapter_name=name
-                )
-            else:
-                self._peft.load_adapter(str(current.path), adapter_name=name)
-            self._peft.eval()  # peft takes per-row adapter names only in eval mode
+            self._load(name, current.path)
             self._loaded[name] = current.version
             self._routers[name] = load_router(current.path)
             logger.info("loaded adapter %s", name)
@@ -277,7 +297,8 @@ class Responder:
         for name in [n for n in self._loaded if n not in busy]:
             if len(self._loaded) <= self._max_adapters:
                 break
-            self._peft.delete_adapter(name)
+            if self._prefixes.pop(name, None) is None:
+                self._peft.delete_adapter(name)
             del self._loaded[name]
             self._routers.pop(name, None)
 

@@ -36,6 +36,27 @@ class TrainSettings(_Section):
         description="distill = KL to the teacher (model with the experience in context) along "
         "its own answers; sft = cross-entropy on the same answers (the baseline).",
     )
+    adapter: Literal["lora", "prefix"] = Field(
+        default="lora",
+        description="The kind of a tenant's first adapter (later versions keep their kind): "
+        "lora = low-rank updates of the weights (peft); prefix = trained keys and values that "
+        "every attention layer reads before the prompt (prefix tuning / Cartridges, "
+        "reverie/model/prefix.py).",
+    )
+    adapter_by_tenant: dict[str, Literal["lora", "prefix"]] = Field(
+        default_factory=dict,
+        description="Tenants whose first adapter is of another kind than `adapter`, e.g. "
+        '{"alice": "prefix"}.',
+    )
+    prefix_tokens: int = Field(
+        default=128, ge=2, le=4096, description="Virtual tokens of a new prefix adapter."
+    )
+    prefix_lr_scale: float = Field(
+        default=10.0,
+        gt=0,
+        description="A prefix adapter trains at lr x this (its keys and values are of the "
+        "model's activations' scale, far larger than LoRA's weights).",
+    )
     lora_r: int = Field(default=16, ge=1, le=512, description="LoRA rank of a new adapter.")
     lora_alpha: float = Field(
         default=32.0, gt=0, description="LoRA scaling numerator (the update is scaled by alpha/r)."

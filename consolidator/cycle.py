@@ -51,7 +51,13 @@ from reverie.consolidator.retry import retry_plan
 from reverie.consolidator.routing import cycle_router, routes
 from reverie.consolidator.scoring import sample_bank
 from reverie.consolidator.teacher import AnchorCache, anchor_examples, anchor_prompts, fact_examples
-from reverie.consolidator.train import TrainingInterrupted, deep_layers, student_model, train
+from reverie.consolidator.train import (
+    TrainingInterrupted,
+    deep_layers,
+    start_adapter,
+    student_model,
+    train,
+)
 from reverie.consolidator.transfer import cycle_transfer
 from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.buffer import Buffer
@@ -182,7 +188,7 @@ class Consolidator:
             self.registry.verify(tenant, current.version)
         lineage = self.registry.lineage(tenant) if current else []
         raw_controls = self.controls.sample(s.consolidation.control_budget, recipe.seed)
-        model = student_model(self.base, current.path if current else None, recipe)
+        model = student_model(self.base, current.path if current else None, recipe, tenant)
 
         def stop_point(stage: str) -> None:
             if should_stop is not None and should_stop():
@@ -237,6 +243,7 @@ class Consolidator:
                     f"{transfer.digest()}:{current.version if current else ''}:{attempt}"
                     f":{precision}:{len(examples)}"
                 )  # a checkpoint from another precision would not finish with the same weights
+                start_adapter(model, base, [e.text for e in experiences], recipe)
                 teacher_state = snapshot(model)
                 stats = train(
                     model, examples, recipe, pad_id=base.pad_id, device=base.device,

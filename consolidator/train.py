@@ -38,6 +38,7 @@ from reverie.consolidator.parallel import data_parallel, worker_count
 from reverie.consolidator.precision import frozen_in, matmul_dtype
 from reverie.memory.files import atomic_write_bytes
 from reverie.model.base import BaseModel, attach_adapter, last_layers, lm_parts
+from reverie.model.prefix import PrefixModel
 
 __all__ = [
     "Example",
@@ -48,6 +49,8 @@ __all__ = [
     "deep_layers",
     "lr_factor",
     "mean_loss",
+    "start_adapter",
+    "student_model",
     "train",
     "training_kernels",
 ]
@@ -338,9 +341,8 @@ def train(
         raise ValueError("the model has no trainable parameters (wrap it with a LoRA adapter)")
     # the fused kernel updates every tensor in one pass (half the foreach step's time on CPU)
     fused = device.type in ("cpu", "cuda") and all(p.dtype == torch.float32 for p in params)
-    optimizer = torch.optim.AdamW(
-        params, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused
-    )
+    peak = settings.lr * (settings.prefix_lr_scale if isinstance(model, PrefixModel) else 1.0)
+    optimizer = torch.optim.AdamW(params, lr=peak, weight_decay=settings.weight_decay, fused=fused)
     plan = batches([len(e) for e in examples], settings.batch_size, settings.epochs, settings.seed)
     dtype = matmul_dtype(settings.precision, device)
     stats = TrainStats(precision=str(dtype).removeprefix("torch."))
@@ -368,7 +370,7 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 parts, summed = _backward(model, batch, batch, settings, pad_id, device)
             for param_group in optimizer.param_groups:
-                param_group["lr"] = settings.lr * lr_factor(
+                param_group["lr"] = peak * lr_factor(
                     step, len(plan), settings.warmup, settings.schedule
                 )
             with record_function("optimizer"):
@@ -463,9 +465,20 @@ def deep_layers(base: BaseModel, settings: TrainSettings) -> list[int]:
     return hidden_layer_ids(int(base.model.config.num_hidden_layers), settings.hidden_layers)
 
 
-def student_model(base: BaseModel, path: Path | None, recipe: TrainSettings) -> Any:
+def adapter_kind_for(recipe: TrainSettings, tenant: str) -> str:
+    """The kind of ``tenant``'s first adapter."""
+    return recipe.adapter_by_tenant.get(tenant, recipe.adapter)
+
+
+def student_model(
+    base: BaseModel, path: Path | None, recipe: TrainSettings, tenant: str = ""
+) -> Any:
     """The student: the tenant's adapter saved at ``path``, trainable, or a fresh one (from the
-    recipe's LoRA settings) before the tenant's first version."""
+    recipe's settings) before the tenant's first version. A fresh prefix adapter is made from
+    the cycle's experiences when training starts (:func:`start_adapter`); until then it answers
+    as the base model, as a fresh LoRA adapter does."""
+    if path is None and adapter_kind_for(recipe, tenant) == "prefix":
+        return PrefixModel(base.model, None)
     lora = None
     if path is None:
         lora = {
@@ -476,3 +489,14 @@ def student_model(base: BaseModel, path: Path | None, recipe: TrainSettings) -> 
             **last_layers(base, recipe.lora_layers),
         }
     return attach_adapter(base, path, trainable=True, seed=recipe.seed, lora=lora)
+
+
+def start_adapter(model: Any, base: BaseModel, texts: Sequence[str], recipe: TrainSettings) -> None:
+    """Make a fresh prefix adapter from the base model's keys and values over ``texts`` (the
+    cycle's experiences, as a system turn: the template's first token is the frozen attention
+    sink); no-op for LoRA and for a prefix a version before made."""
+    if not isinstance(model, PrefixModel) or model.prefix is not None:
+        return
+    turn = [{"role": "system", "content": "\n".join(texts)}]
+    ids = base.tokenizer.apply_chat_template(turn, tokenize=True, return_dict=False)
+    model.start(list(ids), recipe.prefix_tokens, frozen=1)

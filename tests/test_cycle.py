@@ -30,6 +30,7 @@ def settings_for(
     gate: dict[str, float] | None = None,
     transfer: dict[str, Any] | None = None,
     consolidation: dict[str, Any] | None = None,
+    train: dict[str, Any] | None = None,
 ) -> Settings:
     """A small, fast recipe on the tiny model with the gate open; each section's fields can
     be overridden."""
@@ -44,7 +45,13 @@ def settings_for(
             "max_items_per_experience": 6,
             **(transfer or {}),
         },
-        train={"epochs": 2, "batch_size": 4, "lora_r": 4, "target_modules": ["q_proj", "v_proj"]},
+        train={
+            "epochs": 2,
+            "batch_size": 4,
+            "lora_r": 4,
+            "target_modules": ["q_proj", "v_proj"],
+            **(train or {}),
+        },
         consolidation={"anchor_ratio": 0.5, "retention_budget": 10, **(consolidation or {})},
         gate={"min_efficacy": 0.0, "min_retention": 0.0, "min_locality": 0.0, **(gate or {})},
     )
@@ -118,6 +125,60 @@ def test_second_cycle_replays_and_probes_retention(
     assert second.probes["retention"]["n"] == 2  # the first cycle's probes
     manifest = AdapterRegistry(tmp_path / "data" / "adapters").get("alice", "v0002").manifest
     assert manifest["parent"] == "v0001"
+
+
+def test_a_prefix_tenant_is_trained_continued_and_served_beside_a_lora_tenant(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
+) -> None:
+    """alice's adapter is a prefix (adapter_by_tenant), bob's LoRA: each cycle writes its kind,
+    alice's second version continues her first prefix, and the server decodes both tenants and
+    the base model in one batch with the tokens each gives alone."""
+    from reverie.agent.chat import Responder
+    from reverie.model.base import attach_adapter
+    from reverie.model.batcher import BASE_ADAPTER, DecodeRequest
+    from reverie.model.generate import generate_ids
+    from reverie.model.prefix import PREFIX_CONFIG, KVPrefix
+
+    train = {"adapter_by_tenant": {"alice": "prefix"}, "prefix_tokens": 6}
+    settings = settings_for(tmp_path, tiny_model_dir, train=train)
+    buffer.add(make_experience("Bob's bike is red.", tenant="bob", id="bike"), np.ones(4, "f4"))
+    c = consolidator(settings, buffer, tiny_base)
+    assert c.run_cycle("alice").outcome == "promoted"
+    assert c.run_cycle("bob").outcome == "promoted"
+    registry = AdapterRegistry(tmp_path / "data" / "adapters")
+    first = registry.get("alice", "v0001").path
+    assert (first / PREFIX_CONFIG).exists() and not (first / "adapter_config.json").exists()
+    assert (registry.get("bob", "v0001").path / "adapter_config.json").exists()
+    buffer.add(make_experience("The gym code is 4417.", tenant="alice", id="gym"), np.ones(4, "f4"))
+    assert c.run_cycle("alice").version == "v0002"
+    one, two = KVPrefix.load(first), KVPrefix.load(registry.get("alice", "v0002").path)
+    assert one.tokens == two.tokens == 6
+    assert torch.equal(one.frozen, two.frozen)  # the attention sink, never trained
+    assert not torch.equal(one.trained, two.trained)  # trained on from v0001
+
+    prompts = [tiny_base.tokenizer(t)["input_ids"] for t in ("Gym code?", "Bike?", "Hi there")]
+    expected = []
+    for tenant, prompt in zip(["alice", "bob"], prompts, strict=False):
+        model = attach_adapter(tiny_base, registry.current(tenant).path)  # type: ignore[union-attr]
+        expected.append(generate_ids(model, [prompt], eos_id=-1, pad_id=0, max_new_tokens=5)[0])
+        model.unload()
+    expected.append(generate_ids(tiny_base.model, prompts[2:], eos_id=-1, pad_id=0,
+                                 max_new_tokens=5)[0])  # fmt: skip
+    assert expected[0] != generate_ids(tiny_base.model, prompts[:1], eos_id=-1, pad_id=0,
+                                       max_new_tokens=5)[0]  # fmt: skip
+
+    responder = Responder(settings, registry=registry, base=tiny_base)
+    names = [responder._activate(t)[0] for t in ("alice", "bob")]  # type: ignore[index]
+    batcher = responder.batcher
+    batcher.eos_id = -1
+    requests = [DecodeRequest(p, 5, adapter=a) for p, a in zip(prompts, [*names, BASE_ADAPTER],
+                                                                strict=True)]  # fmt: skip
+    with batcher.exclusive():  # all three join the batch at the same step
+        for r in requests:
+            batcher.submit(r)
+    for r in requests:
+        batcher.wait(r)
+    assert [r.ids for r in requests] == expected
 
 
 def test_rejected_cycle_keeps_experiences_buffered_then_gives_up(

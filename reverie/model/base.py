@@ -218,16 +218,24 @@ def attach_adapter(
     lora: dict[str, Any] | None = None,
     seed: int = 0,
 ) -> Any:
-    """Wrap the base model with a LoRA adapter: the one saved at ``path``, or (with ``lora``
-    arguments for ``peft.LoraConfig``) a fresh one. Undo with ``model.unload()``.
+    """Wrap the base model with an adapter: the one saved at ``path`` (LoRA or a prefix:
+    :mod:`reverie.model.prefix`), or (with ``lora`` arguments for ``peft.LoraConfig``) a fresh
+    LoRA adapter. Undo with ``model.unload()``.
 
     peft injects the adapter's layers into the base model in place, so one process holds one
     attached adapter at a time.
     """
     from peft import LoraConfig, PeftModel, get_peft_model
 
+    from reverie.model.prefix import KVPrefix, PrefixModel, adapter_kind
+
     torch.manual_seed(seed)  # a fresh adapter's A matrices are random
-    if path is not None:
+    model: Any
+    if path is not None and adapter_kind(path) == "prefix":
+        prefix = KVPrefix.load(path, base.model).to(base.device)
+        prefix.trained.requires_grad_(trainable)
+        model = PrefixModel(base.model, prefix)
+    elif path is not None:
         model = PeftModel.from_pretrained(base.model, str(path), is_trainable=trainable)
     elif lora is not None:
         config = LoraConfig(task_type="CAUSAL_LM", bias="none", **lora)
