@@ -64,6 +64,7 @@ from reverie.memory.buffer import Buffer
 from reverie.memory.embedder import Embedder
 from reverie.model.base import BaseModel, load_base, merged
 from reverie.model.forked import forking
+from reverie.model.prefix import kind_of
 
 __all__ = ["Consolidator", "CycleResult"]
 
@@ -283,6 +284,7 @@ class Consolidator:
                 manifest = version_manifest(
                     parent=current.version if current else None,
                     base_model=base.name,
+                    adapter=kind_of(model),
                     attempt=attempt,
                     pending=pending,
                     settings=s,

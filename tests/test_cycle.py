@@ -149,6 +149,8 @@ def test_a_prefix_tenant_is_trained_continued_and_served_beside_a_lora_tenant(
     first = registry.get("alice", "v0001").path
     assert (first / PREFIX_CONFIG).exists() and not (first / "adapter_config.json").exists()
     assert (registry.get("bob", "v0001").path / "adapter_config.json").exists()
+    assert registry.get("alice", "v0001").manifest["adapter"] == "prefix"
+    assert registry.get("bob", "v0001").manifest["adapter"] == "lora"
     buffer.add(make_experience("The gym code is 4417.", tenant="alice", id="gym"), np.ones(4, "f4"))
     assert c.run_cycle("alice").version == "v0002"
     one, two = KVPrefix.load(first), KVPrefix.load(registry.get("alice", "v0002").path)

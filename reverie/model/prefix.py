@@ -42,6 +42,7 @@ __all__ = [
     "Slot",
     "adapter_kind",
     "install",
+    "kind_of",
     "prefix_from_ids",
     "uninstall",
 ]
@@ -123,6 +124,11 @@ class KVPrefix(torch.nn.Module):
 def adapter_kind(path: Path) -> str:
     """``"prefix"`` or ``"lora"``: what the adapter directory at ``path`` holds."""
     return "prefix" if (path / PREFIX_CONFIG).exists() else "lora"
+
+
+def kind_of(model: Any) -> str:
+    """``"prefix"`` or ``"lora"``: the kind of adapter ``model`` carries."""
+    return "prefix" if isinstance(model, PrefixModel) else "lora"
 
 
 @dataclass
