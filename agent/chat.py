@@ -344,6 +344,15 @@ class Responder:
             routed = name is not None and (
                 router is None or query is None or bool(router.routes(query[None])[0])
             )
+            prefix = self._prefixes.get(name) if routed and name is not None else None
+            if prefix is not None and prefix.tokens + len(prompt) + limit > context:
+                raise InvalidInputError(
+                    "messages",
+                    f"the tenant's prefix adapter holds {prefix.tokens:,} tokens before the "
+                    f"prompt's {len(prompt):,} and the {limit} to generate, over the model's "
+                    f"{context:,}-token context: send fewer or shorter messages, or lower "
+                    "max_tokens",
+                )
             request = batcher.submit(
                 DecodeRequest(
                     prompt,

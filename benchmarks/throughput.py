@@ -139,7 +139,7 @@ def profile_step(
     torch.set_num_threads(threads)
     loaded = base.model.config._attn_implementation
     base.model.set_attn_implementation(attention)
-    settings = TrainSettings(precision=precision)  # type: ignore[arg-type]
+    settings = TrainSettings(precision=precision, adapter="lora")  # type: ignore[arg-type]
     model = student_model(base, None, settings)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)  # as training makes it
@@ -231,7 +231,7 @@ def precision_drift(base: Any, adapter_scale: float = 2e-3) -> dict[str, dict[st
     from reverie.consolidator.train import student_model
     from reverie.model.base import lm_parts
 
-    model = student_model(base, None, TrainSettings())
+    model = student_model(base, None, TrainSettings(adapter="lora"))
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, param in model.named_parameters():

@@ -244,8 +244,8 @@ class Consolidator:
                     f"{transfer.digest()}:{current.version if current else ''}:{attempt}"
                     f":{precision}:{len(examples)}"
                 )  # a checkpoint from another precision would not finish with the same weights
+                teacher_state = snapshot(model)  # empty for a prefix made just below
                 start_adapter(model, base, [e.text for e in experiences], recipe)
-                teacher_state = snapshot(model)
                 stats = train(
                     model, examples, recipe, pad_id=base.pad_id, device=base.device,
                     checkpoint=self._work / tenant / "checkpoint.pt", run_key=run_key,

@@ -65,7 +65,9 @@ def on_policy_examples(
     max_new_tokens: int,
 ) -> list[Example]:
     """The student's greedy answers to the chat items' prompts, with the targets of the teacher
-    (``model`` under ``teacher_state``, experience in context) along them."""
+    (``model`` under ``teacher_state``, experience in context) along them. An empty
+    ``teacher_state`` (a prefix adapter made in this cycle: there was none before) is the
+    model with its adapter off."""
     chat = [i for i in items if not i.raw]
     prompts = [prompt_ids(base, fmt, i, "student") for i in chat]
     with merged(model):
@@ -78,7 +80,8 @@ def on_policy_examples(
             device=base.device,
         )
     keep = [i for i, a in enumerate(answers) if a]
-    with adapter_state(model, teacher_state), merged(model):
+    teacher = adapter_state(model, teacher_state) if teacher_state else model.disable_adapter()
+    with teacher, merged(model):
         targets = teacher_targets(
             model,
             [prompt_ids(base, fmt, chat[i], "teacher") for i in keep],

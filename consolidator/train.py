@@ -1,4 +1,4 @@
-"""The training loop: one LoRA adapter, one readable loop, seeded and resumable.
+"""The training loop: one adapter (LoRA or a prefix), one readable loop, seeded and resumable.
 
 Each example is a student prompt (no experience in it), the answer tokens to follow, and the
 teacher's top-k distribution at each answer position. Steps are length-bucketed shuffled batches;
@@ -44,6 +44,7 @@ __all__ = [
     "Example",
     "TrainStats",
     "TrainingInterrupted",
+    "adapter_kind_for",
     "batch_loss",
     "batches",
     "deep_layers",
@@ -328,7 +329,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> TrainStats:
-    """Train ``model``'s trainable (LoRA) parameters on ``examples``; returns statistics.
+    """Train ``model``'s trainable (adapter) parameters on ``examples``; returns statistics.
 
     ``checkpoint`` (with ``run_key`` naming what is being trained) enables resume. After each
     step ``on_step(step)`` is called, then ``should_stop()``: if it returns True, a checkpoint is
@@ -338,7 +339,10 @@ def train(
     torch.manual_seed(settings.seed)
     params = _trainable(model)
     if not params:
-        raise ValueError("the model has no trainable parameters (wrap it with a LoRA adapter)")
+        raise ValueError(
+            "the model has no trainable parameters: wrap it with an adapter "
+            "(student_model), and start a fresh prefix adapter (start_adapter) before training"
+        )
     # the fused kernel updates every tensor in one pass (half the foreach step's time on CPU)
     fused = device.type in ("cpu", "cuda") and all(p.dtype == torch.float32 for p in params)
     peak = settings.lr * (settings.prefix_lr_scale if isinstance(model, PrefixModel) else 1.0)
@@ -497,6 +501,12 @@ def start_adapter(model: Any, base: BaseModel, texts: Sequence[str], recipe: Tra
     sink); no-op for LoRA and for a prefix a version before made."""
     if not isinstance(model, PrefixModel) or model.prefix is not None:
         return
+    context = int(getattr(base.model.config, "max_position_embeddings", 2048))
+    if recipe.prefix_tokens >= context // 2:
+        raise ValueError(
+            f"train.prefix_tokens ({recipe.prefix_tokens}) leaves too little of the base "
+            f"model's {context}-token context for prompts: set it under {context // 2}"
+        )
     turn = [{"role": "system", "content": "\n".join(texts)}]
     ids = base.tokenizer.apply_chat_template(turn, tokenize=True, return_dict=False)
     model.start(list(ids), recipe.prefix_tokens, frozen=1)

@@ -128,7 +128,11 @@ def test_second_cycle_replays_and_probes_retention(
 
 
 def test_a_prefix_tenant_is_trained_continued_and_served_beside_a_lora_tenant(
-    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    tiny_base: Any,
+    buffer: Buffer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """alice's adapter is a prefix (adapter_by_tenant), bob's LoRA: each cycle writes its kind,
     alice's second version continues her first prefix, and the server decodes both tenants and
@@ -152,7 +156,13 @@ def test_a_prefix_tenant_is_trained_continued_and_served_beside_a_lora_tenant(
     assert registry.get("alice", "v0001").manifest["adapter"] == "prefix"
     assert registry.get("bob", "v0001").manifest["adapter"] == "lora"
     buffer.add(make_experience("The gym code is 4417.", tenant="alice", id="gym"), np.ones(4, "f4"))
+
+    def never(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a second version must continue the first prefix, not start one")
+
+    monkeypatch.setattr("reverie.model.prefix.prefix_from_ids", never)
     assert c.run_cycle("alice").version == "v0002"
+    monkeypatch.undo()
     one, two = KVPrefix.load(first), KVPrefix.load(registry.get("alice", "v0002").path)
     assert one.tokens == two.tokens == 6
     assert torch.equal(one.frozen, two.frozen)  # the attention sink, never trained

@@ -19,6 +19,10 @@ runs a prefix adapter without knowing about it.
 
 Rows of one batch may carry different prefixes or none (serving): a :class:`Slot` holds one
 prefix for every row, or one per row.
+
+The cost: in every layer and step the prefix's keys and values are concatenated in front of the
+layer's (a copy of that layer's cached keys and values) and the mask rebuilt, and every query
+attends to ``P`` more keys.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ __all__ = [
     "Slot",
     "adapter_kind",
     "install",
+    "installed",
     "kind_of",
     "prefix_from_ids",
     "uninstall",
@@ -62,7 +67,10 @@ class KVPrefix(torch.nn.Module):
     def __init__(self, layers: int, kv_heads: int, tokens: int, head_dim: int, frozen: int = 1):
         super().__init__()
         if tokens < 1 or not 0 <= frozen < tokens:
-            raise ValueError(f"a prefix needs 1 <= tokens and 0 <= frozen < tokens: {tokens=}")
+            raise ValueError(
+                f"a prefix needs 0 <= frozen < tokens (at least one trained token): "
+                f"{tokens=}, {frozen=}"
+            )
         shape = (layers, 2, kv_heads)
         self.frozen = torch.nn.Parameter(torch.zeros(*shape, frozen, head_dim), requires_grad=False)
         self.trained = torch.nn.Parameter(torch.zeros(*shape, tokens - frozen, head_dim))
@@ -99,13 +107,14 @@ class KVPrefix(torch.nn.Module):
         from safetensors.torch import load_file
 
         config = json.loads((path / PREFIX_CONFIG).read_text())
-        prefix = cls(
-            config["layers"],
-            config["kv_heads"],
-            config["tokens"],
-            config["head_dim"],
-            config["frozen"],
-        )
+        fields = ("layers", "kv_heads", "tokens", "head_dim", "frozen")
+        missing = [f for f in fields if not isinstance(config.get(f), int)]
+        if missing:
+            raise ValueError(
+                f"{path / PREFIX_CONFIG} lacks the integer field(s) {missing}: the adapter "
+                "directory is damaged; roll the tenant back to another version"
+            )
+        prefix = cls(*(config[f] for f in fields))
         if model is not None:
             want = _shape(model)
             got = (prefix.frozen.shape[0], prefix.frozen.shape[2], prefix.frozen.shape[4])
@@ -176,7 +185,10 @@ def _prefix_kv(
         shape = (batch, *kv.shape[1:])
         return kv[0].unsqueeze(0).expand(shape), kv[1].unsqueeze(0).expand(shape), None
     if len(active) != batch:
-        raise ValueError(f"{len(active)} rows' prefixes for a batch of {batch}")
+        raise ValueError(
+            f"the slot names prefixes for {len(active)} rows but the batch has {batch}: set "
+            "one per row (None for a row without)"
+        )
     longest = max((p.tokens for p in active if p is not None), default=0)
     if not longest:
         return None
@@ -192,23 +204,36 @@ def _prefix_kv(
 
 
 def _with_prefix(
-    mask: torch.Tensor | None, open_: torch.Tensor | None, batch: int, q: int, kv: int, p: int
+    mask: torch.Tensor | None,
+    open_: torch.Tensor | None,
+    query: torch.Tensor,
+    kv: int,
+    p: int,
+    additive: bool,
 ) -> torch.Tensor:
     """The attention mask with ``p`` prefix columns in front: open where ``open_`` says (all
-    when None). ``mask`` is the kernel's: None (plain causal), boolean (True attends) or
-    additive float, ``[B or 1, 1, q, >= kv]``."""
-    device = open_.device if open_ is not None else (mask.device if mask is not None else None)
-    if mask is None:  # causal: query i is the (kv - q + i)-th key
+    when None). ``mask`` is the kernel's: None (plain causal: a prefill without a cache, or one
+    query), boolean (True attends) or additive float, ``[B or 1, 1, q, >= kv]``. ``additive``:
+    the kernel adds the mask to the scores (eager), so a boolean one is converted."""
+    batch, q, device = query.shape[0], query.shape[2], query.device
+    if mask is None:
+        if q != kv and q != 1:  # transformers passes None only for these two
+            raise ValueError(f"no mask for {q} queries over {kv} keys: a static cache?")
         mask = torch.ones(q, kv, dtype=torch.bool, device=device).tril(kv - q)[None, None]
     mask = mask[..., :kv].expand(batch, -1, q, kv)
-    front = torch.ones(batch, 1, q, p, dtype=torch.bool, device=mask.device)
+    front = torch.ones(batch, 1, q, p, dtype=torch.bool, device=device)
     if open_ is not None:
         front = front & open_[:, None, None, :]
-    if mask.dtype != torch.bool:  # additive
-        front = torch.zeros_like(front, dtype=mask.dtype).masked_fill(
-            ~front, torch.finfo(mask.dtype).min
+    full = torch.cat([front, mask.to(torch.bool)], -1) if mask.dtype == torch.bool else None
+    if full is not None and not additive:
+        return full
+    if full is not None:  # to the additive form the kernel expects
+        dtype = query.dtype
+        return torch.zeros(full.shape, dtype=dtype, device=device).masked_fill(
+            ~full, torch.finfo(dtype).min
         )
-    return torch.cat([front, mask], dim=-1)
+    closed = torch.zeros(front.shape, dtype=mask.dtype, device=device)
+    return torch.cat([closed.masked_fill(~front, torch.finfo(mask.dtype).min), mask], -1)
 
 
 def _prefixed(kernel_name: str) -> Any:
@@ -232,9 +257,8 @@ def _prefixed(kernel_name: str) -> Any:
         if extra is None:
             return kernel(module, query, key, value, attention_mask, **kwargs)
         keys, values, open_ = extra
-        mask = _with_prefix(
-            attention_mask, open_, key.shape[0], query.shape[2], key.shape[2], keys.shape[2]
-        )
+        additive = kernel_name == "eager"
+        mask = _with_prefix(attention_mask, open_, query, key.shape[2], keys.shape[2], additive)
         key, value = torch.cat([keys, key], dim=2), torch.cat([values, value], dim=2)
         return kernel(module, query, key, value, mask, **kwargs)
 
@@ -255,21 +279,31 @@ def _register(kernel_name: str) -> str:
 
     name = _PREFIXED + kernel_name
     if kernel_name not in ("sdpa", "eager"):
-        raise ValueError(f"prefix adapters run on sdpa or eager attention, not {kernel_name!r}")
+        raise ValueError(
+            f"prefix adapters run on sdpa or eager attention, not {kernel_name!r}: set "
+            "model.attention to sdpa or eager"
+        )
     AttentionInterface.register(name, _prefixed(kernel_name))
     AttentionMaskInterface.register(name, ALL_MASK_ATTENTION_FUNCTIONS[kernel_name])
     return name
+
+
+def installed(model: Any) -> bool:
+    """Whether ``model``'s attention runs through the prefix wrapper."""
+    slot = getattr(_attention_modules(model)[0], _SLOT, None)
+    return slot is not None and _inner(model).config._attn_implementation.startswith(_PREFIXED)
 
 
 def install(model: Any) -> Slot:
     """Route ``model``'s attention through the prefix wrapper (once; the same slot after).
     With the slot empty, every output is the model's own."""
     modules = _attention_modules(model)
+    inner = _inner(model)
+    if not inner.config._attn_implementation.startswith(_PREFIXED):
+        inner.set_attn_implementation(_register(inner.config._attn_implementation))
     slot = getattr(modules[0], _SLOT, None)
     if slot is not None:
         return slot
-    inner = _inner(model)
-    inner.set_attn_implementation(_register(inner.config._attn_implementation))
     slot = Slot()
     for module in modules:
         setattr(module, _SLOT, slot)
@@ -332,6 +366,7 @@ class PrefixModel(torch.nn.Module):
         super().__init__()
         self.base_model = model
         self.prefix = prefix
+        self._owns_slot = not installed(model)  # unload leaves another owner's slot alone
         self.slot = install(model)
         self.slot.active = prefix
 
@@ -359,7 +394,9 @@ class PrefixModel(torch.nn.Module):
         self.prefix.save(Path(path))
 
     def unload(self) -> Any:
-        """Detach the prefix; returns the base model, as it was."""
+        """Detach the prefix; returns the base model, as it was (the wrapper stays installed
+        if someone else had installed it)."""
         self.slot.active = None
-        uninstall(self.base_model)
+        if self._owns_slot:
+            uninstall(self.base_model)
         return self.base_model

@@ -16,6 +16,7 @@ from reverie.model.prefix import (
     PrefixModel,
     adapter_kind,
     install,
+    installed,
     prefix_from_ids,
     uninstall,
 )
@@ -76,8 +77,10 @@ def test_a_prefix_from_a_text_is_that_text_before_it(tiny_base: Any, attention: 
         wrapped.unload()
 
 
-def test_rows_carry_their_own_prefix_or_none(tiny_base: Any) -> None:
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_rows_carry_their_own_prefix_or_none(tiny_base: Any, attention: str) -> None:
     model = tiny_base.model
+    model.set_attn_implementation(attention)
     slot = install(model)
     try:
         a = prefix_from_ids(model, _ids(tiny_base, TEXT), tokens=12)
@@ -92,6 +95,11 @@ def test_rows_carry_their_own_prefix_or_none(tiny_base: Any) -> None:
             batch = _logits(model, prompts)  # left-padded: each row's real tokens at the end
         for r, prompt in enumerate(prompts):
             torch.testing.assert_close(batch[r, -len(prompt) :], alone[r], atol=1e-4, rtol=1e-4)
+        plain = _logits(model, prompts[:1])[0]
+        assert not torch.allclose(alone[0], plain, atol=1e-3)  # the prefix did something
+        torch.testing.assert_close(alone[1], _logits(model, prompts[1:2])[0])
+        with slot.using([a, None]), pytest.raises(ValueError, match="one per row"):
+            _logits(model, prompts)
     finally:
         uninstall(model)
 
@@ -112,6 +120,33 @@ def test_generation_with_a_prefix_is_generation_after_its_text(tiny_base: Any) -
     finally:
         wrapped.unload()
     assert ours == plain
+
+
+@pytest.mark.parametrize("extra", [-5, 4])
+def test_a_text_is_cut_or_repeated_to_the_prefix_length(tiny_base: Any, extra: int) -> None:
+    model = tiny_base.model
+    text = _ids(tiny_base, TEXT)
+    tokens = len(text) + extra
+    prompt = _ids(tiny_base, "Who keeps bees?")
+    filled = (text * 2)[:tokens]
+    expected = _logits(model, [filled + prompt])[0, tokens:]
+    wrapped = PrefixModel(model, None)
+    try:
+        wrapped.start(text, tokens=tokens)
+        torch.testing.assert_close(_logits(wrapped, [prompt])[0], expected, atol=1e-4, rtol=1e-4)
+    finally:
+        wrapped.unload()
+
+
+def test_unload_leaves_another_owners_wrapper_installed(tiny_base: Any) -> None:
+    model = tiny_base.model
+    slot = install(model)  # as the server does before a tenant's prefix model comes and goes
+    try:
+        PrefixModel(model, None).unload()
+        assert installed(model) and install(model) is slot
+    finally:
+        uninstall(model)
+    assert not installed(model)
 
 
 def test_only_the_trained_tokens_learn_and_the_base_does_not(tiny_base: Any) -> None:
