@@ -88,6 +88,10 @@ def base_control_answers(
     return answers
 
 
+def _logp(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(model(input_ids=ids, use_cache=False).logits[0, :-1].float(), -1)
+
+
 @torch.no_grad()
 def text_kl(base: BaseModel, model: Any, texts: Sequence[str]) -> float:
     """Mean per-token KL(base || model) over ``texts`` (the base = ``model`` with its adapter
@@ -97,8 +101,8 @@ def text_kl(base: BaseModel, model: Any, texts: Sequence[str]) -> float:
     for text in texts:
         ids = torch.tensor([encode(base.tokenizer, text)], device=base.device)
         with disable() if disable else nullcontext():
-            ref = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
-        cur = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+            ref = _logp(model, ids)
+        cur = _logp(model, ids)
         total += float(kl_to_reference(ref, cur).sum())
         count += ref.shape[0]
     return total / max(1, count)

@@ -214,9 +214,14 @@ def batch_loss(
     cols = torch.cat([answer_positions(len(e.prompt_ids), len(e.answer_ids)) for e in batch])
     deep = settings.method == "distill" and settings.hidden_weight > 0
     deep = deep and any(e.targets.hidden is not None for e in batch)
+    # use_cache=False: the body would otherwise default to the config's True and copy every
+    # layer's keys and values into a cache that training never reads (8% of a step)
     with record_function("body"):
         out = body(
-            input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=deep
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            output_hidden_states=deep,
+            use_cache=False,
         )
     # The LM head runs at answer positions only (most of a sequence is prompt), forward in the
     # head's own dtype whatever the body's matmuls ran in: bfloat16 logits (3 significant digits

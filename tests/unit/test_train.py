@@ -297,3 +297,23 @@ def test_train_runs_its_steps_through_the_training_kernels(
     mean_loss(model, exs, settings, pad_id=tiny_base.pad_id)
     assert entered == [torch.bfloat16, torch.bfloat16]
     model.unload()
+
+
+def test_a_training_step_builds_no_kv_cache(tiny_base: Any, monkeypatch: Any) -> None:
+    """The body's config says use_cache=True; training must not fill a cache it never reads."""
+    import transformers.cache_utils as cache_utils
+
+    model = lora(tiny_base)
+    exs = examples(tiny_base, model)
+    built: list[int] = []
+    original = cache_utils.DynamicCache.__init__
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> None:
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cache_utils.DynamicCache, "__init__", counting)
+    assert tiny_base.model.config.use_cache  # the default this test guards against
+    loss, _, _ = batch_loss(model, exs, TrainSettings(), pad_id=tiny_base.pad_id)
+    loss.backward()
+    assert built == []
