@@ -75,11 +75,22 @@ class TrainSettings(_Section):
         description="Adapt only the last N decoder layers (None = all). Backpropagation stops "
         "below the lowest adapted layer, so fewer layers train faster.",
     )
-    lr: float = Field(default=1.5e-3, gt=0, le=1.0, description="Peak AdamW learning rate.")
+    lr: float = Field(
+        default=2.1e-3,
+        gt=0,
+        le=1.0,
+        description="Peak AdamW learning rate (1.5e-3 x sqrt(2) since batches went from 8 to 16).",
+    )
     epochs: int = Field(
         default=6, ge=1, le=100, description="Passes over the cycle's examples (first attempt)."
     )
-    batch_size: int = Field(default=8, ge=1, description="Examples per optimiser step.")
+    batch_size: int = Field(
+        default=16,
+        ge=1,
+        description="Examples per optimiser step. A CPU step's time is mostly per-operation "
+        "overhead at this model's size, so 16 short examples train about 1.25x faster per token "
+        "than 8, with the tuning split's scores within noise (README, Results).",
+    )
     warmup: float = Field(default=0.05, ge=0, lt=1, description="Share of steps warming up.")
     schedule: Literal["cosine", "linear", "constant"] = Field(
         default="cosine", description="Learning-rate decay after the warm-up."
