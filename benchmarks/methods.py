@@ -156,7 +156,8 @@ class MethodRun:
                 prefix = encode(tok, context + "\n") if context else [self.base.eos_id]
                 ids = encode(tok, text)
                 x = torch.tensor([prefix + ids], device=self.base.device)
-                logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].float(), -1)
+                logits = model(input_ids=x, use_cache=False).logits
+                logp = torch.log_softmax(logits[0, :-1].float(), -1)
                 targets = x[0, 1:]
                 picked = logp.gather(-1, targets[:, None]).squeeze(-1)
                 out.append(float(picked[len(prefix) - 1 :].sum()))

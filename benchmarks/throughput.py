@@ -8,12 +8,12 @@ Four parts, in one run:
 1. **Peak.** The matmul throughput torch reaches here, float32 and bfloat16, at each thread
    count: the median of repeated products shaped like training's (tokens x 576 x 1536) and one
    large square product; the best of those is the peak.
-2. **One training step, profiled.** A batch shaped like a cycle's (8 examples of 15-40 prompt and
-   3-20 answer tokens, random tokens: only shapes matter for speed, bucketed by length as
-   training buckets them) trained in float32 and in bfloat16 (training's scheme), each with the
-   SDPA and the eager attention kernel, at each thread count. Its FLOPs are counted by
-   ``torch.utils.flop_counter`` (every matmul, forward and backward, as executed, padding
-   included); its time is split by the loop's own labels (body, LM head, loss, backward,
+2. **One training step, profiled.** A batch shaped like a cycle's (``train.batch_size`` examples
+   of 15-40 prompt and 3-20 answer tokens, random tokens: only shapes matter for speed, bucketed
+   by length as training buckets them) trained in float32 and in bfloat16 (training's scheme),
+   each with the SDPA and the eager attention kernel, at each thread count. Its FLOPs are
+   counted by ``torch.utils.flop_counter`` (every matmul, forward and backward, as executed,
+   padding included); its time is split by the loop's own labels (body, LM head, loss, backward,
    optimiser) and by operator kind (matmul, attention, element-wise, copies and casts, other),
    plus what no operator accounts for (Python and dispatch). Model FLOP utilisation (MFU) =
    counted FLOPs / step time / peak at the step's precision and thread count.
@@ -143,7 +143,7 @@ def profile_step(
     model = student_model(base, None, settings)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)  # as training makes it
-    batch = _batch(0)
+    batch = _batch(0, settings.batch_size)
 
     def step() -> int:
         loss, _, tokens = batch_loss(model, batch, settings, pad_id=base.pad_id)
@@ -271,7 +271,7 @@ def precision_drift(base: Any, adapter_scale: float = 2e-3) -> dict[str, dict[st
     def logits(scheme: str, adapter: bool) -> torch.Tensor:
         off = contextlib.nullcontext() if adapter else model.disable_adapter()
         with torch.no_grad(), off, schemes[scheme]():
-            hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+            hidden = body(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         return head(hidden.float())[mask.bool()].float()
 
     try:

@@ -79,7 +79,8 @@ class TrainSettings(_Section):
         default=2.1e-3,
         gt=0,
         le=1.0,
-        description="Peak AdamW learning rate (1.5e-3 x sqrt(2) since batches went from 8 to 16).",
+        description="Peak AdamW learning rate at batch_size 16 (1.5e-3, tuned at 8, times "
+        "sqrt(16/8)); rescale by the square root of the ratio when changing batch_size.",
     )
     epochs: int = Field(
         default=6, ge=1, le=100, description="Passes over the cycle's examples (first attempt)."
@@ -87,9 +88,9 @@ class TrainSettings(_Section):
     batch_size: int = Field(
         default=16,
         ge=1,
-        description="Examples per optimiser step. A CPU step's time is mostly per-operation "
-        "overhead at this model's size, so 16 short examples train about 1.25x faster per token "
-        "than 8, with the tuning split's scores within noise (README, Results).",
+        description="Examples per optimiser step. A CPU step's time is mostly outside the "
+        "products at this model's size, so 16 short examples train faster per token than 8, "
+        "with the tuning split's scores within noise (README, Results).",
     )
     warmup: float = Field(default=0.05, ge=0, lt=1, description="Share of steps warming up.")
     schedule: Literal["cosine", "linear", "constant"] = Field(

@@ -215,7 +215,7 @@ def batch_loss(
     deep = settings.method == "distill" and settings.hidden_weight > 0
     deep = deep and any(e.targets.hidden is not None for e in batch)
     # use_cache=False: the body would otherwise default to the config's True and copy every
-    # layer's keys and values into a cache that training never reads (8% of a step)
+    # layer's keys and values into a cache that training never reads
     with record_function("body"):
         out = body(
             input_ids=ids.to(device),
