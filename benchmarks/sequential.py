@@ -96,6 +96,7 @@ def run_config(
             )
             result = consolidator.run_cycle("seq")
             loc = result.probes.get("locality") or {}
+            scores = gate_scores(result.probes)
             outcomes.append(
                 {
                     "cycle": c + 1,
@@ -103,7 +104,13 @@ def run_config(
                     "version": result.version,
                     "reasons": list(result.reasons),
                     "locality": loc.get("ratio"),  # raw: the adapter answers every control
-                    "served_locality": gate_scores(result.probes).get("locality"),
+                    "served_locality": scores.get("locality"),
+                    # what the gate read besides locality, and how far the candidate's next-token
+                    # distributions on control text are from the base model's (it adds up over
+                    # versions: each candidate starts from the current one)
+                    "efficacy_over_ceiling": scores.get("efficacy_over_ceiling"),
+                    "retention": scores.get("retention"),
+                    "control_kl": loc.get("mean_kl"),
                     "experiences": len(result.experience_ids),
                     "seconds": round(sum(result.timings.values()), 1),
                 }
