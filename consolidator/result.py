@@ -138,9 +138,9 @@ def summary_table(results: Sequence[dict[str, Any]]) -> str:
 
 
 def gate_scores(probes: dict[str, Any]) -> dict[str, float]:
-    """The gate's inputs from a cycle's probe report: efficacy/ceiling, locality and retention
-    as served (raw where no router ran) and raw locality; a score that was not measured (no
-    earlier facts to retain) is absent."""
+    """The gate's inputs from a cycle's probe report: efficacy/ceiling and locality as served
+    (raw where no router ran), retention and raw locality with the adapter answering every
+    question; a score that was not measured (no earlier facts to retain) is absent."""
     served = probes.get("served") or {}
     retention = probes.get("retention") or {}
     picks = {
