@@ -135,10 +135,14 @@ def replay_pool(lineage: Sequence[VersionInfo]) -> list[TransferItem]:
     return [TransferItem.from_json(r) for r in _promoted_rows(lineage, TRANSFER)]
 
 
-def replay_sample(lineage: Sequence[VersionInfo], n: int, rng: random.Random) -> list[TransferItem]:
-    """``n`` items (at most) drawn from the replay pool, marked as replayed."""
+def replay_sample(
+    lineage: Sequence[VersionInfo], n: int | None, rng: random.Random
+) -> list[TransferItem]:
+    """``n`` items (at most; None: all of them) drawn from the replay pool, marked as
+    replayed."""
     pool = replay_pool(lineage)
-    return [replace(i, strategy="replay") for i in rng.sample(pool, min(n, len(pool)))]
+    k = len(pool) if n is None else min(n, len(pool))
+    return [replace(i, strategy="replay") for i in rng.sample(pool, k)]
 
 
 def probe_bank(lineage: Sequence[VersionInfo]) -> list[Probe]:

@@ -13,9 +13,10 @@
                 pointer if promoted, then mark the experiences      (consolidator.artifact)
 
 This module only wires: each stage is a call that returns a value. A rejected cycle leaves its
-experiences buffered and recallable; the next cycle retries them (gentler after a locality
-rejection, longer after any other: :mod:`consolidator.retry`) until ``gate.max_attempts``, after
-which they are marked unconsolidated.
+experiences buffered and recallable; the next cycle retries them (gentler and from a fresh
+adapter over every consolidated item after a locality rejection, longer after any other:
+:mod:`consolidator.retry`) until ``gate.max_attempts``, after which they are marked
+unconsolidated.
 """
 
 from __future__ import annotations
@@ -189,14 +190,17 @@ class Consolidator:
             self.registry.verify(tenant, current.version)
         lineage = self.registry.lineage(tenant) if current else []
         raw_controls = self.controls.sample(s.consolidation.control_budget, recipe.seed)
-        model = student_model(self.base, current.path if current else None, recipe, tenant)
+        # A rebase starts from a fresh adapter: the current version's drift is not carried on.
+        start = current.path if current and not plan.rebase else None
+        model = student_model(self.base, start, recipe, tenant)
 
         def stop_point(stage: str) -> None:
             if should_stop is not None and should_stop():
                 raise TrainingInterrupted(0, f"stopped before {stage}")
 
         try:
-            # The teacher is the current adapter, folded into the weights while it answers.
+            # The teacher is the current adapter (none on a rebase), folded into the weights
+            # while it answers.
             with merged(model):
                 with timer("transfer"):
                     transfer, probes = cycle_transfer(
@@ -208,7 +212,9 @@ class Consolidator:
                     )
                 stop_point("the teacher")
                 with timer("teacher"):
-                    n_replay = math.ceil(plan.replay_ratio * len(transfer.items))
+                    n_replay = (
+                        None if plan.rebase else math.ceil(plan.replay_ratio * len(transfer.items))
+                    )
                     replay = replay_sample(lineage, n_replay, rng)
                     facts = fact_examples(
                         base,
@@ -280,6 +286,7 @@ class Consolidator:
                 replay=len(replay), anchors=len(anchors), trained=len(examples) - twins
             )
             transfer_info["context_twins"] = twins
+            transfer_info["rebased"] = plan.rebase
             with timer("commit"):
                 manifest = version_manifest(
                     parent=current.version if current else None,

@@ -5,6 +5,11 @@ A cycle the gate rejected for *locality* (unrelated answers changed) is retried 
 lower learning rate and more anchors, the same epochs. A cycle rejected for *efficacy* or
 *retention* is retried stronger: more epochs and more replay. Training longer after a locality
 rejection would only move the adapter further from the base model.
+
+A candidate normally trains on top of the current version, so the drift of every version before
+it stays in it. With ``rebase`` the try starts from a fresh adapter and replays every consolidated
+item instead (by default on the retry after a locality rejection): the drift of one training run,
+not of the whole lineage.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ class RetryPlan:
     train: TrainSettings
     replay_ratio: float
     anchor_ratio: float
+    rebase: bool = False  # a fresh adapter over every consolidated item (all replayed)
 
 
 def retry_plan(
@@ -33,14 +39,21 @@ def retry_plan(
 ) -> RetryPlan:
     """The recipe for try number ``attempt + 1`` (``attempt`` = rejections so far)."""
     c = consolidation
+    always = c.rebase == "always"
     if attempt <= 0:
-        return RetryPlan(train, c.replay_ratio, c.anchor_ratio)
+        return RetryPlan(train, c.replay_ratio, c.anchor_ratio, rebase=always)
     if locality_failed:
         gentler = train.model_copy(update={"lr": train.lr * c.retry_lr_factor**attempt})
-        return RetryPlan(gentler, c.replay_ratio, c.anchor_ratio * c.retry_replay_factor**attempt)
+        return RetryPlan(
+            gentler,
+            c.replay_ratio,
+            c.anchor_ratio * c.retry_replay_factor**attempt,
+            rebase=always or c.rebase == "after_locality",
+        )
     epochs = math.ceil(train.epochs * c.retry_epochs_factor**attempt)
     return RetryPlan(
         train.model_copy(update={"epochs": epochs}),
         c.replay_ratio * c.retry_replay_factor**attempt,
         c.anchor_ratio,
+        rebase=always,
     )

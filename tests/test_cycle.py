@@ -127,6 +127,40 @@ def test_second_cycle_replays_and_probes_retention(
     assert manifest["parent"] == "v0001"
 
 
+def test_a_rebase_trains_a_fresh_adapter_over_every_consolidated_item(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    tiny_base: Any,
+    buffer: Buffer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import reverie.consolidator.cycle as cycle_module
+
+    starts: list[Path | None] = []
+    real = cycle_module.student_model
+
+    def spy(base: Any, path: Path | None, *args: Any) -> Any:
+        starts.append(path)
+        return real(base, path, *args)
+
+    monkeypatch.setattr(cycle_module, "student_model", spy)
+    settings = settings_for(tmp_path, tiny_model_dir, consolidation={"rebase": "always"})
+    c = consolidator(settings, buffer, tiny_base)
+    assert c.run_cycle("alice").outcome == "promoted"
+    buffer.add(
+        make_experience("The gym locker code is 4417.", tenant="alice", id="gym"),
+        np.ones(4, dtype=np.float32),
+    )
+    second = c.run_cycle("alice")
+    assert second.outcome == "promoted" and second.transfer["rebased"] is True
+    registry = AdapterRegistry(tmp_path / "data" / "adapters")
+    first_items = (registry.get("alice", "v0001").path / "transfer.jsonl").read_text().splitlines()
+    assert second.transfer["replay"] == len(first_items)  # all of them, not a sample
+    assert starts == [None, None]  # neither cycle started from a saved adapter
+    assert registry.get("alice", "v0002").manifest["parent"] == "v0001"  # the lineage goes on
+    assert second.probes["retention"]["n"] == 2
+
+
 def test_a_prefix_tenant_is_trained_continued_and_served_beside_a_lora_tenant(
     tmp_path: Path,
     tiny_model_dir: Path,

@@ -45,3 +45,26 @@ def test_after_another_rejection_training_is_longer_with_more_replay(
 def test_the_lr_factor_is_validated() -> None:
     with pytest.raises(ValueError, match="retry_lr_factor"):
         ConsolidationSettings(retry_lr_factor=2.0)
+
+
+@pytest.mark.parametrize(
+    ("rebase", "attempt", "locality_failed", "expected"),
+    [
+        ("after_locality", 0, True, False),  # a first try builds on the current version
+        ("after_locality", 1, True, True),
+        ("after_locality", 1, False, False),  # an efficacy retry keeps what it had
+        ("never", 2, True, False),
+        ("always", 0, False, True),
+        ("always", 1, False, True),
+    ],
+)
+def test_a_rebase_follows_a_locality_rejection_by_default(
+    rebase: str, attempt: int, locality_failed: bool, expected: bool
+) -> None:
+    cons = CONS.model_copy(update={"rebase": rebase})
+    assert retry_plan(TRAIN, cons, attempt, locality_failed=locality_failed).rebase is expected
+
+
+def test_the_rebase_setting_is_validated() -> None:
+    with pytest.raises(ValueError, match="rebase"):
+        ConsolidationSettings(rebase="sometimes")  # type: ignore[arg-type]
