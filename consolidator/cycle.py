@@ -251,7 +251,10 @@ class Consolidator:
                     f":{precision}:{len(examples)}"
                 )  # a checkpoint from another precision would not finish with the same weights
                 teacher_state = snapshot(model)  # empty for a prefix made just below
-                start_adapter(model, base, [e.text for e in experiences], recipe)
+                # A fresh prefix starts from the experiences it will hold (a rebase's all).
+                held = self.buffer.experiences(tenant, status="consolidated") if plan.rebase else []
+                texts = [p.experience.text for p in held] + [e.text for e in experiences]
+                start_adapter(model, base, texts, recipe)
                 stats = train(
                     model, examples, recipe, pad_id=base.pad_id, device=base.device,
                     checkpoint=self._work / tenant / "checkpoint.pt", run_key=run_key,

@@ -227,6 +227,33 @@ def test_a_prefix_tenant_is_trained_continued_and_served_beside_a_lora_tenant(
     assert [r.ids for r in requests] == expected
 
 
+def test_a_rebased_prefix_starts_from_every_experience_it_will_hold(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    tiny_base: Any,
+    buffer: Buffer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import reverie.consolidator.cycle as cycle_module
+
+    starts: list[list[str]] = []
+    real = cycle_module.start_adapter
+
+    def spy(model: Any, base: Any, texts: list[str], recipe: Any) -> None:
+        starts.append(list(texts))
+        real(model, base, texts, recipe)
+
+    monkeypatch.setattr(cycle_module, "start_adapter", spy)
+    train = {"adapter_by_tenant": {"alice": "prefix"}, "prefix_tokens": 6}
+    rebase = {"rebase": "always"}
+    settings = settings_for(tmp_path, tiny_model_dir, train=train, consolidation=rebase)
+    c = consolidator(settings, buffer, tiny_base)
+    assert c.run_cycle("alice").outcome == "promoted"
+    buffer.add(make_experience("The gym code is 4417.", tenant="alice", id="gym"), np.ones(4, "f4"))
+    assert c.run_cycle("alice").transfer["rebased"] is True
+    assert starts[1] == [text for _, text in FACTS] + ["The gym code is 4417."]
+
+
 def test_rejected_cycle_keeps_experiences_buffered_then_gives_up(
     tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
 ) -> None:
