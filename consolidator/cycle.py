@@ -216,6 +216,11 @@ class Consolidator:
                         None if plan.rebase else math.ceil(plan.replay_ratio * len(transfer.items))
                     )
                     replay = replay_sample(lineage, n_replay, rng)
+                    if plan.rebase and current is not None:
+                        logger.info(
+                            "tenant %s: rebase: a fresh adapter over %d new and %d earlier items",
+                            tenant, len(transfer.items), len(replay),
+                        )  # fmt: skip
                     facts = fact_examples(
                         base,
                         s.model,
