@@ -253,8 +253,8 @@ class Consolidator:
                 precision = matmul_dtype(recipe.precision, base.device)
                 run_key = (
                     f"{transfer.digest()}:{current.version if current else ''}:{attempt}"
-                    f":{precision}:{len(examples)}"
-                )  # a checkpoint from another precision would not finish with the same weights
+                    f":{precision}:{len(examples)}:{'rebase' if plan.rebase else 'on-top'}"
+                )  # a checkpoint from another precision or start would not finish the same
                 teacher_state = snapshot(model)  # empty for a prefix made just below
                 # A fresh prefix starts from the experiences it will hold (a rebase's all).
                 held = self.buffer.experiences(tenant, status="consolidated") if plan.rebase else []
