@@ -107,8 +107,8 @@ def run_config(
                     "served_locality": scores.get("locality"),
                     # what the gate read besides locality, and how far the candidate's next-token
                     # distributions on control text are from the base model's (it adds up over
-                    # versions: each candidate starts from the current one; the texts are the
-                    # seed's control sample, so compare it within a seed)
+                    # versions built on top of each other, not over a rebase; the texts are
+                    # the seed's control sample, so compare it within a seed)
                     "efficacy_over_ceiling": scores.get("efficacy_over_ceiling"),
                     "retention": scores.get("retention"),
                     "control_kl": loc.get("mean_kl"),

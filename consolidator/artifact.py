@@ -130,6 +130,17 @@ def _promoted_rows(lineage: Sequence[VersionInfo], name: str) -> list[dict[str, 
     ]
 
 
+def held_ids(lineage: Sequence[VersionInfo]) -> list[str]:
+    """The ids of the experiences every promoted version of a lineage consolidated, oldest
+    first."""
+    return [
+        e["id"]
+        for info in lineage
+        if info.outcome == "promoted"
+        for e in info.manifest.get("experiences", [])
+    ]
+
+
 def replay_pool(lineage: Sequence[VersionInfo]) -> list[TransferItem]:
     """The training items of every promoted version in the lineage."""
     return [TransferItem.from_json(r) for r in _promoted_rows(lineage, TRANSFER)]

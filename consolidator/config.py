@@ -323,14 +323,15 @@ class ConsolidationSettings(_Section):
     retry_replay_factor: float = Field(
         default=2.0, ge=1, description="Replay multiplies by this on each retry."
     )
-    rebase: Literal["never", "after_locality", "always"] = Field(
-        default="after_locality",
+    rebase: Literal["never", "on_retry", "always"] = Field(
+        default="on_retry",
         description="When a candidate trains from a fresh adapter over every consolidated "
-        "item (all replayed, the base model as teacher) instead of on top of the current "
-        "version. Drift on unrelated text adds up over versions built on each other, and a "
-        "gentler retry on top does not remove it; a fresh start does. 'after_locality': on the "
-        "retry after a locality rejection; 'always': every cycle (training grows with the "
-        "lineage); 'never'.",
+        "item (all replayed, the base model as teacher, the current adapter settings) instead "
+        "of on top of the current version. Drift on unrelated text adds up over versions built "
+        "on each other, and a gentler retry on top does not remove it; a fresh start does. "
+        "'on_retry': every retry of a rejected batch (a first try builds on the current "
+        "version); 'always': every cycle; 'never'. Each rebase replays the tenant's whole "
+        "history, so its cost grows with it.",
     )
 
 

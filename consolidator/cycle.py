@@ -13,10 +13,10 @@
                 pointer if promoted, then mark the experiences      (consolidator.artifact)
 
 This module only wires: each stage is a call that returns a value. A rejected cycle leaves its
-experiences buffered and recallable; the next cycle retries them (gentler and from a fresh
-adapter over every consolidated item after a locality rejection, longer after any other:
-:mod:`consolidator.retry`) until ``gate.max_attempts``, after which they are marked
-unconsolidated.
+experiences buffered and recallable; the next cycle retries them (gentler after a locality
+rejection, longer after any other, and by default from a fresh adapter over every consolidated
+item, a *rebase*: :mod:`consolidator.retry`) until ``gate.max_attempts``, after which they are
+marked unconsolidated.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from reverie.consolidator.artifact import (
+    held_ids,
     probe_bank,
     replay_sample,
     settle,
@@ -191,8 +192,9 @@ class Consolidator:
         lineage = self.registry.lineage(tenant) if current else []
         raw_controls = self.controls.sample(s.consolidation.control_budget, recipe.seed)
         # A rebase starts from a fresh adapter: the current version's drift is not carried on.
-        start = current.path if current and not plan.rebase else None
-        model = student_model(self.base, start, recipe, tenant)
+        rebase = plan.rebase and current is not None
+        model = student_model(self.base, None if rebase or not current else current.path,
+                              recipe, tenant)  # fmt: skip
 
         def stop_point(stage: str) -> None:
             if should_stop is not None and should_stop():
@@ -213,10 +215,10 @@ class Consolidator:
                 stop_point("the teacher")
                 with timer("teacher"):
                     n_replay = (
-                        None if plan.rebase else math.ceil(plan.replay_ratio * len(transfer.items))
+                        None if rebase else math.ceil(plan.replay_ratio * len(transfer.items))
                     )
                     replay = replay_sample(lineage, n_replay, rng)
-                    if plan.rebase and current is not None:
+                    if rebase:
                         logger.info(
                             "tenant %s: rebase: a fresh adapter over %d new and %d earlier items",
                             tenant, len(transfer.items), len(replay),
@@ -238,6 +240,11 @@ class Consolidator:
                     round(plan.anchor_ratio * (len(transfer.items) + len(replay))),
                 )
                 anchors = self.anchors.items(n_anchors, rng, model)
+                if len(anchors) < n_anchors:  # more items than anchor prompts: a long rebase
+                    logger.info(
+                        "tenant %s: %d anchors wanted, %d prompts available",
+                        tenant, n_anchors, len(anchors),
+                    )  # fmt: skip
                 examples = facts + anchor_examples(
                     base,
                     s.model,
@@ -253,12 +260,16 @@ class Consolidator:
                 precision = matmul_dtype(recipe.precision, base.device)
                 run_key = (
                     f"{transfer.digest()}:{current.version if current else ''}:{attempt}"
-                    f":{precision}:{len(examples)}:{'rebase' if plan.rebase else 'on-top'}"
+                    f":{precision}:{len(examples)}:{'rebase' if rebase else 'on-top'}"
                 )  # a checkpoint from another precision or start would not finish the same
                 teacher_state = snapshot(model)  # empty for a prefix made just below
-                # A fresh prefix starts from the experiences it will hold (a rebase's all).
-                held = self.buffer.experiences(tenant, status="consolidated") if plan.rebase else []
-                texts = [p.experience.text for p in held] + [e.text for e in experiences]
+                # A fresh prefix starts from the experiences it will hold: the cycle's, then
+                # (on a rebase) the earlier ones, as far as its tokens reach.
+                texts = [e.text for e in experiences]
+                if rebase and kind_of(model) == "prefix":
+                    ids_held = held_ids(lineage)
+                    stored = self.buffer.get_many(tenant, ids_held)
+                    texts += [stored[i].experience.text for i in ids_held if i in stored]
                 start_adapter(model, base, texts, recipe)
                 stats = train(
                     model, examples, recipe, pad_id=base.pad_id, device=base.device,
@@ -294,7 +305,8 @@ class Consolidator:
                 replay=len(replay), anchors=len(anchors), trained=len(examples) - twins
             )
             transfer_info["context_twins"] = twins
-            transfer_info["rebased"] = plan.rebase
+            transfer_info["rebased"] = rebase
+            transfer_info["anchors_wanted"] = n_anchors
             with timer("commit"):
                 manifest = version_manifest(
                     parent=current.version if current else None,

@@ -6,10 +6,11 @@ lower learning rate and more anchors, the same epochs. A cycle rejected for *eff
 *retention* is retried stronger: more epochs and more replay. Training longer after a locality
 rejection would only move the adapter further from the base model.
 
-A candidate normally trains on top of the current version, so the drift of every version before
-it stays in it. With ``rebase`` the try starts from a fresh adapter and replays every consolidated
-item instead (by default on the retry after a locality rejection): the drift of one training run,
-not of the whole lineage.
+A first try trains on top of the current version, so the drift of every version before it stays
+in it. A retry (``consolidation.rebase`` = "on_retry", the default) starts from a fresh adapter
+and replays every consolidated item instead: the drift of one training run, however long the
+lineage. A rebase is a retry whatever the last rejection was: one on top after a rebase was
+refused for efficacy would carry the lineage's drift again.
 """
 
 from __future__ import annotations
@@ -39,21 +40,21 @@ def retry_plan(
 ) -> RetryPlan:
     """The recipe for try number ``attempt + 1`` (``attempt`` = rejections so far)."""
     c = consolidation
-    always = c.rebase == "always"
     if attempt <= 0:
-        return RetryPlan(train, c.replay_ratio, c.anchor_ratio, rebase=always)
+        return RetryPlan(train, c.replay_ratio, c.anchor_ratio, rebase=c.rebase == "always")
+    rebase = c.rebase != "never"
     if locality_failed:
         gentler = train.model_copy(update={"lr": train.lr * c.retry_lr_factor**attempt})
         return RetryPlan(
             gentler,
             c.replay_ratio,
             c.anchor_ratio * c.retry_replay_factor**attempt,
-            rebase=always or c.rebase == "after_locality",
+            rebase=rebase,
         )
     epochs = math.ceil(train.epochs * c.retry_epochs_factor**attempt)
     return RetryPlan(
         train.model_copy(update={"epochs": epochs}),
         c.replay_ratio * c.retry_replay_factor**attempt,
         c.anchor_ratio,
-        rebase=always,
+        rebase=rebase,
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from reverie.consolidator.artifact import replay_pool
+from reverie.consolidator.artifact import held_ids, replay_pool
 from reverie.consolidator.evaluate import Routes
 from reverie.consolidator.items import TransferItem
 from reverie.consolidator.neighbourhood import evaluated_phrasing, general_questions
@@ -51,13 +51,7 @@ def cycle_router(
     are mostly the probes themselves, and stay out."""
     if embedder is None or not settings.enabled:
         return None
-    held = [
-        e["id"]
-        for info in lineage
-        if info.outcome == "promoted"
-        for e in info.manifest.get("experiences", [])
-    ]
-    earlier = [s.experience.text for s in buffer.get_many(tenant, held).values()]
+    earlier = [s.experience.text for s in buffer.get_many(tenant, held_ids(lineage)).values()]
     held_texts = [*earlier, *(e.text for e in experiences)]
     prompts = [i.student for i in [*replay_pool(lineage), *items] if not i.raw]
     echoes = [q for t in held_texts for q in echo_questions(t)]

@@ -482,10 +482,10 @@ def adapter_kind_for(recipe: TrainSettings, tenant: str) -> str:
 def student_model(
     base: BaseModel, path: Path | None, recipe: TrainSettings, tenant: str = ""
 ) -> Any:
-    """The student: the tenant's adapter saved at ``path``, trainable, or a fresh one (from the
-    recipe's settings) before the tenant's first version. A fresh prefix adapter is made from
-    the cycle's experiences when training starts (:func:`start_adapter`); until then it answers
-    as the base model, as a fresh LoRA adapter does."""
+    """The student: the tenant's adapter saved at ``path``, trainable, or (``path`` None: before
+    the tenant's first version, or on a rebase) a fresh one from the recipe's settings. A fresh
+    prefix adapter is made from experiences' texts when training starts (:func:`start_adapter`);
+    until then it answers as the base model, as a fresh LoRA adapter does."""
     if path is None and adapter_kind_for(recipe, tenant) == "prefix":
         return PrefixModel(base.model, None)
     lora = None
@@ -502,8 +502,9 @@ def student_model(
 
 def start_adapter(model: Any, base: BaseModel, texts: Sequence[str], recipe: TrainSettings) -> None:
     """Make a fresh prefix adapter from the base model's keys and values over ``texts`` (the
-    cycle's experiences, as a system turn: the template's first token is the frozen attention
-    sink); no-op for LoRA and for a prefix a version before made."""
+    experiences it will hold, as a system turn, as far as its tokens reach: the template's first
+    token is the frozen attention sink); no-op for LoRA and for a prefix loaded from a saved
+    version."""
     if not isinstance(model, PrefixModel) or model.prefix is not None:
         return
     context = int(getattr(base.model.config, "max_position_embeddings", 2048))

@@ -127,7 +127,7 @@ def test_second_cycle_replays_and_probes_retention(
     assert manifest["parent"] == "v0001"
 
 
-def test_a_rebase_trains_a_fresh_adapter_over_every_consolidated_item(
+def test_a_retry_rebases_a_fresh_adapter_over_every_consolidated_item(
     tmp_path: Path,
     tiny_model_dir: Path,
     tiny_base: Any,
@@ -144,21 +144,28 @@ def test_a_rebase_trains_a_fresh_adapter_over_every_consolidated_item(
         return real(base, path, *args)
 
     monkeypatch.setattr(cycle_module, "student_model", spy)
-    settings = settings_for(tmp_path, tiny_model_dir, consolidation={"rebase": "always"})
-    c = consolidator(settings, buffer, tiny_base)
-    assert c.run_cycle("alice").outcome == "promoted"
+    first = consolidator(settings_for(tmp_path, tiny_model_dir), buffer, tiny_base).run_cycle(
+        "alice"
+    )
+    assert first.outcome == "promoted" and first.transfer["rebased"] is False
     buffer.add(
         make_experience("The gym locker code is 4417.", tenant="alice", id="gym"),
         np.ones(4, dtype=np.float32),
     )
-    second = c.run_cycle("alice")
-    assert second.outcome == "promoted" and second.transfer["rebased"] is True
+    strict = settings_for(tmp_path, tiny_model_dir, gate={"min_efficacy": 1.0})
+    c = consolidator(strict, buffer, tiny_base)
+    on_top = c.run_cycle("alice")  # the first try builds on v0001 ...
+    assert on_top.outcome == "rejected_efficacy" and on_top.transfer["rebased"] is False
+    retry = c.run_cycle("alice")  # ... its retry starts afresh
+    assert retry.transfer["rebased"] is True
     registry = AdapterRegistry(tmp_path / "data" / "adapters")
-    first_items = (registry.get("alice", "v0001").path / "transfer.jsonl").read_text().splitlines()
-    assert second.transfer["replay"] == len(first_items)  # all of them, not a sample
-    assert starts == [None, None]  # neither cycle started from a saved adapter
-    assert registry.get("alice", "v0002").manifest["parent"] == "v0001"  # the lineage goes on
-    assert second.probes["retention"]["n"] == 2
+    v1 = registry.get("alice", "v0001").path
+    assert starts == [None, v1, None]
+    first_items = (v1 / "transfer.jsonl").read_text().splitlines()
+    assert on_top.transfer["replay"] < len(first_items)  # a sample on top ...
+    assert retry.transfer["replay"] == len(first_items)  # ... all of them on a rebase
+    assert registry.get("alice", "v0003").manifest["parent"] == "v0001"  # the lineage goes on
+    assert retry.probes["retention"]["n"] == 2
 
 
 def test_a_prefix_tenant_is_trained_continued_and_served_beside_a_lora_tenant(
@@ -236,11 +243,11 @@ def test_a_rebased_prefix_starts_from_every_experience_it_will_hold(
 ) -> None:
     import reverie.consolidator.cycle as cycle_module
 
-    starts: list[list[str]] = []
+    starts: list[tuple[bool, list[str]]] = []
     real = cycle_module.start_adapter
 
     def spy(model: Any, base: Any, texts: list[str], recipe: Any) -> None:
-        starts.append(list(texts))
+        starts.append((model.prefix is None, list(texts)))  # None: no saved prefix loaded
         real(model, base, texts, recipe)
 
     monkeypatch.setattr(cycle_module, "start_adapter", spy)
@@ -251,7 +258,7 @@ def test_a_rebased_prefix_starts_from_every_experience_it_will_hold(
     assert c.run_cycle("alice").outcome == "promoted"
     buffer.add(make_experience("The gym code is 4417.", tenant="alice", id="gym"), np.ones(4, "f4"))
     assert c.run_cycle("alice").transfer["rebased"] is True
-    assert starts[1] == [text for _, text in FACTS] + ["The gym code is 4417."]
+    assert starts[1] == (True, ["The gym code is 4417."] + [text for _, text in FACTS])
 
 
 def test_rejected_cycle_keeps_experiences_buffered_then_gives_up(

@@ -50,15 +50,15 @@ def test_the_lr_factor_is_validated() -> None:
 @pytest.mark.parametrize(
     ("rebase", "attempt", "locality_failed", "expected"),
     [
-        ("after_locality", 0, True, False),  # a first try builds on the current version
-        ("after_locality", 1, True, True),
-        ("after_locality", 1, False, False),  # an efficacy retry keeps what it had
+        ("on_retry", 0, False, False),  # a first try builds on the current version
+        ("on_retry", 1, True, True),
+        ("on_retry", 2, False, True),  # also after a rebase refused for efficacy
         ("never", 2, True, False),
         ("always", 0, False, True),
         ("always", 1, False, True),
     ],
 )
-def test_a_rebase_follows_a_locality_rejection_by_default(
+def test_a_retry_rebases_by_default(
     rebase: str, attempt: int, locality_failed: bool, expected: bool
 ) -> None:
     cons = CONS.model_copy(update={"rebase": rebase})
