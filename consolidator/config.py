@@ -324,14 +324,14 @@ class ConsolidationSettings(_Section):
         default=2.0, ge=1, description="Replay multiplies by this on each retry."
     )
     rebase: Literal["never", "on_retry", "always"] = Field(
-        default="on_retry",
+        default="never",
         description="When a candidate trains from a fresh adapter over every consolidated "
         "item (all replayed, the base model as teacher, the current adapter settings) instead "
-        "of on top of the current version. Drift on unrelated text adds up over versions built "
-        "on each other, and a gentler retry on top does not remove it; a fresh start does. "
-        "'on_retry': every retry of a rejected batch (a first try builds on the current "
-        "version); 'always': every cycle; 'never'. Each rebase replays the tenant's whole "
-        "history, so its cost grows with it.",
+        "of on top of the current version, which carries the drift of every version before "
+        "it. 'on_retry': every retry of a rejected batch; 'always': every cycle; 'never'. Each "
+        "rebase replays the tenant's whole history, so its cost grows with it. An option: in "
+        "the sequential benchmark it halved the drift but lost efficacy and retention as the "
+        "history grew (README, Results).",
     )
 
 

@@ -14,9 +14,9 @@
 
 This module only wires: each stage is a call that returns a value. A rejected cycle leaves its
 experiences buffered and recallable; the next cycle retries them (gentler after a locality
-rejection, longer after any other, and by default from a fresh adapter over every consolidated
-item, a *rebase*: :mod:`consolidator.retry`) until ``gate.max_attempts``, after which they are
-marked unconsolidated.
+rejection, longer after any other, optionally from a fresh adapter over every consolidated item,
+a *rebase*: :mod:`consolidator.retry`) until ``gate.max_attempts``, after which they are marked
+unconsolidated.
 """
 
 from __future__ import annotations

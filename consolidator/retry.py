@@ -6,11 +6,11 @@ lower learning rate and more anchors, the same epochs. A cycle rejected for *eff
 *retention* is retried stronger: more epochs and more replay. Training longer after a locality
 rejection would only move the adapter further from the base model.
 
-A first try trains on top of the current version, so the drift of every version before it stays
-in it. A retry (``consolidation.rebase`` = "on_retry", the default) starts from a fresh adapter
-and replays every consolidated item instead: the drift of one training run, however long the
-lineage. A rebase is a retry whatever the last rejection was: one on top after a rebase was
-refused for efficacy would carry the lineage's drift again.
+A candidate trains on top of the current version, so the drift of every version before it stays
+in it. With ``consolidation.rebase`` = "on_retry" a retry starts from a fresh adapter and replays
+every consolidated item instead: the drift of one training run, however long the lineage. It
+rebases whatever the last rejection was: a retry on top after a rebase refused for efficacy
+would carry the lineage's drift again.
 """
 
 from __future__ import annotations

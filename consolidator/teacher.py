@@ -306,10 +306,11 @@ def fact_examples(
     context_share: float = 0.0,
     seed: int = 0,
 ) -> list[Example]:
-    """Fact and replay items tokenised, with the targets of ``teacher`` (the current adapter, none
-    on a rebase; experience in context), its hidden states at ``hidden_layers`` included. Items the teacher
-    gives with a mean probability under ``min_confidence`` are dropped (its own greedy answers
-    usually pass; a forced verbatim text or an old replayed answer may not any more).
+    """Fact and replay items tokenised, with the targets of ``teacher`` (the current adapter,
+    none on a rebase; experience in context), its hidden states at ``hidden_layers`` included.
+    Items the teacher gives with a mean probability under ``min_confidence`` are dropped (its
+    own greedy answers usually pass; a forced verbatim text or an old replayed answer may not
+    any more).
 
     ``context_share`` of the kept items (a seeded sample) come a second time with the teacher's
     prompt, experience in context, as the student's: towards the same targets, the adapter

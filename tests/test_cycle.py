@@ -152,7 +152,10 @@ def test_a_retry_rebases_a_fresh_adapter_over_every_consolidated_item(
         make_experience("The gym locker code is 4417.", tenant="alice", id="gym"),
         np.ones(4, dtype=np.float32),
     )
-    strict = settings_for(tmp_path, tiny_model_dir, gate={"min_efficacy": 1.0})
+    on_retry = {"rebase": "on_retry"}
+    strict = settings_for(
+        tmp_path, tiny_model_dir, gate={"min_efficacy": 1.0}, consolidation=on_retry
+    )
     c = consolidator(strict, buffer, tiny_base)
     on_top = c.run_cycle("alice")  # the first try builds on v0001 ...
     assert on_top.outcome == "rejected_efficacy" and on_top.transfer["rebased"] is False

@@ -58,7 +58,7 @@ def test_the_lr_factor_is_validated() -> None:
         ("always", 1, False, True),
     ],
 )
-def test_a_retry_rebases_by_default(
+def test_a_rebase_is_a_retry_with_on_retry_and_every_cycle_with_always(
     rebase: str, attempt: int, locality_failed: bool, expected: bool
 ) -> None:
     cons = CONS.model_copy(update={"rebase": rebase})
@@ -68,3 +68,7 @@ def test_a_retry_rebases_by_default(
 def test_the_rebase_setting_is_validated() -> None:
     with pytest.raises(ValueError, match="rebase"):
         ConsolidationSettings(rebase="sometimes")  # type: ignore[arg-type]
+
+
+def test_no_rebase_by_default() -> None:
+    assert not retry_plan(TRAIN, ConsolidationSettings(), 2, locality_failed=True).rebase
