@@ -330,8 +330,8 @@ class ConsolidationSettings(_Section):
         "of on top of the current version, which carries the drift of every version before "
         "it. 'on_retry': every retry of a rejected batch; 'always': every cycle; 'never'. Each "
         "rebase replays the tenant's whole history, so its cost grows with it. An option: in "
-        "the sequential benchmark it halved the drift but lost efficacy and retention as the "
-        "history grew (README, Results).",
+        "the sequential benchmark its retries lost efficacy and retention as the history grew, "
+        "and its drift grew with the history it held (README, Results).",
     )
 
 
