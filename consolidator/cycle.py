@@ -193,8 +193,8 @@ class Consolidator:
         raw_controls = self.controls.sample(s.consolidation.control_budget, recipe.seed)
         # A rebase starts from a fresh adapter: the current version's drift is not carried on.
         rebase = plan.rebase and current is not None
-        model = student_model(self.base, None if rebase or not current else current.path,
-                              recipe, tenant)  # fmt: skip
+        start = current.path if current is not None and not rebase else None
+        model = student_model(self.base, start, recipe, tenant)
 
         def stop_point(stage: str) -> None:
             if should_stop is not None and should_stop():

@@ -8,9 +8,10 @@ rejection would only move the adapter further from the base model.
 
 A candidate trains on top of the current version, so the drift of every version before it stays
 in it. With ``consolidation.rebase`` = "on_retry" a retry starts from a fresh adapter and replays
-every consolidated item instead: the drift of one training run, however long the lineage. It
-rebases whatever the last rejection was: a retry on top after a rebase refused for efficacy
-would carry the lineage's drift again.
+every consolidated item instead: the drift of one training run, not of the lineage's runs added
+up (though it still grows with what that run holds: README, Results). It rebases whatever the
+last rejection was: a retry on top after a rebase refused for efficacy would carry the lineage's
+drift again.
 """
 
 from __future__ import annotations
