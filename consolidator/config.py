@@ -136,6 +136,15 @@ class TrainSettings(_Section):
         "the fact prompts, with the teacher's distribution along them (on-policy distillation: "
         "the student is corrected where it actually goes wrong). 0 = off.",
     )
+    protect_energy: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="LoRA only: every adapted layer's A is kept orthogonal to the directions "
+        "holding this share of what the layer sees on the anchor prompts and answers with the "
+        "adapter off (consolidator/protect.py), so the adapter leaves unrelated inputs alone. "
+        "0 = off.",
+    )
     precision: Literal["float32", "bfloat16", "auto"] = Field(
         default="auto",
         description="bfloat16 = the frozen base projections (and the LM head's backward) "

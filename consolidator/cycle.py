@@ -30,6 +30,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from reverie.consolidator.artifact import (
     held_ids,
     probe_bank,
@@ -38,7 +40,7 @@ from reverie.consolidator.artifact import (
     version_manifest,
     write_version,
 )
-from reverie.consolidator.config import ConsolidatorSettings
+from reverie.consolidator.config import ConsolidatorSettings, TrainSettings
 from reverie.consolidator.evaluate import evaluate
 from reverie.consolidator.gate import Outcome, decide
 from reverie.consolidator.locality import ControlSet, base_control_answers, load_controls
@@ -47,12 +49,19 @@ from reverie.consolidator.onpolicy import on_policy_round, snapshot
 from reverie.consolidator.parallel import process_count
 from reverie.consolidator.precision import matmul_dtype
 from reverie.consolidator.probes import run_probes
+from reverie.consolidator.protect import input_moments, lora_layers, project_out, protected_bases
 from reverie.consolidator.recovery import reconcile
 from reverie.consolidator.result import CycleResult, StageTimer
 from reverie.consolidator.retry import retry_plan
 from reverie.consolidator.routing import cycle_router, routes
 from reverie.consolidator.scoring import sample_bank
-from reverie.consolidator.teacher import AnchorCache, anchor_examples, anchor_prompts, fact_examples
+from reverie.consolidator.teacher import (
+    AnchorCache,
+    anchor_examples,
+    anchor_prompts,
+    fact_examples,
+    prompt_ids,
+)
 from reverie.consolidator.train import (
     TrainingInterrupted,
     deep_layers,
@@ -96,6 +105,7 @@ class Consolidator:
         self._controls = controls
         self._work = settings.data_dir / "work"
         self.progress: dict[str, Any] = {"tenant": None, "stage": None, "step": 0}
+        self._bases: dict[float, dict[str, torch.Tensor]] = {}
 
     # -- lazily loaded parts ---------------------------------------------------------------
     @property
@@ -135,6 +145,26 @@ class Consolidator:
             items = self.anchors.items(len(anchor_prompts()), random.Random(0))
             self.anchors.targets(self.base.model, items, self.settings.train.top_k)
         return time.perf_counter() - start
+
+    def _protection(self, model: Any, recipe: TrainSettings) -> Callable[[], None] | None:
+        """The constraint that keeps a LoRA adapter off the anchors' inputs
+        (:mod:`consolidator.protect`), or None when ``protect_energy`` is 0 or the adapter is a
+        prefix. The bases depend on the base model and the anchors alone: computed once."""
+        energy = recipe.protect_energy
+        if energy <= 0 or not lora_layers(model):
+            return None
+        if energy not in self._bases:
+            items = self.anchors.items(len(anchor_prompts()), random.Random(0), model)
+            fmt, base = self.settings.model, self.base
+            sequences = [prompt_ids(base, fmt, a, "student") + list(a.answer_ids) for a in items]
+            self._bases[energy] = protected_bases(input_moments(model, sequences), energy)
+            kept = [u.shape[1] for u in self._bases[energy].values()]
+            logger.info(
+                "protected subspaces at energy %.2f: %d-%d directions per layer over %d anchors",
+                energy, min(kept), max(kept), len(items),
+            )  # fmt: skip
+        bases = self._bases[energy]
+        return lambda: project_out(model, bases)
 
     def _stage(self, stage: str | None) -> None:
         self.progress.update(stage=stage)
@@ -271,10 +301,11 @@ class Consolidator:
                     stored = self.buffer.get_many(tenant, ids_held)
                     texts += [stored[i].experience.text for i in ids_held if i in stored]
                 start_adapter(model, base, texts, recipe)
+                constrain = self._protection(model, recipe)
                 stats = train(
                     model, examples, recipe, pad_id=base.pad_id, device=base.device,
                     checkpoint=self._work / tenant / "checkpoint.pt", run_key=run_key,
-                    should_stop=should_stop, on_step=self._step,
+                    should_stop=should_stop, on_step=self._step, after_step=constrain,
                 )  # fmt: skip
                 if recipe.on_policy_epochs:
                     stats += on_policy_round(
@@ -282,7 +313,7 @@ class Consolidator:
                         [e for e in examples if e.kind == "anchor"], teacher_state, recipe,
                         max_new_tokens=s.transfer.teacher_max_new_tokens,
                         checkpoint=self._work / tenant / "checkpoint.pt", run_key=run_key,
-                        should_stop=should_stop,
+                        should_stop=should_stop, after_step=constrain,
                     )  # fmt: skip
             with timer("probe"), merged(model):
                 earlier = probe_bank(lineage)

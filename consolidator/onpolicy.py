@@ -109,6 +109,7 @@ def on_policy_round(
     checkpoint: Path | None = None,
     run_key: str = "",
     should_stop: Any = None,
+    after_step: Any = None,
 ) -> TrainStats:
     """``recipe.on_policy_epochs`` more epochs on the student's own answers (with the anchors,
     as in the main round)."""
@@ -132,4 +133,5 @@ def on_policy_round(
         checkpoint=checkpoint,
         run_key=f"{run_key}:on-policy",
         should_stop=should_stop,
+        after_step=after_step,
     )

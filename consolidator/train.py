@@ -333,12 +333,15 @@ def train(
     run_key: str = "",
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[int], None] | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> TrainStats:
     """Train ``model``'s trainable (adapter) parameters on ``examples``; returns statistics.
 
     ``checkpoint`` (with ``run_key`` naming what is being trained) enables resume. After each
     step ``on_step(step)`` is called, then ``should_stop()``: if it returns True, a checkpoint is
-    saved and :class:`TrainingInterrupted` raised (graceful shutdown).
+    saved and :class:`TrainingInterrupted` raised (graceful shutdown). ``after_step()`` runs in
+    every process right after each optimiser step, and once before the first (a constraint on
+    the parameters, such as :func:`consolidator.protect.project_out`).
     """
     device = device or torch.device("cpu")
     torch.manual_seed(settings.seed)
@@ -361,6 +364,8 @@ def train(
         logger.info("resuming training at step %d of %d", start_step, len(plan))
     progress = _Progress(len(plan), start_step)
     model.train()
+    if after_step is not None:
+        after_step()
     n_workers = worker_count(settings.workers, settings.batch_size, device)
     # With workers, each process from here runs this loop on its share of every batch
     # (consolidator/parallel.py); only the parent (rank 0) gets past the `continue` below.
@@ -385,6 +390,8 @@ def train(
             with record_function("optimizer"):
                 torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
                 optimizer.step()
+                if after_step is not None:
+                    after_step()
             # ------------------------------------------------------------------------------------
             if group.rank:
                 continue  # a worker: the parent counts, reports and checkpoints
