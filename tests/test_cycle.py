@@ -700,3 +700,25 @@ def test_an_update_interrupted_before_its_erasure_is_finished_by_recovery(
         assert client.get("landlord", tenant="alice").status == "buffered"  # consolidated again
         assert client.get("cat", tenant="alice").experience.text.endswith("tuna.")
         reconcile(client.registry, client.buffer, "alice")  # idempotent
+
+
+def test_a_protected_cycle_saves_an_adapter_blind_to_the_anchors_span(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
+) -> None:
+    from safetensors.torch import load_file
+
+    settings = settings_for(tmp_path, tiny_model_dir, train={"protect_energy": 0.9})
+    c = consolidator(settings, buffer, tiny_base)
+    assert c.run_cycle("alice").outcome == "promoted"
+    bases = c._bases[0.9]
+    assert bases and all(u.shape[1] >= 1 for u in bases.values())
+    current = AdapterRegistry(tmp_path / "data" / "adapters").current("alice")
+    assert current is not None
+    saved = load_file(str(current.path / "adapter_model.safetensors"))
+    checked = 0
+    for name, u in bases.items():
+        key = f"{name}.lora_A.weight"
+        a = next(w for k, w in saved.items() if k.replace(".default", "") == key)
+        assert (a @ u).abs().max() < 1e-5 * a.abs().max(), name
+        checked += 1
+    assert checked == len(bases) == 4  # q_proj and v_proj in both layers
