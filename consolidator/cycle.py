@@ -160,7 +160,7 @@ class Consolidator:
             self._bases[energy] = protected_bases(input_moments(model, sequences), energy)
             kept = [u.shape[1] for u in self._bases[energy].values()]
             logger.info(
-                "protected subspaces at energy %.2f: %d-%d directions per layer over %d anchors",
+                "protected subspaces at energy %g: %d-%d directions per layer over %d anchors",
                 energy, min(kept), max(kept), len(items),
             )  # fmt: skip
         bases = self._bases[energy]
