@@ -92,6 +92,14 @@ class TrainSettings(_Section):
         "products at this model's size, so 16 short examples train faster per token than 8, "
         "with the tuning split's scores within noise (README, Results).",
     )
+    max_step_tokens: int = Field(
+        default=2048,
+        ge=64,
+        description="Padded token positions one forward and backward pass holds. A batch of "
+        "longer examples (a passage recited verbatim) runs in pieces whose gradients add up to "
+        "the whole batch's: the same step, with memory bounded by this instead of by the "
+        "batch's longest example x batch_size.",
+    )
     warmup: float = Field(default=0.05, ge=0, lt=1, description="Share of steps warming up.")
     schedule: Literal["cosine", "linear", "constant"] = Field(
         default="cosine", description="Learning-rate decay after the warm-up."

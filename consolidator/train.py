@@ -429,15 +429,46 @@ def _backward(
     pad_id: int,
     device: torch.device,
 ) -> tuple[dict[str, float], float]:
-    """Backpropagate ``share``'s part of ``batch``'s loss into the gradients; returns the
-    loss's parts and value (a share with no examples adds nothing)."""
+    """Backpropagate ``share``'s part of ``batch``'s loss into the gradients, in pieces of at
+    most ``settings.max_step_tokens`` padded positions; returns the loss's parts and value (a
+    share with no examples adds nothing)."""
     if not share:
         return {"kl": 0.0, "ce": 0.0}, 0.0
-    whole = batch if len(share) < len(batch) else None
-    loss, parts, _ = batch_loss(model, share, settings, pad_id=pad_id, device=device, whole=whole)
-    with record_function("backward"):
-        loss.backward()
-    return parts, float(loss.detach())  # .item() syncs with the device: once a step
+    pieces = token_pieces([len(e) for e in share], settings.max_step_tokens)
+    whole = batch if len(pieces) > 1 or len(share) < len(batch) else None
+    total, parts = 0.0, dict[str, float]()
+    for piece in pieces:
+        examples = [share[i] for i in piece]
+        loss, piece_parts, _ = batch_loss(
+            model, examples, settings, pad_id=pad_id, device=device, whole=whole
+        )
+        with record_function("backward"):
+            loss.backward()
+        total += float(loss.detach())  # .item() syncs with the device: once a piece
+        weight = _share(examples, share, lambda e: True)
+        for key, value in piece_parts.items():
+            parts[key] = parts.get(key, 0.0) + weight * value
+    return parts, total
+
+
+def token_pieces(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Consecutive runs of indices whose padded size (count x longest) stays within ``budget``
+    (an example longer than the budget is a piece alone).
+
+    Example: lengths [10, 10, 30, 30], budget 60 -> [[0, 1], [2, 3]] (2 x 30 = 60).
+    """
+    pieces: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i, n in enumerate(lengths):
+        if current and (len(current) + 1) * max(longest, n) > budget:
+            pieces.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, n)
+    if current:
+        pieces.append(current)
+    return pieces
 
 
 class _Progress:

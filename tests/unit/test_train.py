@@ -18,6 +18,7 @@ from reverie.consolidator.train import (
     batches,
     lr_factor,
     mean_loss,
+    token_pieces,
     train,
 )
 from reverie.model.config import ModelSettings
@@ -161,6 +162,37 @@ def test_batches_cover_every_example_each_epoch() -> None:
     flat = [i for b in plan for i in b]
     assert sorted(flat) == sorted(list(range(5)) * 3)
     assert plan == batches([5, 1, 9, 3, 7], batch_size=2, epochs=3, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("lengths", "budget", "pieces"),
+    [
+        ([10, 10, 30, 30], 60, [[0, 1], [2, 3]]),
+        ([10, 10, 30, 30], 1000, [[0, 1, 2, 3]]),
+        ([50, 80, 5], 64, [[0], [1], [2]]),  # one longer than the budget is a piece alone
+        ([], 64, []),
+    ],
+)
+def test_token_pieces(lengths: list[int], budget: int, pieces: list[list[int]]) -> None:
+    assert token_pieces(lengths, budget) == pieces
+
+
+def test_a_batch_in_pieces_trains_the_same_step(tiny_base: Any) -> None:
+    """A batch too long for max_step_tokens runs in pieces: the same loss and weights."""
+    trained = []
+    for budget in (4096, 64):
+        model = lora(tiny_base)
+        exs = examples(tiny_base, model)
+        settings = TrainSettings(epochs=2, batch_size=len(exs), lr=1e-2, max_step_tokens=budget)
+        stats = train(model, exs, settings, pad_id=tiny_base.pad_id)
+        trained.append(
+            (stats.losses, [p.detach().clone() for p in model.parameters() if p.requires_grad])
+        )
+        model.unload()
+    (losses, weights), (losses_in_pieces, weights_in_pieces) = trained
+    assert losses == pytest.approx(losses_in_pieces, rel=1e-5)
+    for whole, pieces in zip(weights, weights_in_pieces, strict=True):
+        assert (whole - pieces).abs().max() < 1e-4  # Adam magnifies rounding near 0
 
 
 def test_lr_schedule() -> None:
