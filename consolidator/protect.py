@@ -45,20 +45,25 @@ def lora_layers(model: Any) -> dict[str, Any]:
 def input_moments(
     model: Any, sequences: Sequence[Sequence[int]], *, batch_size: int = 16
 ) -> dict[str, torch.Tensor]:
-    """Per LoRA layer, ``sum_t x_t x_t^T`` over every token ``t`` of ``sequences`` (float64,
-    ``[in, in]``), the adapter off: what unrelated text feeds each layer of the base model."""
+    """Per LoRA layer, ``sum_t x_t x_t^T`` over every token ``t`` of ``sequences`` (``[in, in]``,
+    float64), the adapter off: what unrelated text feeds each layer of the base model."""
     layers = lora_layers(model)
     moments: dict[str, torch.Tensor] = {}
     mask_now: list[torch.Tensor] = []
+    # q, k and v (gate and up) read one tensor: one moment serves them all. Keyed by the
+    # parent block too: a freed input's id may be reused by another block's input later.
+    first_reader: dict[tuple[str, int], str] = {}
+    leader: dict[str, str] = {}
 
     def hook(name: str) -> Any:
         def record(_module: Any, args: tuple[Any, ...]) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1])
-            x = x[mask_now[0].reshape(-1)].double()
-            if name in moments:
-                moments[name] += x.T @ x
-            else:
-                moments[name] = x.T @ x
+            key = (name.rpartition(".")[0], id(args[0]))
+            owner = leader.setdefault(name, first_reader.setdefault(key, name))
+            if owner != name:
+                return
+            x = args[0].detach().reshape(-1, args[0].shape[-1])[mask_now[0].reshape(-1)]
+            product = (x.T @ x).double()  # float32 products, summed in float64
+            moments[name] = moments[name] + product if name in moments else product
 
         return record
 
@@ -79,11 +84,12 @@ def input_moments(
                     mask[row, : len(seq)] = True
                 mask_now[:] = [mask.to(device)]
                 model(input_ids=ids.to(device), attention_mask=mask.long().to(device))
+                first_reader.clear()
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return moments
+    return {name: moments[owner] for name, owner in leader.items()}
 
 
 def protected_bases(moments: dict[str, torch.Tensor], energy: float) -> dict[str, torch.Tensor]:
@@ -94,13 +100,17 @@ def protected_bases(moments: dict[str, torch.Tensor], energy: float) -> dict[str
     """
     if not 0 < energy < 1:
         raise ValueError(f"energy must be in (0, 1), got {energy}")
-    bases = {}
+    bases: dict[str, torch.Tensor] = {}
+    done: dict[int, torch.Tensor] = {}  # layers reading one input share one moment
     for name, moment in moments.items():
+        if id(moment) in done:
+            bases[name] = done[id(moment)]
+            continue
         values, vectors = torch.linalg.eigh(moment)  # ascending
         values = values.flip(0).clamp_min(0)
         share = values.cumsum(0) / values.sum().clamp_min(1e-30)
         k = int((share < energy).sum()) + 1
-        bases[name] = vectors.flip(1)[:, :k].float().contiguous()
+        bases[name] = done[id(moment)] = vectors.flip(1)[:, :k].float().contiguous()
     return bases
 
 

@@ -54,3 +54,15 @@ def test_the_adapter_leaves_protected_inputs_alone(tiny_base: Any, protect: bool
         assert moved < 1e-4
     else:  # the same training without the constraint moves the anchor's logits
         assert moved > 1e-2
+
+
+def test_layers_reading_one_input_share_its_moment(tiny_base: Any) -> None:
+    model = lora(tiny_base)
+    moments = input_moments(model, [encode(tiny_base.tokenizer, ANCHOR)])
+    for layer in (0, 1):
+        prefix = f"base_model.model.model.layers.{layer}"
+        q, v = moments[f"{prefix}.self_attn.q_proj"], moments[f"{prefix}.self_attn.v_proj"]
+        up = moments[f"{prefix}.mlp.up_proj"]
+        assert q is v and up is not q
+    first, second = (moments[f"base_model.model.model.layers.{i}.mlp.up_proj"] for i in (0, 1))
+    assert not torch.equal(first, second)
