@@ -49,7 +49,13 @@ from reverie.consolidator.onpolicy import on_policy_round, snapshot
 from reverie.consolidator.parallel import process_count
 from reverie.consolidator.precision import matmul_dtype
 from reverie.consolidator.probes import run_probes
-from reverie.consolidator.protect import input_moments, lora_layers, project_out, protected_bases
+from reverie.consolidator.protect import (
+    input_moments,
+    lora_layers,
+    project_gradients,
+    project_out,
+    protected_bases,
+)
 from reverie.consolidator.recovery import reconcile
 from reverie.consolidator.result import CycleResult, StageTimer
 from reverie.consolidator.retry import retry_plan
@@ -149,7 +155,9 @@ class Consolidator:
     def _protection(self, model: Any, recipe: TrainSettings) -> Callable[[], None] | None:
         """The constraint that keeps a LoRA adapter off the anchors' inputs
         (:mod:`consolidator.protect`), or None when ``protect_energy`` is 0 or the adapter is a
-        prefix. The bases depend on the base model and the anchors alone: computed once."""
+        prefix: its gradients' hooks are registered here (they go with the adapter's layers when
+        the cycle unloads it), and the returned projection runs around every step. The bases
+        depend on the base model and the anchors alone: computed once per process."""
         energy = recipe.protect_energy
         if energy <= 0 or not lora_layers(model):
             return None
@@ -164,6 +172,7 @@ class Consolidator:
                 energy, min(kept), max(kept), len(items),
             )  # fmt: skip
         bases = self._bases[energy]
+        project_gradients(model, bases)
         return lambda: project_out(model, bases)
 
     def _stage(self, stage: str | None) -> None:
@@ -291,6 +300,7 @@ class Consolidator:
                 run_key = (
                     f"{transfer.digest()}:{current.version if current else ''}:{attempt}"
                     f":{precision}:{len(examples)}:{'rebase' if rebase else 'on-top'}"
+                    f":{recipe.protect_energy}"
                 )  # a checkpoint from another precision or start would not finish the same
                 teacher_state = snapshot(model)  # empty for a prefix made just below
                 # A fresh prefix starts from the experiences it will hold: the cycle's, then

@@ -15,11 +15,15 @@ Stages:
   ``sum x x^T`` of its inputs over token sequences, with the adapter off;
 * :func:`protected_bases` (pure) — per layer, the top eigenvectors holding a share of that
   moment's trace (``energy``);
-* :func:`project_out` — removes those directions from every ``A`` in place: once before
-  training, and after every optimiser step (Adam's step is not itself in the allowed subspace).
+* :func:`project_gradients` — removes them from every ``A``'s gradient, so clipping and Adam
+  scale steps by the usable part alone;
+* :func:`project_out` — removes them from every ``A`` in place: once before training, and after
+  every optimiser step (Adam's elementwise step leaves the allowed subspace).
 
 A LoRA adapter saved before protection was turned on loses its ``A``'s protected part on the
-first protected cycle; the gate's retention probes judge that candidate like any other.
+first protected cycle; the gate's retention probes judge that candidate like any other. The
+bases are recomputed in every process: summation order (threads) can move a direction at the
+energy cut-off, which strips a little more from an adapter trained on top of an earlier one.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["input_moments", "lora_layers", "project_out", "protected_bases"]
+from reverie.model.base import lm_parts
+
+__all__ = ["input_moments", "lora_layers", "project_gradients", "project_out", "protected_bases"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,24 +56,28 @@ def input_moments(
     layers = lora_layers(model)
     moments: dict[str, torch.Tensor] = {}
     mask_now: list[torch.Tensor] = []
-    # q, k and v (gate and up) read one tensor: one moment serves them all. Keyed by the
-    # parent block too: a freed input's id may be reused by another block's input later.
-    first_reader: dict[tuple[str, int], str] = {}
+    # q, k and v (gate and up) read one tensor: one moment serves them all. The tensors seen
+    # in a forward pass are held until it ends, so none is freed and another given its id.
+    seen: list[tuple[torch.Tensor, str]] = []
     leader: dict[str, str] = {}
 
     def hook(name: str) -> Any:
         def record(_module: Any, args: tuple[Any, ...]) -> None:
-            key = (name.rpartition(".")[0], id(args[0]))
-            owner = leader.setdefault(name, first_reader.setdefault(key, name))
-            if owner != name:
+            if name not in leader:
+                first = next((reader for t, reader in seen if t is args[0]), name)
+                leader[name] = first
+            seen.append((args[0], name))
+            if leader[name] != name:
                 return
             x = args[0].detach().reshape(-1, args[0].shape[-1])[mask_now[0].reshape(-1)]
+            x = x.float()
             product = (x.T @ x).double()  # float32 products, summed in float64
             moments[name] = moments[name] + product if name in moments else product
 
         return record
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers.items()]
+    body, _ = lm_parts(model)  # no logits, no cache: only the layers' inputs are read
     off = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
     device = next(model.parameters()).device
     was_training = model.training
@@ -83,8 +93,12 @@ def input_moments(
                     ids[row, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
                     mask[row, : len(seq)] = True
                 mask_now[:] = [mask.to(device)]
-                model(input_ids=ids.to(device), attention_mask=mask.long().to(device))
-                first_reader.clear()
+                body(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.long().to(device),
+                    use_cache=False,
+                )
+                seen.clear()
     finally:
         for h in handles:
             h.remove()
@@ -114,14 +128,32 @@ def protected_bases(moments: dict[str, torch.Tensor], energy: float) -> dict[str
     return bases
 
 
+def _pairs(model: Any, bases: dict[str, torch.Tensor]) -> list[tuple[torch.nn.Parameter, Any]]:
+    """Every LoRA ``A`` with its layer's basis; a layer without one is an error (it would
+    train unconstrained, unnoticed)."""
+    pairs = []
+    for name, layer in lora_layers(model).items():
+        if name not in bases:
+            raise KeyError(f"no protected basis for LoRA layer {name}")
+        pairs += [(a.weight, bases[name]) for a in layer.lora_A.values()]
+    return pairs
+
+
 @torch.no_grad()
 def project_out(model: Any, bases: dict[str, torch.Tensor]) -> None:
-    """``A <- A - (A U) U^T`` for every LoRA layer with a basis: the adapter then adds nothing
-    to inputs in ``span(U)``."""
-    for name, layer in lora_layers(model).items():
-        u = bases.get(name)
-        if u is None:
-            continue
-        for a in layer.lora_A.values():
-            w = a.weight
-            w.sub_(((w.float() @ u) @ u.T).to(w.dtype))
+    """``A <- A - (A U) U^T`` for every LoRA layer: the adapter then adds nothing to inputs in
+    ``span(U)``."""
+    for w, u in _pairs(model, bases):
+        w.sub_(((w.float() @ u) @ u.T).to(w.dtype))
+
+
+def project_gradients(model: Any, bases: dict[str, torch.Tensor]) -> list[Any]:
+    """Hooks that remove ``span(U)`` from every ``A``'s gradient as it is computed, so clipping
+    and Adam's step sizes see only the part of the gradient training may use (without them, the
+    protected part, most of it, sets the scale and the usable part's steps shrink). Returns
+    the hook handles (``handle.remove()``)."""
+
+    def hook(u: torch.Tensor) -> Any:
+        return lambda g: g - ((g.float() @ u) @ u.T).to(g.dtype)
+
+    return [w.register_hook(hook(u)) for w, u in _pairs(model, bases)]

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from reverie.consolidator.config import TrainSettings
-from reverie.consolidator.protect import input_moments, project_out, protected_bases
+from reverie.consolidator.protect import (
+    input_moments,
+    project_gradients,
+    project_out,
+    protected_bases,
+)
 from reverie.consolidator.train import mean_loss, train
 from reverie.model.prompts import encode
 
@@ -44,7 +49,10 @@ def test_the_adapter_leaves_protected_inputs_alone(tiny_base: Any, protect: bool
     before = mean_loss(model, exs, settings, pad_id=tiny_base.pad_id)
     with model.disable_adapter():
         base_logits = logits(model, anchor)
-    after_step = (lambda: project_out(model, bases)) if protect else None
+    after_step = None
+    if protect:
+        project_gradients(model, bases)
+        after_step = lambda: project_out(model, bases)  # noqa: E731
     train(model, exs, settings, pad_id=tiny_base.pad_id, after_step=after_step)
     model.eval()
     # it still learns the fact, as much as it does unconstrained (-0.022 / -0.023)
@@ -57,12 +65,25 @@ def test_the_adapter_leaves_protected_inputs_alone(tiny_base: Any, protect: bool
 
 
 def test_layers_reading_one_input_share_its_moment(tiny_base: Any) -> None:
-    model = lora(tiny_base)
+    model = lora(tiny_base, modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                     "up_proj", "down_proj"])  # fmt: skip
     moments = input_moments(model, [encode(tiny_base.tokenizer, ANCHOR)])
+    assert len(moments) == 14
     for layer in (0, 1):
-        prefix = f"base_model.model.model.layers.{layer}"
-        q, v = moments[f"{prefix}.self_attn.q_proj"], moments[f"{prefix}.self_attn.v_proj"]
-        up = moments[f"{prefix}.mlp.up_proj"]
-        assert q is v and up is not q
+        m = {k.rpartition(".")[2]: v for k, v in moments.items() if f"layers.{layer}." in k}
+        assert m["q_proj"] is m["k_proj"] is m["v_proj"]
+        assert m["gate_proj"] is m["up_proj"]
+        distinct = [m["q_proj"], m["o_proj"], m["gate_proj"], m["down_proj"]]
+        assert len({id(t) for t in distinct}) == 4
+        assert m["down_proj"].shape == (64, 64) and m["o_proj"].shape == (32, 32)
+        assert not torch.equal(m["q_proj"], m["o_proj"])
     first, second = (moments[f"base_model.model.model.layers.{i}.mlp.up_proj"] for i in (0, 1))
     assert not torch.equal(first, second)
+
+
+def test_a_layer_without_a_basis_is_an_error(tiny_base: Any) -> None:
+    model = lora(tiny_base)
+    bases = protected_bases(input_moments(model, [encode(tiny_base.tokenizer, ANCHOR)]), 0.9)
+    bases.pop(next(iter(bases)))
+    with pytest.raises(KeyError, match="no protected basis"):
+        project_out(model, bases)
