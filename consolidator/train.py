@@ -398,9 +398,8 @@ def train(
             stats.steps += 1
             stats.tokens += sum(len(e) for e in batch)
             stats.positions += sum(
-                len(share) * max(len(e) for e in share)
-                for share in (batch[r :: group.size] for r in range(group.size))
-                if share
+                padded_positions([len(e) for e in batch[r :: group.size]], settings.max_step_tokens)
+                for r in range(group.size)
             )
             stats.losses.append(summed)
             stats.seconds = time.perf_counter() - began
@@ -449,6 +448,14 @@ def _backward(
         for key, value in piece_parts.items():
             parts[key] = parts.get(key, 0.0) + weight * value
     return parts, total
+
+
+def padded_positions(lengths: Sequence[int], budget: int) -> int:
+    """Positions a share of a batch occupies once padded, piece by piece (:func:`token_pieces`).
+
+    Example: lengths [10, 10, 30, 30], budget 60 -> 2 x 10 + 2 x 30 = 80.
+    """
+    return sum(len(p) * max(lengths[i] for i in p) for p in token_pieces(lengths, budget))
 
 
 def token_pieces(lengths: Sequence[int], budget: int) -> list[list[int]]:

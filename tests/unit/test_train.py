@@ -18,6 +18,7 @@ from reverie.consolidator.train import (
     batches,
     lr_factor,
     mean_loss,
+    padded_positions,
     token_pieces,
     train,
 )
@@ -175,6 +176,13 @@ def test_batches_cover_every_example_each_epoch() -> None:
 )
 def test_token_pieces(lengths: list[int], budget: int, pieces: list[list[int]]) -> None:
     assert token_pieces(lengths, budget) == pieces
+    padded = sum(len(p) * max(lengths[i] for i in p) for p in pieces)
+    assert padded_positions(lengths, budget) == padded
+
+
+def test_padded_positions_count_each_piece_at_its_own_width() -> None:
+    assert padded_positions([10, 10, 30, 30], 60) == 2 * 10 + 2 * 30
+    assert padded_positions([10, 10, 30, 30], 1000) == 4 * 30
 
 
 def test_a_batch_in_pieces_trains_the_same_step(tiny_base: Any) -> None:
