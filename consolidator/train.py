@@ -444,9 +444,12 @@ def _backward(
         with record_function("backward"):
             loss.backward()
         total += float(loss.detach())  # .item() syncs with the device: once a piece
-        weight = _share(examples, share, lambda e: True)
+        weights = {
+            "hidden": _share(examples, share, lambda e: e.targets.hidden is not None),
+            "": _share(examples, share, lambda e: True),
+        }
         for key, value in piece_parts.items():
-            parts[key] = parts.get(key, 0.0) + weight * value
+            parts[key] = parts.get(key, 0.0) + weights.get(key, weights[""]) * value
     return parts, total
 
 
