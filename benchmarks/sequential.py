@@ -112,6 +112,8 @@ def run_config(
                     "efficacy_over_ceiling": scores.get("efficacy_over_ceiling"),
                     "retention": scores.get("retention"),
                     "control_kl": loc.get("mean_kl"),
+                    # the control questions (ours) the base model got right and this one not
+                    "control_regressions": [r["question"] for r in loc.get("regressions", [])],
                     # trained from a fresh adapter over every consolidated item (a rebase)
                     "rebased": bool(result.transfer.get("rebased")),
                     "experiences": len(result.experience_ids),
