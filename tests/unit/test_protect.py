@@ -17,8 +17,7 @@ from reverie.consolidator.protect import (
 )
 from reverie.consolidator.train import mean_loss, train
 from reverie.model.prompts import encode
-
-from .test_train import examples, lora
+from tests.unit.test_train import examples, lora
 
 ANCHOR = "Name a colour."
 
