@@ -296,6 +296,13 @@ class ConsolidationSettings(_Section):
         description="Anchors per cycle at least (capped by the anchor prompts available), "
         "whatever the cycle's size.",
     )
+    rotate_anchors: bool = Field(
+        default=False,
+        description="A cycle wanting fewer anchors than there are anchor prompts trains on "
+        "that many each epoch, a different sample each time (the epochs go through all of "
+        "them), so a small cycle is held to the base model over every anchor prompt at the "
+        "same cost, not over the same few every epoch. Off: one sample, every epoch.",
+    )
     anchor_weight: float = Field(
         default=1.0, gt=0, description="Loss weight of anchor tokens relative to fact tokens."
     )

@@ -278,7 +278,10 @@ class Consolidator:
                     s.consolidation.min_anchors,
                     round(plan.anchor_ratio * (len(transfer.items) + len(replay))),
                 )
-                anchors = self.anchors.items(n_anchors, rng, model)
+                # rotating: every anchor prompt, in a seeded order the epochs take turns in
+                pool = len(anchor_prompts())
+                rotate = s.consolidation.rotate_anchors and 0 < n_anchors < pool
+                anchors = self.anchors.items(pool if rotate else n_anchors, rng, model)
                 if len(anchors) < n_anchors:  # more items than anchor prompts: a long rebase
                     logger.info(
                         "tenant %s: %d anchors wanted, %d prompts available",
@@ -300,7 +303,7 @@ class Consolidator:
                 run_key = (
                     f"{transfer.digest()}:{current.version if current else ''}:{attempt}"
                     f":{precision}:{len(examples)}:{'rebase' if rebase else 'on-top'}"
-                    f":{recipe.protect_energy}"
+                    f":{recipe.protect_energy}:{n_anchors if rotate else 'fixed'}"
                 )  # a checkpoint from another precision or start would not finish the same
                 teacher_state = snapshot(model)  # empty for a prefix made just below
                 # A fresh prefix starts from the experiences it will hold: the cycle's, then
@@ -316,6 +319,7 @@ class Consolidator:
                     model, examples, recipe, pad_id=base.pad_id, device=base.device,
                     checkpoint=self._work / tenant / "checkpoint.pt", run_key=run_key,
                     should_stop=should_stop, on_step=self._step, after_step=constrain,
+                    anchors_per_epoch=n_anchors if rotate else None,
                 )  # fmt: skip
                 if recipe.on_policy_epochs:
                     stats += on_policy_round(
@@ -324,6 +328,7 @@ class Consolidator:
                         max_new_tokens=s.transfer.teacher_max_new_tokens,
                         checkpoint=self._work / tenant / "checkpoint.pt", run_key=run_key,
                         should_stop=should_stop, after_step=constrain,
+                        anchors_per_epoch=n_anchors if rotate else None,
                     )  # fmt: skip
             with timer("probe"), merged(model):
                 earlier = probe_bank(lineage)
@@ -348,6 +353,7 @@ class Consolidator:
             transfer_info["context_twins"] = twins
             transfer_info["rebased"] = rebase
             transfer_info["anchors_wanted"] = n_anchors
+            transfer_info["anchors_per_epoch"] = n_anchors if rotate else len(anchors)
             with timer("commit"):
                 manifest = version_manifest(
                     parent=current.version if current else None,

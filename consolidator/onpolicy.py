@@ -110,9 +110,10 @@ def on_policy_round(
     run_key: str = "",
     should_stop: Any = None,
     after_step: Any = None,
+    anchors_per_epoch: int | None = None,
 ) -> TrainStats:
     """``recipe.on_policy_epochs`` more epochs on the student's own answers (with the anchors,
-    as in the main round)."""
+    as in the main round, ``anchors_per_epoch`` of them each epoch when given)."""
     examples = on_policy_examples(
         base,
         fmt,
@@ -134,4 +135,5 @@ def on_policy_round(
         run_key=f"{run_key}:on-policy",
         should_stop=should_stop,
         after_step=after_step,
+        anchors_per_epoch=anchors_per_epoch,
     )

@@ -127,13 +127,32 @@ class TrainStats:
         }
 
 
-def batches(lengths: Sequence[int], batch_size: int, epochs: int, seed: int) -> list[list[int]]:
+def batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    epochs: int,
+    seed: int,
+    *,
+    rotating: Sequence[int] = (),
+    per_epoch: int = 0,
+) -> list[list[int]]:
     """Every epoch's batches, in order: shuffled, then bucketed by length within chunks of
-    ``8 * batch_size`` so a batch pads little, then the batches shuffled. Deterministic in seed."""
+    ``8 * batch_size`` so a batch pads little, then the batches shuffled. Deterministic in seed.
+
+    ``rotating`` examples (a cycle's anchors) are a pool: each epoch takes the next
+    ``per_epoch`` of them in the pool's order, wrapping round, so the epochs go through the
+    whole pool before any repeats; every other example is in every epoch.
+
+    Example: rotating [5, 6, 7], per_epoch 2 -> epoch 0 has anchors 5, 6; epoch 1 has 7, 5.
+    """
     rng = random.Random(seed)
+    pool = list(rotating)
+    taken = min(per_epoch, len(pool))
+    rotates = set(pool)
+    always = [i for i in range(len(lengths)) if i not in rotates]
     out: list[list[int]] = []
-    for _ in range(epochs):
-        order = list(range(len(lengths)))
+    for n in range(epochs):
+        order = always + [pool[(n * taken + j) % len(pool)] for j in range(taken)]
         rng.shuffle(order)
         epoch: list[list[int]] = []
         chunk = batch_size * 8
@@ -334,8 +353,12 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     on_step: Callable[[int], None] | None = None,
     after_step: Callable[[], None] | None = None,
+    anchors_per_epoch: int | None = None,
 ) -> TrainStats:
     """Train ``model``'s trainable (adapter) parameters on ``examples``; returns statistics.
+
+    With ``anchors_per_epoch``, the anchor examples (kind ``"anchor"``) are a pool each epoch
+    takes that many of in turn (:func:`batches`); without it every example is in every epoch.
 
     ``checkpoint`` (with ``run_key`` naming what is being trained) enables resume. After each
     step ``on_step(step)`` is called, then ``should_stop()``: if it returns True, a checkpoint is
@@ -355,7 +378,15 @@ def train(
     fused = device.type in ("cpu", "cuda") and all(p.dtype == torch.float32 for p in params)
     peak = settings.lr * (settings.prefix_lr_scale if isinstance(model, PrefixModel) else 1.0)
     optimizer = torch.optim.AdamW(params, lr=peak, weight_decay=settings.weight_decay, fused=fused)
-    plan = batches([len(e) for e in examples], settings.batch_size, settings.epochs, settings.seed)
+    anchors = [i for i, e in enumerate(examples) if e.kind == "anchor"]
+    plan = batches(
+        [len(e) for e in examples],
+        settings.batch_size,
+        settings.epochs,
+        settings.seed,
+        rotating=anchors if anchors_per_epoch is not None else (),
+        per_epoch=anchors_per_epoch or 0,
+    )
     dtype = matmul_dtype(settings.precision, device)
     stats = TrainStats(precision=str(dtype).removeprefix("torch."))
     start_step = _load_checkpoint(checkpoint, model, optimizer, run_key) if checkpoint else 0

@@ -52,7 +52,11 @@ def settings_for(
             "target_modules": ["q_proj", "v_proj"],
             **(train or {}),
         },
-        consolidation={"anchor_ratio": 0.5, "retention_budget": 10, **(consolidation or {})},
+        consolidation={
+            "anchor_ratio": 0.5,
+            "retention_budget": 10,
+            **(consolidation or {}),
+        },
         gate={"min_efficacy": 0.0, "min_retention": 0.0, "min_locality": 0.0, **(gate or {})},
     )
 
@@ -354,6 +358,44 @@ def test_anchors_train_along_as_many_answer_tokens_as_the_settings_say(
         0 < len(e.answer_ids) <= 2 and len(e.targets.ids) == len(e.answer_ids) for e in anchors
     )
     assert any(len(e.answer_ids) > 2 for e in seen if e.kind != "anchor")  # facts are not cut
+
+
+@pytest.mark.parametrize("rotate", [True, False])
+def test_a_small_cycle_takes_turns_over_every_anchor_prompt_at_the_same_cost(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    tiny_base: Any,
+    buffer: Buffer,
+    monkeypatch: pytest.MonkeyPatch,
+    rotate: bool,
+) -> None:
+    from reverie.consolidator import cycle
+    from reverie.consolidator.teacher import anchor_prompts
+
+    calls: list[tuple[list[Any], dict[str, Any]]] = []
+    real_train = cycle.train
+
+    def spy(m: Any, examples: Any, *a: Any, **k: Any) -> Any:
+        calls.append((list(examples), k))
+        return real_train(m, examples, *a, **k)
+
+    monkeypatch.setattr(cycle, "train", spy)
+    settings = settings_for(tmp_path, tiny_model_dir, consolidation={"rotate_anchors": rotate})
+    result = consolidator(settings, buffer, tiny_base).run_cycle("alice")
+    [(examples, kwargs)] = calls
+    anchors = [e for e in examples if e.kind == "anchor"]
+    wanted = result.transfer["anchors_wanted"]
+    assert 0 < wanted < len(anchor_prompts())
+    assert result.transfer["anchors_per_epoch"] == wanted
+    if rotate:  # every anchor prompt is in the pool; each epoch trains ``wanted`` of them
+        assert len(anchors) == len(anchor_prompts())
+        assert kwargs["anchors_per_epoch"] == wanted
+    else:
+        assert len(anchors) == wanted and kwargs["anchors_per_epoch"] is None
+    facts = len(examples) - len(anchors)
+    per_epoch = facts + wanted
+    epochs, size = settings.train.epochs, settings.train.batch_size
+    assert result.train["steps"] == epochs * -(-per_epoch // size)
 
 
 def test_control_budget_probes_a_fixed_sample_of_the_controls(

@@ -166,6 +166,37 @@ def test_batches_cover_every_example_each_epoch() -> None:
 
 
 @pytest.mark.parametrize(
+    ("pool", "per_epoch", "epochs", "taken"),
+    [
+        # the epochs go through the pool in its order, wrapping round
+        ([5, 6, 7], 2, 3, [[5, 6], [7, 5], [6, 7]]),
+        ([7, 5, 6], 1, 4, [[7], [5], [6], [7]]),
+        ([5, 6, 7], 3, 2, [[5, 6, 7], [5, 6, 7]]),
+        ([5, 6, 7], 9, 1, [[5, 6, 7]]),  # more wanted than the pool holds: all of it
+        ([5, 6, 7], 0, 2, [[], []]),
+    ],
+)
+def test_rotating_examples_take_turns_and_the_rest_are_in_every_epoch(
+    pool: list[int], per_epoch: int, epochs: int, taken: list[list[int]]
+) -> None:
+    lengths = [3, 1, 4, 1, 5, 9, 2, 6]
+    plan = batches(lengths, 2, epochs, seed=0, rotating=pool, per_epoch=per_epoch)
+    sizes = [len(set(range(8)) - set(pool)) + len(t) for t in taken]
+    flat = [i for b in plan for i in b]
+    start = 0
+    for size, anchors in zip(sizes, taken, strict=True):
+        epoch = flat[start : start + size]
+        start += size
+        assert sorted(epoch) == sorted([i for i in range(8) if i not in pool] + anchors)
+    assert start == len(flat)
+
+
+def test_no_rotating_examples_plan_as_before() -> None:
+    lengths = [5, 1, 9, 3, 7]
+    assert batches(lengths, 2, 3, seed=4, rotating=(), per_epoch=7) == batches(lengths, 2, 3, 4)
+
+
+@pytest.mark.parametrize(
     ("lengths", "budget", "pieces"),
     [
         ([10, 10, 30, 30], 60, [[0, 1], [2, 3]]),
