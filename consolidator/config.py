@@ -144,6 +144,16 @@ class TrainSettings(_Section):
         "the fact prompts, with the teacher's distribution along them (on-policy distillation: "
         "the student is corrected where it actually goes wrong). 0 = off.",
     )
+    locality_epochs: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Epochs trained after the others with the anchors on the student's own "
+        "greedy answers to the anchor prompts and the base model's distribution along them "
+        "(the facts as in the main round): the main round holds the adapter to the base model "
+        "along the base model's answers, this corrects it on the paths it takes itself, where "
+        "a close call flips. 0 = off.",
+    )
     protect_energy: float = Field(
         default=0.0,
         ge=0,

@@ -45,7 +45,7 @@ from reverie.consolidator.evaluate import evaluate
 from reverie.consolidator.gate import Outcome, decide
 from reverie.consolidator.locality import ControlSet, base_control_answers, load_controls
 from reverie.consolidator.neighbourhood import neighbourhood_questions
-from reverie.consolidator.onpolicy import on_policy_round, snapshot
+from reverie.consolidator.onpolicy import locality_round, on_policy_round, snapshot
 from reverie.consolidator.parallel import process_count
 from reverie.consolidator.precision import matmul_dtype
 from reverie.consolidator.probes import run_probes
@@ -329,6 +329,13 @@ class Consolidator:
                         checkpoint=self._work / tenant / "checkpoint.pt", run_key=run_key,
                         should_stop=should_stop, after_step=constrain,
                         anchors_per_epoch=n_anchors if rotate else None,
+                    )  # fmt: skip
+                if recipe.locality_epochs:
+                    stats += locality_round(
+                        base, model, examples, recipe,
+                        anchors_per_epoch=n_anchors if rotate else None,
+                        checkpoint=self._work / tenant / "checkpoint.pt", run_key=run_key,
+                        should_stop=should_stop, after_step=constrain,
                     )  # fmt: skip
             with timer("probe"), merged(model):
                 earlier = probe_bank(lineage)

@@ -28,7 +28,14 @@ from reverie.model.base import BaseModel, merged
 from reverie.model.config import ModelSettings
 from reverie.model.generate import generate_ids
 
-__all__ = ["adapter_state", "on_policy_examples", "on_policy_round", "snapshot"]
+__all__ = [
+    "adapter_state",
+    "locality_round",
+    "on_policy_examples",
+    "on_policy_round",
+    "snapshot",
+    "student_anchors",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +140,69 @@ def on_policy_round(
         device=base.device,
         checkpoint=checkpoint,
         run_key=f"{run_key}:on-policy",
+        should_stop=should_stop,
+        after_step=after_step,
+        anchors_per_epoch=anchors_per_epoch,
+    )
+
+
+def student_anchors(
+    base: BaseModel, model: Any, anchors: Sequence[Example], *, top_k: int
+) -> list[Example]:
+    """``anchors`` again, each along the student's own greedy answer to its prompt (adapter on,
+    as long as the anchor's answer) with the base model's distribution there (adapter off)."""
+    if not anchors:
+        return []
+    prompts = [a.prompt_ids for a in anchors]
+    with merged(model):
+        answers = generate_ids(
+            model,
+            prompts,
+            eos_id=base.eos_id,
+            pad_id=base.pad_id,
+            max_new_tokens=max(len(a.answer_ids) for a in anchors),
+            device=base.device,
+        )
+    cut = [answer[: len(a.answer_ids)] for a, answer in zip(anchors, answers, strict=True)]
+    with model.disable_adapter(), merged(model):
+        targets = teacher_targets(
+            model, prompts, cut, pad_id=base.pad_id, top_k=top_k, device=base.device
+        )
+    return [
+        Example(a.prompt_ids, answer, t, weight=a.weight, kind="anchor")
+        for a, answer, t in zip(anchors, cut, targets, strict=True)
+    ]
+
+
+def locality_round(
+    base: BaseModel,
+    model: Any,
+    examples: Sequence[Example],
+    recipe: TrainSettings,
+    *,
+    anchors_per_epoch: int | None = None,
+    checkpoint: Path | None = None,
+    run_key: str = "",
+    should_stop: Any = None,
+    after_step: Any = None,
+) -> TrainStats:
+    """``recipe.locality_epochs`` more epochs over ``examples`` with each anchor replaced by
+    :func:`student_anchors`' (``anchors_per_epoch`` of them each epoch when given)."""
+    anchors = [e for e in examples if e.kind == "anchor"]
+    fresh = student_anchors(base, model, anchors, top_k=recipe.top_k)
+    moved = sum(a.answer_ids != f.answer_ids for a, f in zip(anchors, fresh, strict=True))
+    logger.info(
+        "locality round: %d anchors, %d answered otherwise than the base model", len(fresh), moved
+    )
+    model.train()
+    return train(
+        model,
+        [*(e for e in examples if e.kind != "anchor"), *fresh],
+        recipe.model_copy(update={"epochs": recipe.locality_epochs, "seed": recipe.seed + 2}),
+        pad_id=base.pad_id,
+        device=base.device,
+        checkpoint=checkpoint,
+        run_key=f"{run_key}:locality",
         should_stop=should_stop,
         after_step=after_step,
         anchors_per_epoch=anchors_per_epoch,
