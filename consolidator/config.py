@@ -309,9 +309,9 @@ class ConsolidationSettings(_Section):
     rotate_anchors: bool = Field(
         default=False,
         description="A cycle wanting fewer anchors than there are anchor prompts trains on "
-        "that many each epoch, a different sample each time (the epochs go through all of "
-        "them), so a small cycle is held to the base model over every anchor prompt at the "
-        "same cost, not over the same few every epoch. Off: one sample, every epoch.",
+        "that many each epoch, taking the prompts in turn (up to epochs x that many distinct "
+        "ones), so a small cycle is held to the base model over more of them in the same "
+        "training steps, not over the same few every epoch. Off: one sample, every epoch.",
     )
     anchor_weight: float = Field(
         default=1.0, gt=0, description="Loss weight of anchor tokens relative to fact tokens."

@@ -74,6 +74,7 @@ from reverie.consolidator.train import (
     start_adapter,
     student_model,
     train,
+    turned,
 )
 from reverie.consolidator.transfer import cycle_transfer
 from reverie.memory.adapters import AdapterRegistry
@@ -303,7 +304,7 @@ class Consolidator:
                 run_key = (
                     f"{transfer.digest()}:{current.version if current else ''}:{attempt}"
                     f":{precision}:{len(examples)}:{'rebase' if rebase else 'on-top'}"
-                    f":{recipe.protect_energy}:{n_anchors if rotate else 'fixed'}"
+                    f":{recipe.protect_energy}{f':rotating {n_anchors}' if rotate else ''}"
                 )  # a checkpoint from another precision or start would not finish the same
                 teacher_state = snapshot(model)  # empty for a prefix made just below
                 # A fresh prefix starts from the experiences it will hold: the cycle's, then
@@ -321,18 +322,23 @@ class Consolidator:
                     should_stop=should_stop, on_step=self._step, after_step=constrain,
                     anchors_per_epoch=n_anchors if rotate else None,
                 )  # fmt: skip
+                # with rotation, each round takes the anchors on from where the last stopped
+                pool_examples = [e for e in examples if e.kind == "anchor"]
+                taken = recipe.epochs * n_anchors if rotate else 0
                 if recipe.on_policy_epochs:
                     stats += on_policy_round(
                         base, s.model, model, transfer.items + replay,
-                        [e for e in examples if e.kind == "anchor"], teacher_state, recipe,
+                        turned(pool_examples, taken), teacher_state, recipe,
                         max_new_tokens=s.transfer.teacher_max_new_tokens,
                         checkpoint=self._work / tenant / "checkpoint.pt", run_key=run_key,
                         should_stop=should_stop, after_step=constrain,
                         anchors_per_epoch=n_anchors if rotate else None,
                     )  # fmt: skip
+                taken += recipe.on_policy_epochs * n_anchors if rotate else 0
                 if recipe.locality_epochs:
+                    rest = [e for e in examples if e.kind != "anchor"]
                     stats += locality_round(
-                        base, model, examples, recipe,
+                        base, model, rest + turned(pool_examples, taken), recipe,
                         anchors_per_epoch=n_anchors if rotate else None,
                         checkpoint=self._work / tenant / "checkpoint.pt", run_key=run_key,
                         should_stop=should_stop, after_step=constrain,
@@ -360,7 +366,7 @@ class Consolidator:
             transfer_info["context_twins"] = twins
             transfer_info["rebased"] = rebase
             transfer_info["anchors_wanted"] = n_anchors
-            transfer_info["anchors_per_epoch"] = n_anchors if rotate else len(anchors)
+            transfer_info["anchors_per_epoch"] = min(n_anchors, len(anchors))
             with timer("commit"):
                 manifest = version_manifest(
                     parent=current.version if current else None,

@@ -150,7 +150,8 @@ def student_anchors(
     base: BaseModel, model: Any, anchors: Sequence[Example], *, top_k: int
 ) -> list[Example]:
     """``anchors`` again, each along the student's own greedy answer to its prompt (adapter on,
-    as long as the anchor's answer) with the base model's distribution there (adapter off)."""
+    at most as long as the anchor's answer) with the base model's distribution there (adapter
+    off)."""
     if not anchors:
         return []
     prompts = [a.prompt_ids for a in anchors]
@@ -187,8 +188,14 @@ def locality_round(
     after_step: Any = None,
 ) -> TrainStats:
     """``recipe.locality_epochs`` more epochs over ``examples`` with each anchor replaced by
-    :func:`student_anchors`' (``anchors_per_epoch`` of them each epoch when given)."""
+    :func:`student_anchors`' (``anchors_per_epoch`` of them each epoch when given, in turn from
+    the first: only those are answered). Without anchors there is nothing to hold: no round."""
     anchors = [e for e in examples if e.kind == "anchor"]
+    if anchors_per_epoch is not None:
+        anchors = anchors[: anchors_per_epoch * recipe.locality_epochs]
+    if not anchors:
+        logger.info("locality round skipped: the cycle has no anchors")
+        return TrainStats()
     fresh = student_anchors(base, model, anchors, top_k=recipe.top_k)
     moved = sum(a.answer_ids != f.answer_ids for a, f in zip(anchors, fresh, strict=True))
     logger.info(

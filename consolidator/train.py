@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.profiler import record_function
@@ -54,9 +54,12 @@ __all__ = [
     "student_model",
     "train",
     "training_kernels",
+    "turned",
 ]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class TrainingInterrupted(Exception):
@@ -140,11 +143,13 @@ def batches(
     ``8 * batch_size`` so a batch pads little, then the batches shuffled. Deterministic in seed.
 
     ``rotating`` examples (a cycle's anchors) are a pool: each epoch takes the next
-    ``per_epoch`` of them in the pool's order, wrapping round, so the epochs go through the
-    whole pool before any repeats; every other example is in every epoch.
+    ``per_epoch`` of them in the pool's order, wrapping round, so no anchor repeats before
+    the epochs have gone through the whole pool; every other example is in every epoch.
 
     Example: rotating [5, 6, 7], per_epoch 2 -> epoch 0 has anchors 5, 6; epoch 1 has 7, 5.
     """
+    if rotating and per_epoch < 1:
+        raise ValueError(f"per_epoch must be 1 or more when examples rotate, got {per_epoch}")
     rng = random.Random(seed)
     pool = list(rotating)
     taken = min(per_epoch, len(pool))
@@ -162,6 +167,16 @@ def batches(
         rng.shuffle(epoch)
         out += epoch
     return out
+
+
+def turned(pool: Sequence[T], taken: int) -> list[T]:
+    """``pool`` from where a rotation that has taken ``taken`` of it stopped (wrapping round):
+    the order the next round's epochs take it in.
+
+    Example: [a, b, c], taken 4 -> [b, c, a].
+    """
+    k = taken % len(pool) if pool else 0
+    return [*pool[k:], *pool[:k]]
 
 
 def lr_factor(step: int, total: int, warmup: float, schedule: str) -> float:

@@ -398,6 +398,46 @@ def test_a_small_cycle_takes_turns_over_every_anchor_prompt_at_the_same_cost(
     assert result.train["steps"] == epochs * -(-per_epoch // size)
 
 
+def test_a_locality_round_trains_after_the_main_epochs_on_the_next_anchors_in_turn(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    tiny_base: Any,
+    buffer: Buffer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from reverie.consolidator import cycle, onpolicy
+
+    main: list[Any] = []
+    answered: list[Any] = []
+    real_train, real_answers = cycle.train, onpolicy.student_anchors
+    monkeypatch.setattr(
+        cycle, "train", lambda m, ex, *a, **k: main.extend(ex) or real_train(m, ex, *a, **k)
+    )
+    monkeypatch.setattr(
+        onpolicy,
+        "student_anchors",
+        lambda b, m, anchors, **k: answered.extend(anchors) or real_answers(b, m, anchors, **k),
+    )
+    settings = settings_for(
+        tmp_path,
+        tiny_model_dir,
+        consolidation={"rotate_anchors": True},
+        train={"locality_epochs": 1},
+    )
+    result = consolidator(settings, buffer, tiny_base).run_cycle("alice")
+    assert result.outcome == "promoted", result.reasons
+    wanted, epochs = result.transfer["anchors_per_epoch"], settings.train.epochs
+    pool = [e for e in main if e.kind == "anchor"]
+    # the main round took the first epochs x wanted of the pool; the round answers the next
+    start = epochs * wanted % len(pool)
+    assert [a.prompt_ids for a in answered] == [
+        e.prompt_ids for e in (pool[start:] + pool[:start])[:wanted]
+    ]
+    per_epoch = len(main) - len(pool) + wanted
+    batches_per_epoch = -(-per_epoch // settings.train.batch_size)
+    assert result.train["steps"] == (epochs + 1) * batches_per_epoch
+
+
 def test_control_budget_probes_a_fixed_sample_of_the_controls(
     tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, buffer: Buffer
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 
 from reverie.consolidator.config import TrainSettings
@@ -118,12 +119,20 @@ def test_student_anchors_follow_its_own_answers_with_the_base_models_targets(
 ) -> None:
     model = lora(tiny_base)
     anchors = base_anchors(tiny_base, model)
+    for a in anchors[:2]:  # anchors train along the first N tokens of the base answer
+        a.answer_ids, a.targets.ids, a.targets.logp = (
+            a.answer_ids[:2],
+            a.targets.ids[:2],
+            a.targets.logp[:2],
+        )
     moved(model)
     out = student_anchors(tiny_base, model, anchors, top_k=8)
     prompts = [a.prompt_ids for a in anchors]
     own = generate_ids(
         model, prompts, eos_id=tiny_base.eos_id, pad_id=tiny_base.pad_id, max_new_tokens=4
     )
+    own = [answer[: len(a.answer_ids)] for answer, a in zip(own, anchors, strict=True)]
+    assert [len(e.answer_ids) for e in out] == [2, 2, 4, 4]
     assert [e.answer_ids for e in out] == own
     assert own != [a.answer_ids for a in anchors]  # the student went its own way somewhere
     with model.disable_adapter():
@@ -147,10 +156,42 @@ def test_a_locality_round_pulls_the_adapter_back_to_the_base_on_its_own_paths(
     facts = on_policy_examples(
         tiny_base, FMT, model, items()[:2], snapshot(model), top_k=8, max_new_tokens=4
     )
-    with model.disable_adapter():  # the base model itself: the least a top-k KL can be
+    with model.disable_adapter():  # the base model itself: where the round pulls towards
         floor = mean_loss(model, own, recipe, pad_id=pad)
     stats = locality_round(tiny_base, model, [*facts, *anchors], recipe)
     assert stats.steps == 6 * 3  # 2 facts and 4 anchors, batches of 2, 6 epochs
     after = mean_loss(model, own, recipe, pad_id=pad)
     # (the tiny random model's logits move slowly: a fifth of the way in 18 steps)
     assert after - floor < 0.9 * (before - floor)
+
+
+def test_a_locality_round_without_anchors_trains_nothing(tiny_base: Any) -> None:
+    model = lora(tiny_base)
+    facts = on_policy_examples(
+        tiny_base, FMT, model, items()[:2], snapshot(model), top_k=8, max_new_tokens=4
+    )
+    before = snapshot(model)
+    stats = locality_round(tiny_base, model, facts, TrainSettings(locality_epochs=2))
+    assert stats.steps == 0
+    assert all(torch.equal(before[n], p) for n, p in snapshot(model).items())
+
+
+def test_a_rotating_locality_round_answers_only_the_anchors_its_epochs_take(
+    tiny_base: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reverie.consolidator import onpolicy
+
+    answered: list[list[int]] = []
+    real = onpolicy.student_anchors
+
+    def spy(base: Any, model: Any, anchors: Any, **k: Any) -> Any:
+        answered.extend(a.prompt_ids for a in anchors)
+        return real(base, model, anchors, **k)
+
+    monkeypatch.setattr(onpolicy, "student_anchors", spy)
+    model = lora(tiny_base)
+    anchors = base_anchors(tiny_base, model)
+    recipe = TrainSettings(batch_size=2, locality_epochs=1)
+    stats = locality_round(tiny_base, model, anchors, recipe, anchors_per_epoch=2)
+    assert answered == [a.prompt_ids for a in anchors[:2]]  # the first two, in turn
+    assert stats.steps == 1  # one epoch of two anchors, one batch

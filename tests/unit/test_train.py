@@ -21,6 +21,7 @@ from reverie.consolidator.train import (
     padded_positions,
     token_pieces,
     train,
+    turned,
 )
 from reverie.model.config import ModelSettings
 from reverie.model.prompts import context_prompt, encode, render_user
@@ -173,7 +174,6 @@ def test_batches_cover_every_example_each_epoch() -> None:
         ([7, 5, 6], 1, 4, [[7], [5], [6], [7]]),
         ([5, 6, 7], 3, 2, [[5, 6, 7], [5, 6, 7]]),
         ([5, 6, 7], 9, 1, [[5, 6, 7]]),  # more wanted than the pool holds: all of it
-        ([5, 6, 7], 0, 2, [[], []]),
     ],
 )
 def test_rotating_examples_take_turns_and_the_rest_are_in_every_epoch(
@@ -192,8 +192,28 @@ def test_rotating_examples_take_turns_and_the_rest_are_in_every_epoch(
 
 
 def test_no_rotating_examples_plan_as_before() -> None:
-    lengths = [5, 1, 9, 3, 7]
-    assert batches(lengths, 2, 3, seed=4, rotating=(), per_epoch=7) == batches(lengths, 2, 3, 4)
+    # the plan of the code before rotation existed (a044f97), for these arguments
+    before = [[3, 0], [2], [4, 6], [1, 5], [4, 6], [1, 5], [3, 0], [2]]
+    assert batches([5, 1, 9, 3, 7, 2, 8], 2, 2, seed=3) == before
+    assert batches([5, 1, 9, 3, 7, 2, 8], 2, 2, seed=3, rotating=(), per_epoch=7) == before
+
+
+def test_rotating_examples_need_at_least_one_a_epoch() -> None:
+    with pytest.raises(ValueError, match="per_epoch"):
+        batches([1, 2, 3], 2, 1, seed=0, rotating=[1, 2], per_epoch=0)
+
+
+@pytest.mark.parametrize(
+    ("pool", "taken", "order"),
+    [
+        ("abc", 0, "abc"),
+        ("abc", 1, "bca"),
+        ("abc", 4, "bca"),  # wrapped round once
+        ("", 5, ""),
+    ],
+)
+def test_turned_starts_where_the_rotation_stopped(pool: str, taken: int, order: str) -> None:
+    assert turned(list(pool), taken) == list(order)
 
 
 @pytest.mark.parametrize(
