@@ -131,18 +131,35 @@ def on_policy_round(
         max_new_tokens=max_new_tokens,
     )
     logger.info("on-policy round: %d student answers, %d anchors", len(examples), len(anchors))
+    return _round(
+        base, model, [*examples, *anchors], recipe, recipe.on_policy_epochs, 1, "on-policy",
+        checkpoint=checkpoint, run_key=run_key, should_stop=should_stop,
+        after_step=after_step, anchors_per_epoch=anchors_per_epoch,
+    )  # fmt: skip
+
+
+def _round(
+    base: BaseModel,
+    model: Any,
+    examples: Sequence[Example],
+    recipe: TrainSettings,
+    epochs: int,
+    number: int,
+    name: str,
+    **train_args: Any,
+) -> TrainStats:
+    """``epochs`` more of training after the main ones, on ``examples``: a run of its own (the
+    recipe's seed plus ``number``, ``name`` in the checkpoint key)."""
+    run_key = train_args.pop("run_key", "")
     model.train()
     return train(
         model,
-        [*examples, *anchors],
-        recipe.model_copy(update={"epochs": recipe.on_policy_epochs, "seed": recipe.seed + 1}),
+        examples,
+        recipe.model_copy(update={"epochs": epochs, "seed": recipe.seed + number}),
         pad_id=base.pad_id,
         device=base.device,
-        checkpoint=checkpoint,
-        run_key=f"{run_key}:on-policy",
-        should_stop=should_stop,
-        after_step=after_step,
-        anchors_per_epoch=anchors_per_epoch,
+        run_key=f"{run_key}:{name}",
+        **train_args,
     )
 
 
@@ -201,16 +218,9 @@ def locality_round(
     logger.info(
         "locality round: %d anchors, %d answered otherwise than the base model", len(fresh), moved
     )
-    model.train()
-    return train(
-        model,
-        [*(e for e in examples if e.kind != "anchor"), *fresh],
-        recipe.model_copy(update={"epochs": recipe.locality_epochs, "seed": recipe.seed + 2}),
-        pad_id=base.pad_id,
-        device=base.device,
-        checkpoint=checkpoint,
-        run_key=f"{run_key}:locality",
-        should_stop=should_stop,
-        after_step=after_step,
-        anchors_per_epoch=anchors_per_epoch,
-    )
+    rest = [e for e in examples if e.kind != "anchor"]
+    return _round(
+        base, model, [*rest, *fresh], recipe, recipe.locality_epochs, 2, "locality",
+        checkpoint=checkpoint, run_key=run_key, should_stop=should_stop,
+        after_step=after_step, anchors_per_epoch=anchors_per_epoch,
+    )  # fmt: skip
