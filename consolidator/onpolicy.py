@@ -61,6 +61,21 @@ def adapter_state(model: Any, state: dict[str, torch.Tensor]) -> Iterator[Any]:
                 params[n].copy_(value)
 
 
+def _student_answers(
+    base: BaseModel, model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int
+) -> list[list[int]]:
+    """The student's (adapter on) greedy answers to ``prompts``."""
+    with merged(model):
+        return generate_ids(
+            model,
+            prompts,
+            eos_id=base.eos_id,
+            pad_id=base.pad_id,
+            max_new_tokens=max_new_tokens,
+            device=base.device,
+        )
+
+
 def on_policy_examples(
     base: BaseModel,
     fmt: ModelSettings,
@@ -77,15 +92,7 @@ def on_policy_examples(
     model with its adapter off."""
     chat = [i for i in items if not i.raw]
     prompts = [prompt_ids(base, fmt, i, "student") for i in chat]
-    with merged(model):
-        answers = generate_ids(
-            model,
-            prompts,
-            eos_id=base.eos_id,
-            pad_id=base.pad_id,
-            max_new_tokens=max_new_tokens,
-            device=base.device,
-        )
+    answers = _student_answers(base, model, prompts, max_new_tokens)
     keep = [i for i, a in enumerate(answers) if a]
     teacher = adapter_state(model, teacher_state) if teacher_state else model.disable_adapter()
     with teacher, merged(model):
@@ -172,15 +179,7 @@ def student_anchors(
     if not anchors:
         return []
     prompts = [a.prompt_ids for a in anchors]
-    with merged(model):
-        answers = generate_ids(
-            model,
-            prompts,
-            eos_id=base.eos_id,
-            pad_id=base.pad_id,
-            max_new_tokens=max(len(a.answer_ids) for a in anchors),
-            device=base.device,
-        )
+    answers = _student_answers(base, model, prompts, max(len(a.answer_ids) for a in anchors))
     cut = [answer[: len(a.answer_ids)] for a, answer in zip(anchors, answers, strict=True)]
     with model.disable_adapter(), merged(model):
         targets = teacher_targets(
