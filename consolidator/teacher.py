@@ -312,7 +312,8 @@ def fact_examples(
     own greedy answers usually pass; a forced verbatim text or an old replayed answer may not
     any more).
 
-    ``context_share`` of the kept items (a seeded sample) come a second time with the teacher's
+    ``context_share`` of the kept items that answer a question (a seeded sample; a verbatim
+    item's twin would copy the text from its own prompt) come a second time with the teacher's
     prompt, experience in context, as the student's: towards the same targets, the adapter
     learns to leave in-context answers as they were."""
     targets = _targets(base, fmt, teacher, items, top_k, hidden_layers)
@@ -330,8 +331,9 @@ def fact_examples(
         )
         for i, t in kept
     ]
-    if context_share > 0 and kept:
-        chosen = random.Random(seed).sample(kept, round(context_share * len(kept)))
+    answered = [(i, t) for i, t in kept if i.strategy != "verbatim"]
+    if context_share > 0 and answered:
+        chosen = random.Random(seed).sample(answered, round(context_share * len(answered)))
         examples += [
             Example(prompt_ids(base, fmt, i, "teacher"), list(i.answer_ids), t, kind="context")
             for i, t in chosen
