@@ -117,8 +117,9 @@ class TrainSettings(_Section):
         default=0.0,
         ge=0,
         le=1,
-        description="Share of fact and replay items that answer a question (not verbatim "
-        "recitations, whose twin would copy its own prompt) trained a second time with the "
+        description="Share of the cycle's fact items that answer a question (not verbatim "
+        "recitations, whose twin would copy its own prompt, nor replayed items, which no longer "
+        "say whether they were one) trained a second time with the "
         "experience in the student's prompt too, towards the same teacher targets, so the "
         "adapter answers with recalled context as the model did before (served answers recall "
         "experiences into the prompt). Anchors are sized to the items, not to these twins. "

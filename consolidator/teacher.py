@@ -312,10 +312,11 @@ def fact_examples(
     own greedy answers usually pass; a forced verbatim text or an old replayed answer may not
     any more).
 
-    ``context_share`` of the kept items that answer a question (a seeded sample; a verbatim
-    item's twin would copy the text from its own prompt) come a second time with the teacher's
-    prompt, experience in context, as the student's: towards the same targets, the adapter
-    learns to leave in-context answers as they were."""
+    ``context_share`` of this cycle's kept items that answer a question (a seeded sample; a
+    verbatim item's twin would copy the text from its own prompt, and a replayed item no longer
+    says whether it was one) come a second time with the teacher's prompt, experience in
+    context, as the student's: towards the same targets, the adapter learns to leave in-context
+    answers as they were."""
     targets = _targets(base, fmt, teacher, items, top_k, hidden_layers)
     kept = [
         (i, t)
@@ -331,7 +332,7 @@ def fact_examples(
         )
         for i, t in kept
     ]
-    answered = [(i, t) for i, t in kept if i.strategy != "verbatim"]
+    answered = [(i, t) for i, t in kept if i.strategy not in ("verbatim", "replay")]
     if context_share > 0 and answered:
         chosen = random.Random(seed).sample(answered, round(context_share * len(answered)))
         examples += [

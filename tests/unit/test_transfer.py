@@ -128,7 +128,8 @@ def test_context_share_trains_items_again_with_the_experience_in_the_prompt(
     recited = build_transfer_set(tiny_base, ModelSettings(), tiny_base.model, [EXP], settings).items
     # a random model's answers are never grounded: some verbatim items stand in for questions
     items = [replace(i, strategy="qgen") if n % 2 else i for n, i in enumerate(recited)]
-    answered = [i for i in items if i.strategy != "verbatim"]
+    items[1] = replace(items[1], strategy="replay")  # an earlier cycle's item, of unknown kind
+    answered = [i for i in items if i.strategy == "qgen"]
     assert 0 < len(answered) < len(items)
     fmt = ModelSettings()
 
@@ -139,14 +140,15 @@ def test_context_share_trains_items_again_with_the_experience_in_the_prompt(
         )  # fmt: skip
 
     plain = examples(0.0)
-    assert [e.kind for e in plain] == ["fact"] * len(items)
+    assert [e.kind for e in plain] == ["fact", "replay"] + ["fact"] * (len(items) - 2)
     mixed = examples(0.5)
     extra = [e for e in mixed if e.kind == "context"]
     assert len(extra) == round(0.5 * len(answered)) > 0
-    # no twin of a verbatim item: with the text in its prompt it would learn to copy it
+    # no twin of a verbatim item (with the text in its prompt it would learn to copy it) nor
+    # of a replayed one
     teacher_prompts = {tuple(prompt_ids(tiny_base, fmt, i, "teacher")) for i in answered}
     for e in extra:
         assert tuple(e.prompt_ids) in teacher_prompts  # the experience is in the prompt
         # towards the very targets of one of the facts (the teacher is not asked again)
         assert any(f.targets is e.targets for f in mixed if f.kind == "fact")
-    assert [e.prompt_ids for e in mixed if e.kind == "fact"] == [e.prompt_ids for e in plain]
+    assert [e.prompt_ids for e in mixed if e.kind != "context"] == [e.prompt_ids for e in plain]
