@@ -83,7 +83,7 @@ def ask(
     """Questions asked through the served path (``MemoryClient.chat``, as an agent asks):
     the share answered right, the share the adapter answered (routed), and with
     ``keep_answers`` each question's reply (to compare runs question by question)."""
-    right = routed = 0
+    right = routed = unchecked = overruled = 0
     replies = []
     for question, golds in questions:
         reply = client.chat(
@@ -93,17 +93,34 @@ def ask(
             max_new_tokens=24,
         )
         correct = bool(best(reply.text, golds)["contains"])
+        record: dict[str, Any] = {"question": question, "reply": reply.text, "correct": correct}
+        adapter_correct = correct
+        if reply.adapter_text is not None:  # the base model's answer replaced the adapter's
+            adapter_correct = bool(best(reply.adapter_text, golds)["contains"])
+            record["adapter_reply"] = reply.adapter_text
+            record["correct_unchecked"] = adapter_correct
         right += correct
+        unchecked += adapter_correct
+        overruled += reply.adapter_text is not None
         routed += reply.routed
-        replies.append({"question": question, "reply": reply.text, "correct": correct})
+        replies.append(record)
     n = max(1, len(questions))
-    out: dict[str, Any] = {"accuracy": round(right / n, 4), "routed": round(routed / n, 4)}
+    out: dict[str, Any] = {
+        "accuracy": round(right / n, 4),
+        "routed": round(routed / n, 4),
+        # the adapter's answers as they were before the base model's could replace them
+        "accuracy_unchecked": round(unchecked / n, 4),
+        "overruled": round(overruled / n, 4),
+    }
     if keep_answers:
         out["replies"] = replies
     return out
 
 
 FROM_SHARED = {"squad"}  # read from ../shared/data: its text stays there, not in our reports
+
+
+SCORES = ("correct", "correct_unchecked", "bleed")
 
 
 def without_question_text(result: dict[str, Any]) -> dict[str, Any]:
@@ -113,7 +130,7 @@ def without_question_text(result: dict[str, Any]) -> dict[str, Any]:
 
     def strip(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [
-            {"index": i, **{k: v for k, v in r.items() if k in ("correct", "bleed")}}
+            {"index": i, **{k: v for k, v in r.items() if k in SCORES}}
             for i, r in enumerate(records)
         ]
 
