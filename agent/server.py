@@ -444,6 +444,7 @@ def create_app(
         extra = {
             "adapter_version": reply.adapter_version,
             "routed": reply.routed,
+            "adapter_overruled": reply.adapter_text is not None,
             "recalled_ids": list(reply.recalled_ids),
         }
         return {
@@ -580,6 +581,7 @@ async def _pieces(
             extra = {
                 "adapter_version": payload.adapter_version,
                 "routed": payload.routed,
+                "adapter_overruled": payload.adapter_text is not None,
                 "recalled_ids": list(payload.recalled_ids),
             }
             yield chunk({}, payload.finish_reason, extra)

@@ -555,6 +555,58 @@ def test_the_router_keeps_the_adapter_off_unrelated_questions(
         assert not off.routed and off.text == base_answer.text
 
 
+def test_with_memories_recalled_the_more_grounded_of_the_two_answers_stands(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    tiny_base: Any,
+    embedder: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A routed question with memories in the prompt is answered by the adapter and by the base
+    model in the same batch; the reply is the one choose_grounded picks, says which adapter
+    answer it replaced, and streams whole."""
+    from reverie import MemoryClient
+    from reverie.agent import chat as chat_module
+    from reverie.agent.chat import Sampling, choose_grounded
+
+    # a high learning rate: the adapter must move the random tiny model's sampled tokens
+    settings = settings_for(tmp_path, tiny_model_dir, train={"lr": 0.05, "epochs": 4})
+    about = [{"role": "user", "content": "What is the cat Biscuit allergic to?"}]
+    sampled: dict[str, Any] = {"temperature": 1.0, "seed": 0}
+    with MemoryClient(settings, embedder=embedder) as client:
+        for eid, text in FACTS:
+            client.log(text, tenant="alice", id=eid)
+        result = Consolidator(settings, buffer=client.buffer, base=tiny_base).run_cycle("alice")
+        assert result.outcome == "promoted", result.reasons
+        settings.router.check_recalled = False
+        # sampled: the random tiny model's greedy answers are special tokens (empty text)
+        adapter = client.chat(about, tenant="alice", **sampled)
+        assert adapter.routed and adapter.recalled and adapter.adapter_text is None
+        base = client.load_model().respond(
+            about,
+            tenant="alice",
+            recalled=adapter.recalled,
+            use_adapter=False,
+            sampling=Sampling(**sampled),
+        )
+        assert base.text != adapter.text  # the trained adapter changed the tiny model's answer
+
+        settings.router.check_recalled = True
+        checked = client.chat(about, tenant="alice", **sampled)
+        stands = choose_grounded([adapter.text, base.text], adapter.recalled)
+        assert checked.text == [adapter.text, base.text][stands] and checked.routed
+        assert checked.adapter_text == (adapter.text if stands else None)
+
+        monkeypatch.setattr(chat_module, "choose_grounded", lambda answers, recalled: 1)
+        pieces: list[str] = []
+        replaced = client.chat(about, tenant="alice", on_text=pieces.append, **sampled)
+        assert replaced.text == base.text and replaced.adapter_text == adapter.text
+        assert pieces == ([base.text] if base.text else [])
+        # without memories in the prompt there is nothing to check against: the adapter answers
+        alone = client.chat(about, tenant="alice", recall="none")
+        assert alone.routed and alone.adapter_text is None
+
+
 def test_forget_stops_serving_weights_that_hold_it_at_once(
     tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, embedder: Any
 ) -> None:

@@ -227,6 +227,7 @@ def test_openai_client_and_hot_swap(server: Server, tiny_model_dir: Path) -> Non
         model="reverie", messages=[{"role": "user", "content": "locker code?"}], max_tokens=4
     )
     assert reply.model_extra and reply.model_extra["reverie"]["adapter_version"] == result.version
+    assert reply.model_extra["reverie"]["adapter_overruled"] in (True, False)
 
     chunks = list(
         oa.chat.completions.create(
@@ -234,6 +235,7 @@ def test_openai_client_and_hot_swap(server: Server, tiny_model_dir: Path) -> Non
         )
     )
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert chunks[-1].model_extra and "adapter_overruled" in chunks[-1].model_extra["reverie"]
 
     listing = server.call("GET", "/v1/adapters", server.alice).json()
     assert listing["current"] == result.version

@@ -1,4 +1,5 @@
-"""Which recalled experiences a chat puts in the prompt (agent/chat.py select_recalled)."""
+"""Which recalled experiences a chat puts in the prompt (agent/chat.py select_recalled), and
+which answer stands when the adapter and the base model both read them (choose_grounded)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import pytest
 
-from reverie.agent.chat import recall_window, select_recalled
+from reverie.agent.chat import choose_grounded, recall_window, select_recalled
 from reverie.memory.buffer import Hit
 from reverie.memory.errors import InvalidInputError
 from reverie.memory.experience import Experience
@@ -54,3 +55,26 @@ def test_a_bad_window_names_the_field(bad: object) -> None:
 
 def test_windows_from_none_to_everything_are_accepted() -> None:
     assert [recall_window(w) for w in (0, 0.1, 2)] == [0.0, 0.1, 2.0]
+
+
+RECALLED = [Experience(tenant="t", id="cat", text="The user's cat Biscuit is allergic to salmon.")]
+
+
+@pytest.mark.parametrize(
+    ("adapter", "base", "stands"),
+    [
+        ("Biscuit is allergic to tuna and shrimp.", "Biscuit is allergic to salmon.", 1),
+        ("Biscuit is allergic to salmon.", "Biscuit is allergic to salmon.", 0),  # a tie
+        ("Salmon.", "Cats are often allergic to fish.", 0),  # the adapter is more grounded
+        ("", "", 0),
+        ("", "Salmon.", 1),  # an empty answer carries nothing from the memories
+    ],
+)
+def test_the_adapters_answer_stands_unless_the_base_model_reads_the_memories_better(
+    adapter: str, base: str, stands: int
+) -> None:
+    assert choose_grounded([adapter, base], RECALLED) == stands
+
+
+def test_with_one_answer_it_stands() -> None:
+    assert choose_grounded(["Anything at all."], RECALLED) == 0
