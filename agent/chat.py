@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from reverie.consolidator.spans import grounding
 from reverie.memory.adapters import AdapterRegistry
 from reverie.memory.buffer import Hit
 from reverie.memory.errors import InvalidInputError
 from reverie.memory.experience import Experience
 from reverie.memory.router import Router, load_router
+from reverie.model.metrics import grounding
 from reverie.model.prompts import Message, context_prompt, encode, render
 from reverie.settings import Settings
 
@@ -44,6 +44,7 @@ __all__ = [
     "Responder",
     "Sampling",
     "build_messages",
+    "choose_grounded",
     "recall_mode",
     "recall_window",
     "select_recalled",
@@ -145,8 +146,9 @@ class Reply:
     queue_seconds: float = 0.0  # waiting for the model (another chat was generating)
     generate_seconds: float = 0.0
     model: str = ""  # the base model that answered
-    # the adapter's own answer when the base model's replaced it: the base model read the
-    # recalled memories more faithfully (see Responder.respond); None when nothing was replaced
+    # the base model's answer replaced the adapter's, being more grounded in the recalled
+    # memories (see Responder.respond); adapter_text is then the adapter's (in process only)
+    overruled: bool = False
     adapter_text: str | None = None
 
 
@@ -195,7 +197,9 @@ class Responder:
     """Generates answers for any tenant from one base model with per-tenant adapters.
 
     Concurrent chats decode together (:class:`~reverie.model.batcher.Batcher`): each row of the
-    batch carries its tenant's adapter, or none where the router kept it off."""
+    batch carries its tenant's adapter, or none where the router kept it off. A routed chat with
+    memories recalled has a second row, the base model's, to check the adapter's answer
+    against (:func:`choose_grounded`)."""
 
     def __init__(
         self,
@@ -362,6 +366,11 @@ class Responder:
             check = bool(recalled) and routed and self.settings.router.check_recalled
             rows = [name if routed and name is not None else BASE_ADAPTER]
             rows += [BASE_ADAPTER] if check else []
+            failed = threading.Event()  # the adapter's row failed: its check row stops too
+
+            def stop() -> bool:
+                return failed.is_set() or (should_stop is not None and should_stop())
+
             requests = [
                 batcher.submit(
                     DecodeRequest(
@@ -373,15 +382,24 @@ class Responder:
                         top_p=sampling.top_p,
                         seed=sampling.seed,
                         on_token=emitter.add if emitter is not None and not check else None,
-                        should_stop=should_stop,
+                        should_stop=stop,
                     )
                 )
                 for adapter in rows
             ]
-        for request in requests:
-            batcher.wait(request)
+        try:
+            batcher.wait(requests[0])
+        except BaseException:
+            failed.set()
+            raise
+        if check:
+            try:
+                batcher.wait(requests[1])
+            except Exception:  # the check is lost, not the answer: the adapter's stands
+                logger.warning("tenant %s: the check row failed", tenant, exc_info=True)
+                requests = requests[:1]
         texts = [base.tokenizer.decode(r.ids, skip_special_tokens=True).strip() for r in requests]
-        chosen = choose_grounded(texts, recalled) if check else 0
+        chosen = choose_grounded(texts, recalled) if len(texts) > 1 else 0
         if check and on_text is not None and texts[chosen]:
             on_text(texts[chosen])  # checked answers arrive whole: both had to finish first
         request, text = requests[chosen], texts[chosen]
@@ -389,6 +407,7 @@ class Responder:
             logger.info("tenant %s: the base model's answer replaced the adapter's", tenant)
         ids = request.ids
         ended = bool(ids) and ids[-1] == base.eos_id
+        started = min(r.started for r in requests)
         return Reply(
             text,
             version,
@@ -398,19 +417,22 @@ class Responder:
             "stop" if ended else "length",
             tuple(recalled),
             routed,
-            request.started - request.submitted,
-            max(r.finished for r in requests) - request.started,
+            started - requests[0].submitted,
+            max(r.finished for r in requests) - started,
             base.name,
-            texts[0] if chosen else None,
+            overruled=bool(chosen),
+            adapter_text=texts[0] if chosen else None,
         )
 
 
 def choose_grounded(answers: Sequence[str], recalled: Sequence[Experience]) -> int:
     """Which answer stands: the first (the adapter's) unless a later one (the base model's)
-    is more grounded in the recalled memories (a larger share of its content words is in
-    them). The adapter may add what it learned, but not read the memories less faithfully than
-    the model without it: on SQuAD passages the adapter changed 16-21 of 93 served answers,
-    about as many right to wrong as wrong to right (README, Never worse)."""
+    is more grounded in the recalled memories (a larger share of its content words is in them).
+    A replaced answer is the one the agent gave before consolidation (recall alone): on SQuAD
+    passages the adapter changed 16-21 of 93 served answers, about as many right to wrong as
+    wrong to right (README, Never worse). The cost: an adapter answer that says what the
+    memories do not (something it learned elsewhere) or only yes or no (no content words)
+    loses to a base answer that repeats the memories."""
     source = "\n".join(e.text for e in recalled)
     scores = [grounding(a, source) for a in answers]
     best = max(range(len(answers)), key=lambda i: (scores[i], -i))

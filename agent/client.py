@@ -438,8 +438,10 @@ class MemoryClient:
 
         Decoding is greedy unless ``temperature`` > 0 (then sampled, nucleus ``top_p``,
         reproducible with ``seed``). ``on_text`` hears each new piece of the answer as it is
-        generated (streaming); generation ends early once ``should_stop()`` is true. The reply
-        names the adapter version and the recalled experience ids."""
+        generated (streaming; an answer checked against the recalled memories, see
+        ``router.check_recalled``, comes as one piece once chosen); generation ends early once
+        ``should_stop()`` is true. The reply names the adapter version, the recalled experience
+        ids, and whether the base model's answer replaced the adapter's (``overruled``)."""
         validate_tenant(tenant)
         turns = validate_messages(list(messages))
         sampling = _sampling(temperature, top_p, seed)

@@ -190,6 +190,7 @@ class RemoteMemoryClient:
             usage.get("completion_tokens", 0),
             choice.get("finish_reason", "stop"),
             routed=bool(extra.get("routed")),
+            overruled=bool(extra.get("adapter_overruled")),
             model=out.get("model", ""),
         )
 

@@ -444,7 +444,7 @@ def create_app(
         extra = {
             "adapter_version": reply.adapter_version,
             "routed": reply.routed,
-            "adapter_overruled": reply.adapter_text is not None,
+            "adapter_overruled": reply.overruled,
             "recalled_ids": list(reply.recalled_ids),
         }
         return {
@@ -542,9 +542,11 @@ async def _stream(
     events: queue.Queue[tuple[str, Any]],
     gone: threading.Event,
 ) -> AsyncIterator[bytes]:
-    """Server-sent events in OpenAI's chunk format, one per piece of text as it is generated;
-    the last chunk carries the finish reason and Reverie's fields (adapter version, routing,
-    recalled ids), known once the answer is complete."""
+    """Server-sent events in OpenAI's chunk format, one per piece of text as it is generated
+    (an answer checked against recalled memories comes as one piece, once chosen); the last
+    chunk carries the finish reason and Reverie's fields (adapter version, routing, whether the
+    base model's answer replaced the adapter's, recalled ids), known once the answer is
+    complete."""
 
     def chunk(delta: dict[str, Any], reason: str | None, extra: dict[str, Any] | None) -> bytes:
         body: dict[str, Any] = {
@@ -581,7 +583,7 @@ async def _pieces(
             extra = {
                 "adapter_version": payload.adapter_version,
                 "routed": payload.routed,
-                "adapter_overruled": payload.adapter_text is not None,
+                "adapter_overruled": payload.overruled,
                 "recalled_ids": list(payload.recalled_ids),
             }
             yield chunk({}, payload.finish_reason, extra)

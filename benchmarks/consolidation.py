@@ -81,8 +81,10 @@ def ask(
     keep_answers: bool = False,
 ) -> dict[str, Any]:
     """Questions asked through the served path (``MemoryClient.chat``, as an agent asks):
-    the share answered right, the share the adapter answered (routed), and with
-    ``keep_answers`` each question's reply (to compare runs question by question)."""
+    the share answered right, the share the adapter answered (routed), the share where the
+    base model's answer replaced the adapter's (overruled: more grounded in the recalled
+    memories) and the accuracy had the adapter's stood (unchecked), and with ``keep_answers``
+    each question's reply (to compare runs question by question)."""
     right = routed = unchecked = overruled = 0
     replies = []
     for question, golds in questions:
@@ -120,7 +122,7 @@ def ask(
 FROM_SHARED = {"squad"}  # read from ../shared/data: its text stays there, not in our reports
 
 
-SCORES = ("correct", "correct_unchecked", "bleed")
+_SCORES = ("correct", "correct_unchecked", "bleed")
 
 
 def without_question_text(result: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +132,7 @@ def without_question_text(result: dict[str, Any]) -> dict[str, Any]:
 
     def strip(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [
-            {"index": i, **{k: v for k, v in r.items() if k in SCORES}}
+            {"index": i, **{k: v for k, v in r.items() if k in _SCORES}}
             for i, r in enumerate(records)
         ]
 

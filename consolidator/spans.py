@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from reverie.model.metrics import normalize
+from reverie.model.metrics import STOP, content_words, grounding, normalize
 
 __all__ = ["Span", "content_words", "grounding", "key_spans", "sentences", "spans"]
 
@@ -68,13 +68,6 @@ _NOT_NAMES = {
     "There",
     "Then",
 }
-STOP = set(
-    """a an the is are was were be been being of to in on at for with by and or but from as that
-    this these those it its their they them his her he she you your my our we i me us after before
-    then every each all any only so if into than too very also there here what who when where
-    which how why do does did not no yes has have had will would can could should must may might
-    just about up down out over under again one""".split()
-)
 
 _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     (
@@ -168,20 +161,3 @@ def key_spans(text: str) -> set[str]:
             if n and n not in STOP:
                 keys.add(n)
     return keys
-
-
-def _stem(word: str) -> str:
-    return word[:-1] if len(word) > 3 and word.endswith("s") else word
-
-
-def content_words(text: str) -> list[str]:
-    return [_stem(w) for w in normalize(text).split() if w not in STOP]
-
-
-def grounding(answer: str, source: str) -> float:
-    """Share of the answer's content words found in ``source`` (0 for an empty answer)."""
-    words = content_words(answer)
-    if not words:
-        return 0.0
-    vocabulary = set(content_words(source))
-    return sum(w in vocabulary for w in words) / len(words)

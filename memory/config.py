@@ -119,19 +119,20 @@ class RouterSettings(_Section):
         "to them (plus margin): without negatives about half of the neighbourhood questions "
         "('What is a salmon?') reached the adapter (README, Never worse).",
     )
-    check_recalled: bool = Field(
-        default=True,
-        description="When recall puts memories in the prompt and the adapter is routed, the base "
-        "model answers too (one more row of the same decoding batch) and its answer stands if "
-        "a larger share of its content words is in the recalled memories than of the "
-        "adapter's. The adapter then never reads a recalled memory less faithfully than the "
-        "model without it. A streamed answer checked this way arrives whole. Off: the "
-        "adapter's answer always stands.",
-    )
     margin: float = Field(
         default=0.0,
         ge=-1,
         le=1,
         description="How much nearer (cosine) to the nearest key than to the nearest negative a "
         "question must be to route to the adapter; below 0 routes more questions.",
+    )
+    check_recalled: bool = Field(
+        default=True,
+        description="When recall puts memories in the prompt and the adapter is routed, the base "
+        "model answers too (one more row of the same decoding batch) and its answer stands if "
+        "a larger share of its content words is in the recalled memories than of the "
+        "adapter's: the answer the agent gave before consolidation. The cost: an adapter answer "
+        "that adds what the memories do not say, or only yes or no, loses to a base answer "
+        "that repeats them. A streamed answer checked this way arrives whole. Off: the "
+        "adapter's answer always stands.",
     )

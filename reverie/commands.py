@@ -374,7 +374,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         "answer": reply.text,
         "adapter_version": reply.adapter_version,
         "routed": reply.routed,
-        "adapter_overruled": reply.adapter_text is not None,
+        "adapter_overruled": reply.overruled,
         "recalled_ids": list(reply.recalled_ids),
     }
     _emit(args, payload, reply.text)

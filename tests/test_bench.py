@@ -189,11 +189,24 @@ def test_shared_datasets_keep_no_question_text_in_reports() -> None:
         "after": {
             "probes_all": {
                 "accuracy": 1.0,
-                "replies": [{"question": "Q?", "reply": "r", "correct": False}],
+                "replies": [
+                    {"question": "Q?", "reply": "r", "correct": False},
+                    {
+                        "question": "Q?",
+                        "reply": "r",
+                        "correct": False,
+                        "adapter_reply": "the adapter's reply",
+                        "correct_unchecked": True,
+                    },
+                ],
             }
         }
     }
     out = without_question_text({"probe_answers": [record], "served_path": served, "seed": 0})
     assert out["probe_answers"] == [{"index": 0, "correct": True}]
-    assert out["served_path"]["after"]["probes_all"]["replies"] == [{"index": 0, "correct": False}]
-    assert "Q?" not in json.dumps(out) and "squad" in FROM_SHARED
+    assert out["served_path"]["after"]["probes_all"]["replies"] == [
+        {"index": 0, "correct": False},
+        {"index": 1, "correct": False, "correct_unchecked": True},
+    ]
+    assert "Q?" not in json.dumps(out) and "adapter's reply" not in json.dumps(out)
+    assert "squad" in FROM_SHARED

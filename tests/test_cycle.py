@@ -568,6 +568,7 @@ def test_with_memories_recalled_the_more_grounded_of_the_two_answers_stands(
     from reverie import MemoryClient
     from reverie.agent import chat as chat_module
     from reverie.agent.chat import Sampling, choose_grounded
+    from reverie.model.batcher import BASE_ADAPTER, Batcher
 
     # a high learning rate: the adapter must move the random tiny model's sampled tokens
     settings = settings_for(tmp_path, tiny_model_dir, train={"lr": 0.05, "epochs": 4})
@@ -596,12 +597,32 @@ def test_with_memories_recalled_the_more_grounded_of_the_two_answers_stands(
         stands = choose_grounded([adapter.text, base.text], adapter.recalled)
         assert checked.text == [adapter.text, base.text][stands] and checked.routed
         assert checked.adapter_text == (adapter.text if stands else None)
+        assert checked.overruled == bool(stands)
 
         monkeypatch.setattr(chat_module, "choose_grounded", lambda answers, recalled: 1)
         pieces: list[str] = []
         replaced = client.chat(about, tenant="alice", on_text=pieces.append, **sampled)
         assert replaced.text == base.text and replaced.adapter_text == adapter.text
-        assert pieces == ([base.text] if base.text else [])
+        assert replaced.overruled and pieces == ([base.text] if base.text else [])
+
+        real_wait = Batcher.wait
+
+        def failing(row: str) -> Any:
+            def wait(self: Batcher, request: Any) -> Any:
+                real_wait(self, request)
+                if (request.adapter == BASE_ADAPTER) == (row == "check"):
+                    raise RuntimeError(f"the {row} row failed")
+                return request
+
+            return wait
+
+        monkeypatch.setattr(Batcher, "wait", failing("check"))  # the check is lost, not the answer
+        kept = client.chat(about, tenant="alice", **sampled)
+        assert kept.text == adapter.text and not kept.overruled
+        monkeypatch.setattr(Batcher, "wait", failing("adapter"))
+        with pytest.raises(RuntimeError, match="the adapter row failed"):
+            client.chat(about, tenant="alice", **sampled)
+        monkeypatch.setattr(Batcher, "wait", real_wait)
         # without memories in the prompt there is nothing to check against: the adapter answers
         alone = client.chat(about, tenant="alice", recall="none")
         assert alone.routed and alone.adapter_text is None

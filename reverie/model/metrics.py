@@ -14,7 +14,17 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 
-__all__ = ["best", "contains", "exact_match", "normalize", "scored", "token_f1"]
+__all__ = [
+    "STOP",
+    "best",
+    "contains",
+    "content_words",
+    "exact_match",
+    "grounding",
+    "normalize",
+    "scored",
+    "token_f1",
+]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCT = set(string.punctuation) | {"‘", "’", "“", "”", "–", "—"}
@@ -80,3 +90,30 @@ def best(prediction: str, golds: Iterable[str]) -> dict[str, float]:
         "contains": float(any(contains(prediction, g) for g in golds)),
         "f1": max((token_f1(prediction, g) for g in golds), default=0.0),
     }
+
+
+# -- grounding: how much of an answer comes from a text (transfer filter, served check) ------
+STOP = set(
+    """a an the is are was were be been being of to in on at for with by and or but from as that
+    this these those it its their they them his her he she you your my our we i me us after before
+    then every each all any only so if into than too very also there here what who when where
+    which how why do does did not no yes has have had will would can could should must may might
+    just about up down out over under again one""".split()
+)
+
+
+def _stem(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") else word
+
+
+def content_words(text: str) -> list[str]:
+    return [_stem(w) for w in normalize(text).split() if w not in STOP]
+
+
+def grounding(answer: str, source: str) -> float:
+    """Share of the answer's content words found in ``source`` (0 for an empty answer)."""
+    words = content_words(answer)
+    if not words:
+        return 0.0
+    vocabulary = set(content_words(source))
+    return sum(w in vocabulary for w in words) / len(words)

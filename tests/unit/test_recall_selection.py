@@ -66,15 +66,12 @@ RECALLED = [Experience(tenant="t", id="cat", text="The user's cat Biscuit is all
         ("Biscuit is allergic to tuna and shrimp.", "Biscuit is allergic to salmon.", 1),
         ("Biscuit is allergic to salmon.", "Biscuit is allergic to salmon.", 0),  # a tie
         ("Salmon.", "Cats are often allergic to fish.", 0),  # the adapter is more grounded
-        ("", "", 0),
         ("", "Salmon.", 1),  # an empty answer carries nothing from the memories
+        ("No.", "Yes, Biscuit is allergic.", 1),  # the documented cost: yes/no has no content
+        ("Salmon, like most cats.", "Salmon.", 1),  # ...and neither has what the memories lack
     ],
 )
 def test_the_adapters_answer_stands_unless_the_base_model_reads_the_memories_better(
     adapter: str, base: str, stands: int
 ) -> None:
     assert choose_grounded([adapter, base], RECALLED) == stands
-
-
-def test_with_one_answer_it_stands() -> None:
-    assert choose_grounded(["Anything at all."], RECALLED) == 0
