@@ -155,13 +155,23 @@ def test_consolidation_run_reports_every_held_out_answer(
         "train": {"epochs": 1, "lora_r": 2, "target_modules": ["q_proj"]},
         "consolidation": {"anchor_ratio": 0.0, "probe_max_new_tokens": 4, "control_budget": 4},
     }
-    out = run_one(rows, "distill", 0, tiny_base, embedder, tmp_path, overrides)
+    out = run_one(rows, "distill", 0, tiny_base, embedder, tmp_path, overrides, served=True)
     asked = [p["question"] for r in rows for p in r["probes"]]
     assert [a["question"] for a in out["probe_answers"]] == asked
     assert all(isinstance(a["prediction"], str) for a in out["probe_answers"])
     assert out["no_context_after"] == round(
         sum(a["correct"] for a in out["probe_answers"]) / len(asked), 4
     )
+    # the served path: every held-out question asked before and after, by recall mode
+    after = out["served_path"]["after"]["probes_all"]
+    assert [r["question"] for r in after["replies"]] == asked
+    replaced = [r for r in after["replies"] if "adapter_reply" in r]
+    assert after["overruled"] == round(len(replaced) / len(asked), 4)
+    assert after["accuracy_unchecked"] == round(
+        sum(r.get("correct_unchecked", r["correct"]) for r in after["replies"]) / len(asked), 4
+    )
+    assert all(0 <= r["grounding"] <= 1 for r in after["replies"])  # each recalled its fact
+    assert "grounding" not in out["served_path"]["after"]["probes_none"]["replies"][0]
 
 
 def test_benchmark_runs_measure_without_gating(
@@ -197,6 +207,8 @@ def test_shared_datasets_keep_no_question_text_in_reports() -> None:
                         "correct": False,
                         "adapter_reply": "the adapter's reply",
                         "correct_unchecked": True,
+                        "grounding": 1.0,
+                        "grounding_unchecked": 0.5,
                     },
                 ],
             }
@@ -206,7 +218,13 @@ def test_shared_datasets_keep_no_question_text_in_reports() -> None:
     assert out["probe_answers"] == [{"index": 0, "correct": True}]
     assert out["served_path"]["after"]["probes_all"]["replies"] == [
         {"index": 0, "correct": False},
-        {"index": 1, "correct": False, "correct_unchecked": True},
+        {
+            "index": 1,
+            "correct": False,
+            "correct_unchecked": True,
+            "grounding": 1.0,
+            "grounding_unchecked": 0.5,
+        },
     ]
     assert "Q?" not in json.dumps(out) and "adapter's reply" not in json.dumps(out)
     assert "squad" in FROM_SHARED
