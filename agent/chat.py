@@ -99,6 +99,8 @@ def recall_mode(value: object) -> RecallMode:
     )
 
 
+CheckTies = Literal["adapter", "base"]
+
 RECALL_MIN_SCORE = 0.25
 RECALL_WINDOW = 0.1
 
@@ -399,7 +401,8 @@ class Responder:
                 logger.warning("tenant %s: the check row failed", tenant, exc_info=True)
                 requests = requests[:1]
         texts = [base.tokenizer.decode(r.ids, skip_special_tokens=True).strip() for r in requests]
-        chosen = choose_grounded(texts, recalled) if len(texts) > 1 else 0
+        ties = self.settings.router.check_ties
+        chosen = int(len(texts) > 1 and choose_grounded(texts[0], texts[1], recalled, ties))
         if check and on_text is not None and texts[chosen]:
             on_text(texts[chosen])  # checked answers arrive whole: both had to finish first
         request, text = requests[chosen], texts[chosen]
@@ -425,18 +428,21 @@ class Responder:
         )
 
 
-def choose_grounded(answers: Sequence[str], recalled: Sequence[Experience]) -> int:
-    """Which answer stands: the first (the adapter's) unless a later one (the base model's)
-    is more grounded in the recalled memories (a larger share of its content words is in them).
-    A replaced answer is the one the agent gave before consolidation (recall alone): on SQuAD
-    passages the adapter changed 16-21 of 93 served answers, about as many right to wrong as
-    wrong to right (README, Never worse). The cost: an adapter answer that says what the
-    memories do not (something it learned elsewhere) or only yes or no (no content words)
-    loses to a base answer that repeats the memories."""
+def choose_grounded(
+    adapter: str, base: str, recalled: Sequence[Experience], ties: CheckTies = "adapter"
+) -> bool:
+    """Whether the base model's answer replaces the adapter's: it is more grounded in the
+    recalled memories (a larger share of its content words is in them), or as grounded and
+    ``ties`` gives it the tie. A replaced answer is the one the agent gave before consolidation
+    (recall alone): on SQuAD passages the adapter changed 16-21 of 93 served answers, about as
+    many right to wrong as wrong to right (README, Never worse). The cost: an adapter answer
+    that says what the memories do not (something it learned elsewhere) or only yes or no (no
+    content words) loses to a base answer that repeats the memories."""
+    if adapter == base:
+        return False
     source = "\n".join(e.text for e in recalled)
-    scores = [grounding(a, source) for a in answers]
-    best = max(range(len(answers)), key=lambda i: (scores[i], -i))
-    return best if scores[best] > scores[0] else 0
+    ours, theirs = grounding(adapter, source), grounding(base, source)
+    return theirs > ours or (theirs == ours and ties == "base")
 
 
 class _TextEmitter:

@@ -136,3 +136,10 @@ class RouterSettings(_Section):
         "that repeats them. A streamed answer checked this way arrives whole. Off: the "
         "adapter's answer always stands.",
     )
+    check_ties: Literal["adapter", "base"] = Field(
+        default="adapter",
+        description="Which answer stands when the adapter's and the base model's are equally "
+        "grounded in the recalled memories (check_recalled). 'base': the answer differs from "
+        "the one the agent gave before consolidation only where the adapter's is more "
+        "grounded.",
+    )

@@ -61,17 +61,24 @@ RECALLED = [Experience(tenant="t", id="cat", text="The user's cat Biscuit is all
 
 
 @pytest.mark.parametrize(
-    ("adapter", "base", "stands"),
+    ("adapter", "base", "replaced"),
     [
-        ("Biscuit is allergic to tuna and shrimp.", "Biscuit is allergic to salmon.", 1),
-        ("Biscuit is allergic to salmon.", "Biscuit is allergic to salmon.", 0),  # a tie
-        ("Salmon.", "Cats are often allergic to fish.", 0),  # the adapter is more grounded
-        ("", "Salmon.", 1),  # an empty answer carries nothing from the memories
-        ("No.", "Yes, Biscuit is allergic.", 1),  # the documented cost: yes/no has no content
-        ("Salmon, like most cats.", "Salmon.", 1),  # ...and neither has what the memories lack
+        ("Biscuit is allergic to tuna and shrimp.", "Biscuit is allergic to salmon.", True),
+        ("Salmon.", "Cats are often allergic to fish.", False),  # the adapter's is more grounded
+        ("", "Salmon.", True),  # an empty answer carries nothing from the memories
+        ("No.", "Yes, Biscuit is allergic.", True),  # the documented cost: yes/no has no content
+        ("Salmon, like most cats.", "Salmon.", True),  # ...and neither has what memories lack
     ],
 )
 def test_the_adapters_answer_stands_unless_the_base_model_reads_the_memories_better(
-    adapter: str, base: str, stands: int
+    adapter: str, base: str, replaced: bool
 ) -> None:
-    assert choose_grounded([adapter, base], RECALLED) == stands
+    for ties in ("adapter", "base"):
+        assert choose_grounded(adapter, base, RECALLED, ties) is replaced  # type: ignore[arg-type]
+
+
+def test_a_tie_goes_where_the_setting_says_and_the_same_answer_is_never_replaced() -> None:
+    tie = ("Biscuit is allergic to salmon.", "Salmon is what Biscuit is allergic to.")
+    assert choose_grounded(*tie, RECALLED) is False  # the default: ties to the adapter
+    assert choose_grounded(*tie, RECALLED, "base") is True
+    assert choose_grounded("Salmon.", "Salmon.", RECALLED, "base") is False
