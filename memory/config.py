@@ -129,12 +129,14 @@ class RouterSettings(_Section):
     check_recalled: bool = Field(
         default=True,
         description="When recall puts memories in the prompt and the adapter is routed, the base "
-        "model answers too (one more row of the same decoding batch) and its answer stands if "
-        "a larger share of its content words is in the recalled memories than of the "
-        "adapter's: the answer the agent gave before consolidation. The cost: an adapter answer "
-        "that adds what the memories do not say, or only yes or no, loses to a base answer "
-        "that repeats them. A streamed answer checked this way arrives whole. Off: the "
-        "adapter's answer always stands.",
+        "model answers too (one more row of the same decoding batch), and its answer, the one "
+        "the agent gave before consolidation, replaces the adapter's if a larger share of its "
+        "content words is in the recalled memories. The cost: an adapter answer that adds what "
+        "the memories do not say, or says only yes or no, loses to a base answer that repeats "
+        "them; a streamed answer checked this way arrives whole. In the consolidation "
+        "benchmark it kept or raised each run's served score: +2 and 0 of 93 on SQuAD, 0 and "
+        "+1 of 60 on fictional facts (README, The grounded check). Off: the adapter's answer "
+        "always stands.",
     )
     check_ties: Literal["adapter", "base"] = Field(
         default="adapter",
