@@ -134,9 +134,9 @@ class RouterSettings(_Section):
         "content words is in the recalled memories. The cost: an adapter answer that adds what "
         "the memories do not say, or says only yes or no, loses to a base answer that repeats "
         "them; a streamed answer checked this way arrives whole. In the consolidation "
-        "benchmark it kept or raised each run's served score: +2 and 0 of 93 on SQuAD, 0 and "
-        "+1 of 60 on fictional facts (README, The grounded check). Off: the adapter's answer "
-        "always stands.",
+        "benchmark its replacements netted +2 and 0 of 93 on SQuAD, 0 and +1 of 60 on "
+        "fictional facts, against the adapter's own answers in the same run (README, The "
+        "grounded check). Off: the adapter's answer always stands.",
     )
     check_ties: Literal["adapter", "base"] = Field(
         default="adapter",
