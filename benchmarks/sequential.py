@@ -116,6 +116,9 @@ def run_config(
                     "control_regressions": [r["question"] for r in loc.get("regressions", [])],
                     # trained from a fresh adapter over every consolidated item (a rebase)
                     "rebased": bool(result.transfer.get("rebased")),
+                    # the blend of start and trained weights kept (1.0: as trained) and the
+                    # calibration raw locality of each blend tried (consolidator.blend)
+                    "blend": result.probes.get("blend"),
                     "experiences": len(result.experience_ids),
                     "seconds": round(sum(result.timings.values()), 1),
                 }

@@ -338,6 +338,19 @@ class ConsolidationSettings(_Section):
         "cycle, a fixed seeded sample of the control set (0: all 254). Served locality always "
         "asks every control question (only those routed to the adapter cost a generation).",
     )
+    blend_alphas: list[float] = Field(
+        default=[0.75, 0.5, 0.25],
+        description="When the trained adapter's raw locality on the calibration questions is "
+        "under the gate's floor, these blends of the starting and trained adapter weights "
+        "(start + alpha x (trained - start)) are tried, largest first, and the first that "
+        "clears it is the candidate (consolidator.blend). Empty: never blend.",
+    )
+    blend_controls: int = Field(
+        default=80,
+        ge=0,
+        description="Calibration control questions a blend is chosen on: a seeded sample of "
+        "the control questions the gate's raw locality does not ask (0: no blending).",
+    )
     neighbourhood_per_experience: int = Field(
         default=2,
         ge=0,
@@ -370,6 +383,17 @@ class ConsolidationSettings(_Section):
         "the sequential benchmark its retries lost efficacy and retention as the history grew, "
         "and its drift grew with the history it held (README, Results).",
     )
+
+    @field_validator("blend_alphas")
+    @classmethod
+    def _alphas(cls, value: list[float]) -> list[float]:
+        bad = [a for a in value if not 0 < a < 1]
+        if bad:
+            raise ValueError(
+                f"blends must lie strictly between 0 (the starting adapter) and 1 (the trained "
+                f"one), got {bad}; e.g. [0.75, 0.5, 0.25], or [] to never blend"
+            )
+        return sorted(set(value), reverse=True)
 
 
 class DaemonSettings(_Section):

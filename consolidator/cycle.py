@@ -40,12 +40,19 @@ from reverie.consolidator.artifact import (
     version_manifest,
     write_version,
 )
+from reverie.consolidator.blend import BlendChoice, blended, choose
 from reverie.consolidator.config import ConsolidatorSettings, TrainSettings
 from reverie.consolidator.evaluate import evaluate
 from reverie.consolidator.gate import Outcome, decide
-from reverie.consolidator.locality import ControlSet, base_control_answers, load_controls
+from reverie.consolidator.locality import (
+    ControlSet,
+    base_control_answers,
+    control_answers,
+    load_controls,
+    locality_scores,
+)
 from reverie.consolidator.neighbourhood import neighbourhood_questions
-from reverie.consolidator.onpolicy import locality_round, on_policy_round, snapshot
+from reverie.consolidator.onpolicy import adapter_state, locality_round, on_policy_round, snapshot
 from reverie.consolidator.parallel import process_count
 from reverie.consolidator.precision import matmul_dtype
 from reverie.consolidator.probes import run_probes
@@ -60,7 +67,7 @@ from reverie.consolidator.recovery import reconcile
 from reverie.consolidator.result import CycleResult, StageTimer
 from reverie.consolidator.retry import retry_plan
 from reverie.consolidator.routing import cycle_router, routes
-from reverie.consolidator.scoring import sample_bank
+from reverie.consolidator.scoring import capped, sample_bank
 from reverie.consolidator.teacher import (
     AnchorCache,
     anchor_examples,
@@ -175,6 +182,43 @@ class Consolidator:
         bases = self._bases[energy]
         project_gradients(model, bases)
         return lambda: project_out(model, bases)
+
+    def _blend(
+        self, model: Any, start: dict[str, torch.Tensor], gate_controls: ControlSet, seed: int
+    ) -> BlendChoice | None:
+        """Step the trained adapter back towards ``start`` (its weights before training) if
+        its raw locality on calibration questions, kept apart from ``gate_controls``, is under
+        the gate's floor (:mod:`consolidator.blend`); the model keeps the blend chosen. None
+        when blending is off or there is nothing to blend from (a fresh prefix adapter)."""
+        s = self.settings
+        trained = snapshot(model)
+        calibration = self.controls.apart_from(gate_controls, s.consolidation.blend_controls, seed)
+        if (
+            not s.consolidation.blend_alphas
+            or not calibration.questions
+            or set(trained) - set(start)
+        ):
+            return None
+        tokens = s.consolidation.probe_max_new_tokens
+
+        def score(alpha: float) -> float:
+            state = trained if alpha == 1.0 else blended(start, trained, alpha)
+            with adapter_state(model, state), merged(model):
+                answers = control_answers(self.base, s.model, model, calibration, tokens)
+            scores = locality_scores(calibration, answers, calibration.base_answers)
+            return capped(scores["correct"], scores["base_correct"], 1.0)
+
+        choice = choose(score, s.consolidation.blend_alphas, s.gate.min_raw_locality)
+        if choice.alpha < 1.0:
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, value in blended(start, trained, choice.alpha).items():
+                    params[name].copy_(value)
+        logger.info(
+            "blend: alpha %.2f kept (calibration raw locality by alpha: %s)",
+            choice.alpha, ", ".join(f"{a:.2f}: {r:.3f}" for a, r in choice.tried),
+        )  # fmt: skip
+        return choice
 
     def _stage(self, stage: str | None) -> None:
         self.progress.update(stage=stage)
@@ -343,6 +387,8 @@ class Consolidator:
                         checkpoint=self._work / tenant / "checkpoint.pt", run_key=run_key,
                         should_stop=should_stop, after_step=constrain,
                     )  # fmt: skip
+            with timer("blend"):
+                blend = self._blend(model, teacher_state, raw_controls, recipe.seed)
             with timer("probe"), merged(model):
                 earlier = probe_bank(lineage)
                 router = cycle_router(
@@ -358,6 +404,8 @@ class Consolidator:
                     ),
                     routes=routes(router, self.embedder),
                 )  # fmt: skip
+            if blend is not None:
+                ev.report["blend"] = blend.to_json()
             decision = decide(ev.summary, s.gate)
             twins = sum(e.kind == "context" for e in examples)
             transfer_info = transfer.info(

@@ -63,6 +63,20 @@ class ControlSet:
             [self.base_answers[i] for i in keep] if self.base_answers else [],
         )
 
+    def apart_from(self, other: ControlSet, budget: int, seed: int) -> ControlSet:
+        """At most ``budget`` of the questions (with their base answers) ``other`` does not ask,
+        seeded like :meth:`sample`, and no texts: a calibration set kept apart from ``other``'s
+        questions. Empty when ``budget`` is 0 or every question is in ``other``."""
+        asked = {q for q, _ in other.questions}
+        rest = [i for i, (q, _) in enumerate(self.questions) if q not in asked]
+        rng = random.Random(f"controls apart:{seed}")
+        keep = sorted(rng.sample(rest, min(budget, len(rest))))
+        return ControlSet(
+            [self.questions[i] for i in keep],
+            [],
+            [self.base_answers[i] for i in keep] if self.base_answers else [],
+        )
+
 
 def load_controls(path: Path | None = None) -> ControlSet:
     """The shipped control set (``consolidator/data/controls.json``) or one at ``path``."""

@@ -63,7 +63,12 @@ def settings_for(
 
 @pytest.fixture
 def buffer(tmp_path: Path) -> Buffer:
-    buf = Buffer(tmp_path / "data" / "buffer", dim=4, embedder_name="test")
+    return filled_buffer(tmp_path)
+
+
+def filled_buffer(root: Path) -> Buffer:
+    """Alice's two FACTS, buffered under ``root``/data (where settings_for puts the data)."""
+    buf = Buffer(root / "data" / "buffer", dim=4, embedder_name="test")
     rng = np.random.default_rng(0)
     for eid, text in FACTS:
         probes = [{"question": f"What about {eid}?", "answer": text.split()[-1].rstrip(".")}]
@@ -436,6 +441,50 @@ def test_a_locality_round_trains_after_the_main_epochs_on_the_next_anchors_in_tu
     per_epoch = len(main) - len(pool) + wanted
     batches_per_epoch = -(-per_epoch // settings.train.batch_size)
     assert result.train["steps"] == (epochs + 1) * batches_per_epoch
+
+
+def test_a_candidate_under_the_raw_locality_floor_is_blended_back_towards_its_start(
+    tmp_path: Path, tiny_model_dir: Path, tiny_base: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.torch import load_file
+
+    from reverie.consolidator import blend, cycle
+
+    def run(root: Path, consolidation: dict[str, Any]) -> tuple[Any, dict[str, torch.Tensor]]:
+        budgets = {"control_budget": 5, "blend_controls": 5, **consolidation}
+        settings = settings_for(root, tiny_model_dir, consolidation=budgets)
+        result = consolidator(settings, filled_buffer(root), tiny_base).run_cycle("alice")
+        assert result.outcome == "promoted", result.reasons
+        registry = AdapterRegistry(root / "data" / "adapters")
+        path = registry.current("alice").path / "adapter_model.safetensors"  # type: ignore[union-attr]
+        return result, load_file(str(path))
+
+    plain, trained = run(tmp_path / "plain", {"blend_alphas": []})
+    assert "blend" not in plain.probes
+
+    scored: list[float] = []
+
+    def under_the_floor(score: Any, alphas: Any, floor: float) -> blend.BlendChoice:
+        # every blend is really scored (answers to the calibration questions at that blend),
+        # and the one at 0.5 is kept, as if only it cleared the floor
+        tried = [(a, score(a)) for a in [1.0, *alphas]]
+        scored.extend(a for a, _ in tried)
+        assert all(0.0 <= r <= 1.0 for _, r in tried)
+        return blend.BlendChoice(0.5, tried)
+
+    monkeypatch.setattr(cycle, "choose", under_the_floor)
+    result, kept = run(tmp_path / "blended", {"blend_alphas": [0.75, 0.5]})
+    assert scored == [1.0, 0.75, 0.5]
+    assert result.probes["blend"]["alpha"] == 0.5
+    assert [a for a, _ in result.probes["blend"]["tried"]] == [1.0, 0.75, 0.5]
+    assert "blend" in result.timings
+    # A fresh LoRA adapter starts with B = 0, so the kept blend's B is half the trained one
+    # (the same seed trains the same weights), and the saved version holds the blend.
+    b_names = [n for n in trained if "lora_B" in n]
+    assert b_names
+    for name in b_names:
+        assert trained[name].abs().sum() > 0
+        torch.testing.assert_close(kept[name], 0.5 * trained[name])
 
 
 def test_control_budget_probes_a_fixed_sample_of_the_controls(

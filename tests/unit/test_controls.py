@@ -34,6 +34,20 @@ def test_budget_zero_or_larger_than_the_set_keeps_everything() -> None:
     assert full.sample(99, seed=0) is full
 
 
+def test_a_calibration_set_asks_none_of_the_questions_it_is_kept_apart_from() -> None:
+    full = controls()
+    gate = full.sample(4, seed=0)
+    apart = full.apart_from(gate, 4, seed=0)
+    asked = {q for q, _ in gate.questions}
+    assert len(apart.questions) == 4 and not asked & {q for q, _ in apart.questions}
+    for (_, gold), base in zip(apart.questions, apart.base_answers, strict=True):
+        assert base == f"base {gold}"  # still aligned
+    assert apart.questions == full.apart_from(gate, 4, seed=0).questions  # seeded
+    assert len(full.apart_from(gate, 99, seed=0).questions) == 6  # only what is left
+    assert full.apart_from(full, 4, seed=0).questions == []  # nothing left
+    assert full.apart_from(gate, 0, seed=0).questions == []
+
+
 def test_sample_works_before_base_answers_are_recorded() -> None:
     shipped = load_controls()
     sample = shipped.sample(5, seed=0)
