@@ -65,6 +65,8 @@ def build_report(
                 "served_locality": (probes.get("served") or {}).get("locality", {}).get("ratio"),
                 "locality_unchanged": loc.get("unchanged"),
                 "locality_kl": loc.get("mean_kl"),
+                # the blend of start and trained weights kept (consolidator.blend; 1: as trained)
+                "blend": (probes.get("blend") or {}).get("alpha"),
                 "reasons": m.get("reasons", []),
                 "seconds": round(sum((m.get("timings") or {}).values()), 1),
             }
@@ -133,8 +135,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
         "| version | outcome | experiences | no-context before | efficacy | ceiling | "
         "efficacy/ceiling | retention | locality (raw) | locality (served) | unchanged | KL | "
-        "seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "blend | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in report["versions"]:
         name = f"**{v['version']}**" if v["current"] else v["version"]
@@ -155,6 +157,7 @@ def to_markdown(report: dict[str, Any]) -> str:
                     v["served_locality"],
                     v["locality_unchanged"],
                     v["locality_kl"],
+                    v["blend"],
                     v["seconds"],
                 )
             )

@@ -31,7 +31,7 @@ def row(eid: str, role: str, question: str, prediction: str, correct: bool) -> d
 def test_every_experience_appears_with_each_versions_answers() -> None:
     versions = [
         version("v0001", "promoted", ["cat", "quiet"], efficacy={"ratio": 0.5}),
-        version("v0002", "rejected_locality", ["dog"]),
+        version("v0002", "rejected_locality", ["dog"], blend={"alpha": 0.5, "tried": []}),
     ]
     question = "What is Biscuit allergic to?"
     results = {
@@ -52,6 +52,8 @@ def test_every_experience_appears_with_each_versions_answers() -> None:
     assert "Experiences without probes" in text and "quiet" in text and "dog" in text
     assert "v0001 ✓ Salmon." in text and "v0002 ✗ Tuna." in text
     assert "v0002: locality 0.80 < 0.90" in text
+    assert [v["blend"] for v in report["versions"]] == [None, 0.5]  # kept blend, when one ran
+    assert "| blend |" in text
 
 
 def test_cohort_curves_average_over_probes_like_the_efficacy_column() -> None:
