@@ -253,7 +253,9 @@ def merged(model: Any) -> Iterator[Any]:
     """LoRA weights folded into the base weights for the duration (generation runs ~20% faster
     on CPU); unfolded afterwards so training or adapter switching can continue."""
     merge = getattr(model, "merge_adapter", None)
-    if merge is None:
+    if merge is None or getattr(model, "dtype", torch.float32) != torch.float32:
+        # In bfloat16 (CUDA) folding in and out rounds twice and would leave a residue in the
+        # shared base weights on every round trip; there the adapter runs beside them.
         yield model
         return
     if any(hasattr(m, "_reverie_low") for m in model.modules()):
