@@ -4,11 +4,17 @@ training came.
 WiSE-FT (Wortsman et al., 2022) interpolates a model's weights before and after fine-tuning:
 part of the way along, most of what was learned stays and much of what was disturbed returns.
 Here the two ends are the adapter weights the cycle started from (the current version's, or a
-fresh adapter's) and the ones it trained. When the trained adapter's raw locality, read on a
-*calibration* sample of control questions kept apart from the gate's, is under the gate's
-floor, the cycle tries the blends in turn (the largest first) and keeps the first that clears
-it. The gate then judges the kept blend on its own questions, like any candidate: choosing on
-the questions that judge it would let the choice pass the gate by chance.
+fresh adapter's) and the ones it trained, and every adapter parameter is interpolated. For a
+prefix that is a straight line; for LoRA the factors move on straight lines, so the update to
+a weight, (B0 + a dB)(A0 + a dA), follows a curve from the start's to the trained one's (for a
+fresh adapter, B0 = 0: a x B(a) A(a)).
+
+When the trained adapter's raw locality, read on a *calibration* sample of control questions
+kept apart from the gate's raw-locality sample, is under the gate's floor, the cycle tries
+the blends in turn (the largest first) and keeps the first that clears it. The gate then judges
+the kept blend on its own questions, like any candidate: choosing on the questions that judge
+the floor would let the choice pass it by chance. (Served locality asks every control question,
+the calibration ones too, but only the routed ones reach the adapter.)
 
 The choice is pure (:func:`choose`); the cycle supplies the scoring (answers to the
 calibration questions at a blend), and :func:`blended` is the interpolation.
@@ -16,16 +22,13 @@ calibration questions at a blend), and :func:`blended` is the interpolation.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 __all__ = ["BlendChoice", "blended", "choose"]
-
-logger = logging.getLogger(__name__)
 
 
 def blended(
@@ -45,7 +48,7 @@ class BlendChoice:
     as ``(alpha, calibration raw locality)`` in the order tried."""
 
     alpha: float
-    tried: list[tuple[float, float]] = field(default_factory=list)
+    tried: tuple[tuple[float, float], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "tried": [[a, round(s, 4)] for a, s in self.tried]}
@@ -57,9 +60,9 @@ def choose(score: Callable[[float], float], alphas: Sequence[float], floor: floa
     the gate to refuse as it would have (a retry trains gentler from the same start)."""
     tried = [(1.0, score(1.0))]
     if tried[0][1] >= floor - 1e-9:
-        return BlendChoice(1.0, tried)
+        return BlendChoice(1.0, tuple(tried))
     for alpha in sorted(alphas, reverse=True):
         tried.append((alpha, score(alpha)))
         if tried[-1][1] >= floor - 1e-9:
-            return BlendChoice(alpha, tried)
-    return BlendChoice(1.0, tried)
+            return BlendChoice(alpha, tuple(tried))
+    return BlendChoice(1.0, tuple(tried))

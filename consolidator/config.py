@@ -341,15 +341,17 @@ class ConsolidationSettings(_Section):
     blend_alphas: list[float] = Field(
         default=[0.75, 0.5, 0.25],
         description="When the trained adapter's raw locality on the calibration questions is "
-        "under the gate's floor, these blends of the starting and trained adapter weights "
-        "(start + alpha x (trained - start)) are tried, largest first, and the first that "
-        "clears it is the candidate (consolidator.blend). Empty: never blend.",
+        "under the gate's floor, these blends of the starting and trained adapter parameters "
+        "(start + alpha x (trained - start), each parameter; for LoRA the update follows a "
+        "curve between the two) are tried, largest first, and the first that clears it is the "
+        "candidate (consolidator.blend). Empty: never blend.",
     )
     blend_controls: int = Field(
         default=80,
         ge=0,
         description="Calibration control questions a blend is chosen on: a seeded sample of "
-        "the control questions the gate's raw locality does not ask (0: no blending).",
+        "the control questions the gate's raw locality does not ask (0, or a control_budget "
+        "of 0, which asks them all: no blending).",
     )
     neighbourhood_per_experience: int = Field(
         default=2,

@@ -184,36 +184,57 @@ class Consolidator:
         return lambda: project_out(model, bases)
 
     def _blend(
-        self, model: Any, start: dict[str, torch.Tensor], gate_controls: ControlSet, seed: int
+        self,
+        model: Any,
+        start: dict[str, torch.Tensor],
+        gate_controls: ControlSet,
+        seed: int,
+        constrain: Callable[[], None] | None = None,
     ) -> BlendChoice | None:
         """Step the trained adapter back towards ``start`` (its weights before training) if
         its raw locality on calibration questions, kept apart from ``gate_controls``, is under
-        the gate's floor (:mod:`consolidator.blend`); the model keeps the blend chosen. None
-        when blending is off or there is nothing to blend from (a fresh prefix adapter)."""
+        the gate's floor (:mod:`consolidator.blend`); the model keeps the blend chosen.
+        ``constrain`` (the protected-subspace projection, if on) is applied to every blend, as
+        it was after every training step. None when blending is off (no blends, no floor, or
+        no calibration question left: the gate's sample asks them all) or there is nothing to
+        blend from (a fresh prefix adapter)."""
         s = self.settings
-        trained = snapshot(model)
+        floor = s.gate.min_raw_locality
+        if not s.consolidation.blend_alphas or floor <= 0:
+            return None
         calibration = self.controls.apart_from(gate_controls, s.consolidation.blend_controls, seed)
-        if (
-            not s.consolidation.blend_alphas
-            or not calibration.questions
-            or set(trained) - set(start)
-        ):
+        if not calibration.questions:
+            logger.warning(
+                "no blending: no calibration question is left apart from the gate's %d (set "
+                "consolidation.control_budget under %d, or blend_controls above 0)",
+                len(gate_controls.questions), len(self.controls.questions),
+            )  # fmt: skip
+            return None
+        trained = snapshot(model)
+        if set(trained) - set(start):
             return None
         tokens = s.consolidation.probe_max_new_tokens
 
+        def load(alpha: float) -> None:
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, value in blended(start, trained, alpha).items():
+                    params[name].copy_(value)
+            if constrain is not None:
+                constrain()
+
         def score(alpha: float) -> float:
-            state = trained if alpha == 1.0 else blended(start, trained, alpha)
-            with adapter_state(model, state), merged(model):
-                answers = control_answers(self.base, s.model, model, calibration, tokens)
+            with adapter_state(model, trained):  # the trained weights again afterwards
+                if alpha != 1.0:
+                    load(alpha)
+                with merged(model):
+                    answers = control_answers(self.base, s.model, model, calibration, tokens)
             scores = locality_scores(calibration, answers, calibration.base_answers)
             return capped(scores["correct"], scores["base_correct"], 1.0)
 
-        choice = choose(score, s.consolidation.blend_alphas, s.gate.min_raw_locality)
-        if choice.alpha < 1.0:
-            params = dict(model.named_parameters())
-            with torch.no_grad():
-                for name, value in blended(start, trained, choice.alpha).items():
-                    params[name].copy_(value)
+        choice = choose(score, s.consolidation.blend_alphas, floor)
+        if choice.alpha != 1.0:
+            load(choice.alpha)
         logger.info(
             "blend: alpha %.2f kept (calibration raw locality by alpha: %s)",
             choice.alpha, ", ".join(f"{a:.2f}: {r:.3f}" for a, r in choice.tried),
@@ -387,8 +408,9 @@ class Consolidator:
                         checkpoint=self._work / tenant / "checkpoint.pt", run_key=run_key,
                         should_stop=should_stop, after_step=constrain,
                     )  # fmt: skip
-            with timer("blend"):
-                blend = self._blend(model, teacher_state, raw_controls, recipe.seed)
+            stop_point("the probes")
+            with timer("probe"):  # blending reads calibration probes
+                kept = self._blend(model, teacher_state, raw_controls, recipe.seed, constrain)
             with timer("probe"), merged(model):
                 earlier = probe_bank(lineage)
                 router = cycle_router(
@@ -404,8 +426,8 @@ class Consolidator:
                     ),
                     routes=routes(router, self.embedder),
                 )  # fmt: skip
-            if blend is not None:
-                ev.report["blend"] = blend.to_json()
+            if kept is not None:
+                ev.report["blend"] = kept.to_json()
             decision = decide(ev.summary, s.gate)
             twins = sum(e.kind == "context" for e in examples)
             transfer_info = transfer.info(

@@ -55,6 +55,7 @@ def settings_for(
         consolidation={
             "anchor_ratio": 0.5,
             "retention_budget": 10,
+            "blend_controls": 5,
             **(consolidation or {}),
         },
         gate={"min_efficacy": 0.0, "min_retention": 0.0, "min_locality": 0.0, **(gate or {})},
@@ -462,29 +463,37 @@ def test_a_candidate_under_the_raw_locality_floor_is_blended_back_towards_its_st
     plain, trained = run(tmp_path / "plain", {"blend_alphas": []})
     assert "blend" not in plain.probes
 
-    scored: list[float] = []
+    # The weights each calibration pass answers with (one LoRA B), and the floor it is held to.
+    answered_with: list[torch.Tensor] = []
+    floors: list[float] = []
+    real_answers, real_choose = cycle.control_answers, cycle.choose
+
+    def spy(base: Any, fmt: Any, model: Any, *a: Any) -> Any:
+        b = next(p for n, p in model.named_parameters() if "lora_B" in n)
+        answered_with.append(b.detach().clone())
+        return real_answers(base, fmt, model, *a)
 
     def under_the_floor(score: Any, alphas: Any, floor: float) -> blend.BlendChoice:
-        # every blend is really scored (answers to the calibration questions at that blend),
-        # and the one at 0.5 is kept, as if only it cleared the floor
-        tried = [(a, score(a)) for a in [1.0, *alphas]]
-        scored.extend(a for a, _ in tried)
-        assert all(0.0 <= r <= 1.0 for _, r in tried)
-        return blend.BlendChoice(0.5, tried)
+        # every blend is scored, and the one at 0.5 kept, as if only it cleared the floor
+        floors.append(floor)
+        return blend.BlendChoice(0.5, real_choose(score, alphas, floor=2.0).tried)
 
+    monkeypatch.setattr(cycle, "control_answers", spy)
     monkeypatch.setattr(cycle, "choose", under_the_floor)
     result, kept = run(tmp_path / "blended", {"blend_alphas": [0.75, 0.5]})
-    assert scored == [1.0, 0.75, 0.5]
+    assert floors == [0.8]  # the gate's raw-locality floor
     assert result.probes["blend"]["alpha"] == 0.5
     assert [a for a, _ in result.probes["blend"]["tried"]] == [1.0, 0.75, 0.5]
-    assert "blend" in result.timings
-    # A fresh LoRA adapter starts with B = 0, so the kept blend's B is half the trained one
-    # (the same seed trains the same weights), and the saved version holds the blend.
-    b_names = [n for n in trained if "lora_B" in n]
-    assert b_names
-    for name in b_names:
-        assert trained[name].abs().sum() > 0
-        torch.testing.assert_close(kept[name], 0.5 * trained[name])
+    # A fresh LoRA adapter starts with B = 0, so a blend's B is alpha times the trained one
+    # (the same seed trains the same weights): each pass answered with its own blend, and the
+    # saved version holds the one kept.
+    name = next(n for n in trained if "lora_B" in n)
+    first = trained[name]
+    assert first.abs().sum() > 0
+    for alpha, b in zip([1.0, 0.75, 0.5], answered_with[:3], strict=True):
+        torch.testing.assert_close(b.cpu(), alpha * first)
+    for n in (n for n in trained if "lora_B" in n):
+        torch.testing.assert_close(kept[n], 0.5 * trained[n])
 
 
 def test_control_budget_probes_a_fixed_sample_of_the_controls(

@@ -33,7 +33,7 @@ def test_the_trained_adapter_stands_when_it_clears_the_floor_and_nothing_else_is
         return 0.85
 
     choice = choose(score, [0.75, 0.5], floor=0.8)
-    assert choice.alpha == 1.0 and asked == [1.0] and choice.tried == [(1.0, 0.85)]
+    assert choice.alpha == 1.0 and asked == [1.0] and choice.tried == ((1.0, 0.85),)
 
 
 def test_the_largest_blend_that_clears_the_floor_is_kept() -> None:
