@@ -339,12 +339,14 @@ class ConsolidationSettings(_Section):
         "asks every control question (only those routed to the adapter cost a generation).",
     )
     blend_alphas: list[float] = Field(
-        default=[0.75, 0.5, 0.25],
+        default=[],
         description="When the trained adapter's raw locality on the calibration questions is "
         "under the gate's floor, these blends of the starting and trained adapter parameters "
         "(start + alpha x (trained - start), each parameter; for LoRA the update follows a "
         "curve between the two) are tried, largest first, and the first that clears it is the "
-        "candidate (consolidator.blend). Empty: never blend.",
+        "candidate (consolidator.blend). Empty (the default): never blend. An option: on "
+        "the sequential benchmark's first cycles the blend that cleared the floor lost "
+        "nearly every fact (README, Results).",
     )
     blend_controls: int = Field(
         default=80,

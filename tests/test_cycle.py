@@ -55,7 +55,6 @@ def settings_for(
         consolidation={
             "anchor_ratio": 0.5,
             "retention_budget": 10,
-            "blend_controls": 5,
             **(consolidation or {}),
         },
         gate={"min_efficacy": 0.0, "min_retention": 0.0, "min_locality": 0.0, **(gate or {})},
