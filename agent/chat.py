@@ -29,7 +29,7 @@ from reverie.memory.buffer import Hit
 from reverie.memory.errors import InvalidInputError
 from reverie.memory.experience import Experience
 from reverie.memory.router import Router, load_router
-from reverie.model.metrics import grounding
+from reverie.model.metrics import added_grounding, support
 from reverie.model.prompts import Message, context_prompt, encode, render
 from reverie.settings import Settings
 
@@ -402,7 +402,10 @@ class Responder:
                 requests = requests[:1]
         texts = [base.tokenizer.decode(r.ids, skip_special_tokens=True).strip() for r in requests]
         ties = self.settings.router.check_ties
-        chosen = int(len(texts) > 1 and choose_grounded(texts[0], texts[1], recalled, ties))
+        asked = next((str(m["content"]) for m in reversed(messages) if m["role"] == "user"), "")
+        chosen = int(
+            len(texts) > 1 and choose_grounded(texts[0], texts[1], recalled, ties, question=asked)
+        )
         if check and on_text is not None and texts[chosen]:
             on_text(texts[chosen])  # checked answers arrive whole: both had to finish first
         request, text = requests[chosen], texts[chosen]
@@ -429,19 +432,29 @@ class Responder:
 
 
 def choose_grounded(
-    adapter: str, base: str, recalled: Sequence[Experience], ties: CheckTies = "adapter"
+    adapter: str,
+    base: str,
+    recalled: Sequence[Experience],
+    ties: CheckTies = "adapter",
+    *,
+    question: str = "",
 ) -> bool:
-    """Whether the base model's answer replaces the adapter's: it is more grounded in the
-    recalled memories (a larger share of its content words is in them), or as grounded and
-    ``ties`` gives it the tie. A replaced answer is the one the agent gave before consolidation
-    (recall alone): on SQuAD passages the adapter changed 16-21 of 93 served answers, about as
-    many right to wrong as wrong to right (README, Never worse). The cost: an adapter answer
-    that says what the memories do not (something it learned elsewhere) or only yes or no (no
-    content words) loses to a base answer that repeats the memories."""
+    """Whether the base model's answer replaces the adapter's, judged on what each adds to the
+    ``question`` (its content words the question does not say): first by :func:`support`
+    (the recalled sentence those words come from speaks more to the question), then by
+    :func:`added_grounding` (more of them are in the recalled memories), then by ``ties``.
+    A replaced answer is the one the agent gave before consolidation (recall alone). Without a
+    question this compares the shares of each answer's distinct content words found in the
+    memories. The cost: an adapter answer that adds what the memories do not say (something it
+    learned elsewhere) loses to a base answer that repeats them; a yes or a no adds nothing,
+    so it ties."""
     if adapter == base:
         return False
-    source = "\n".join(e.text for e in recalled)
-    ours, theirs = grounding(adapter, source), grounding(base, source)
+    texts = [e.text for e in recalled]
+    ours, theirs = support(adapter, question, texts), support(base, question, texts)
+    if ours == theirs:
+        ours = added_grounding(adapter, question, texts)
+        theirs = added_grounding(base, question, texts)
     return theirs > ours or (theirs == ours and ties == "base")
 
 

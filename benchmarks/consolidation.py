@@ -43,7 +43,7 @@ from reverie.consolidator.locality import load_controls
 from reverie.memory.embedder import SentenceTransformerEmbedder
 from reverie.memory.files import read_jsonl
 from reverie.model.base import BaseModel, load_base
-from reverie.model.metrics import best, grounding
+from reverie.model.metrics import best, grounding, support
 from reverie.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -97,15 +97,18 @@ def ask(
         correct = bool(best(reply.text, golds)["contains"])
         record: dict[str, Any] = {"question": question, "reply": reply.text, "correct": correct}
         # scores, not text, so another rule for the check can be judged from any report
-        memories = "\n".join(e.text for e in reply.recalled)
+        texts = [e.text for e in reply.recalled]
+        memories = "\n".join(texts)
         if memories:
             record["grounding"] = round(grounding(reply.text, memories), 4)
+            record["support"] = round(support(reply.text, question, texts), 4)
         adapter_correct = correct
         if reply.adapter_text is not None:  # the base model's answer replaced the adapter's
             adapter_correct = bool(best(reply.adapter_text, golds)["contains"])
             record["adapter_reply"] = reply.adapter_text
             record["correct_unchecked"] = adapter_correct
             record["grounding_unchecked"] = round(grounding(reply.adapter_text, memories), 4)
+            record["support_unchecked"] = round(support(reply.adapter_text, question, texts), 4)
         right += correct
         unchecked += adapter_correct
         overruled += reply.adapter_text is not None
@@ -127,7 +130,15 @@ def ask(
 FROM_SHARED = {"squad"}  # read from ../shared/data: its text stays there, not in our reports
 
 
-_SCORES = ("correct", "correct_unchecked", "grounding", "grounding_unchecked", "bleed")
+_SCORES = (
+    "correct",
+    "correct_unchecked",
+    "grounding",
+    "grounding_unchecked",
+    "support",
+    "support_unchecked",
+    "bleed",
+)
 
 
 def without_question_text(result: dict[str, Any]) -> dict[str, Any]:

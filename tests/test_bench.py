@@ -209,6 +209,8 @@ def test_shared_datasets_keep_no_question_text_in_reports() -> None:
                         "correct_unchecked": True,
                         "grounding": 1.0,
                         "grounding_unchecked": 0.5,
+                        "support": 0.25,
+                        "support_unchecked": 0.0,
                     },
                 ],
             }
@@ -224,6 +226,8 @@ def test_shared_datasets_keep_no_question_text_in_reports() -> None:
             "correct_unchecked": True,
             "grounding": 1.0,
             "grounding_unchecked": 0.5,
+            "support": 0.25,
+            "support_unchecked": 0.0,
         },
     ]
     assert "Q?" not in json.dumps(out) and "adapter's reply" not in json.dumps(out)

@@ -651,12 +651,13 @@ def test_with_memories_recalled_the_more_grounded_of_the_two_answers_stands(
 
         settings.router.check_recalled = True
         checked = client.chat(about, tenant="alice", **sampled)
-        stands = choose_grounded(adapter.text, base.text, adapter.recalled)
+        asked = about[-1]["content"]
+        stands = choose_grounded(adapter.text, base.text, adapter.recalled, question=asked)
         assert checked.text == [adapter.text, base.text][stands] and checked.routed
         assert checked.adapter_text == (adapter.text if stands else None)
         assert checked.overruled == stands
 
-        monkeypatch.setattr(chat_module, "choose_grounded", lambda *args: True)
+        monkeypatch.setattr(chat_module, "choose_grounded", lambda *a, **k: True)
         pieces: list[str] = []
         replaced = client.chat(about, tenant="alice", on_text=pieces.append, **sampled)
         assert replaced.text == base.text and replaced.adapter_text == adapter.text

@@ -12,10 +12,12 @@ import re
 import string
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 __all__ = [
     "STOP",
+    "added_grounding",
+    "added_words",
     "best",
     "contains",
     "content_words",
@@ -23,6 +25,7 @@ __all__ = [
     "grounding",
     "normalize",
     "scored",
+    "support",
     "token_f1",
 ]
 
@@ -117,3 +120,43 @@ def grounding(answer: str, source: str) -> float:
         return 0.0
     vocabulary = set(content_words(source))
     return sum(w in vocabulary for w in words) / len(words)
+
+
+# -- which answer a recalled text supports (the served check) ---------------------------------
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def added_words(answer: str, question: str) -> set[str]:
+    """The answer's content words the question does not already say: what it adds. An answer
+    that restates the question ("The law that connects ... is ...") is not grounded by the
+    restatement."""
+    return set(content_words(answer)) - set(content_words(question))
+
+
+def added_grounding(answer: str, question: str, sources: Sequence[str]) -> float:
+    """Share of what the answer adds to the question that is found in ``sources`` (0 when it
+    adds nothing)."""
+    added = added_words(answer, question)
+    if not added:
+        return 0.0
+    vocabulary = {w for text in sources for w in content_words(text)}
+    return len(added & vocabulary) / len(added)
+
+
+def support(answer: str, question: str, sources: Sequence[str]) -> float:
+    """How much the passage an answer comes from is about the question: the share of the
+    question's content words in the sentence of ``sources`` holding most of the answer's added
+    words (the first such sentence; 0 when none holds any). A reader's oldest cue: in a long
+    text, the right span sits in the sentence that speaks to the question."""
+    added = added_words(answer, question)
+    asked = set(content_words(question))
+    best_sentence: set[str] = set()
+    most = 0
+    for text in sources:
+        for sentence in _SENTENCE_END.split(text):
+            words = set(content_words(sentence))
+            if len(added & words) > most:
+                best_sentence, most = words, len(added & words)
+    if not most:
+        return 0.0
+    return len(asked & best_sentence) / max(1, len(asked))

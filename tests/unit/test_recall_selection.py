@@ -11,6 +11,7 @@ from reverie.agent.chat import choose_grounded, recall_window, select_recalled
 from reverie.memory.buffer import Hit
 from reverie.memory.errors import InvalidInputError
 from reverie.memory.experience import Experience
+from reverie.model.metrics import added_grounding, support
 
 
 def hits(*scored: tuple[str, float, str]) -> list[Hit]:
@@ -58,6 +59,7 @@ def test_windows_from_none_to_everything_are_accepted() -> None:
 
 
 RECALLED = [Experience(tenant="t", id="cat", text="The user's cat Biscuit is allergic to salmon.")]
+ASKED = "What is Biscuit allergic to?"
 
 
 @pytest.mark.parametrize(
@@ -66,19 +68,41 @@ RECALLED = [Experience(tenant="t", id="cat", text="The user's cat Biscuit is all
         ("Biscuit is allergic to tuna and shrimp.", "Biscuit is allergic to salmon.", True),
         ("Salmon.", "Cats are often allergic to fish.", False),  # the adapter's is more grounded
         ("", "Salmon.", True),  # an empty answer carries nothing from the memories
-        ("No.", "Yes, Biscuit is allergic.", True),  # the documented cost: yes/no has no content
-        ("Salmon, like most cats.", "Salmon.", True),  # ...and neither has what memories lack
+        ("Salmon, like most cats.", "Salmon.", True),  # the documented cost: what memories lack
     ],
 )
 def test_the_adapters_answer_stands_unless_the_base_model_reads_the_memories_better(
     adapter: str, base: str, replaced: bool
 ) -> None:
     for ties in ("adapter", "base"):
-        assert choose_grounded(adapter, base, RECALLED, ties) is replaced  # type: ignore[arg-type]
+        chosen = choose_grounded(adapter, base, RECALLED, ties, question=ASKED)  # type: ignore[arg-type]
+        assert chosen is replaced
+
+
+def test_the_answer_from_the_sentence_about_the_question_stands() -> None:
+    """Both answers are words of the memories, but only one comes from the sentence that speaks
+    to the question; the words an answer repeats from the question count for neither."""
+    memories = [Experience(tenant="t", id="cat", text=RECALLED[0].text + " Biscuit likes tuna.")]
+    wrong, right = "Biscuit is allergic to tuna.", "Salmon."
+    assert choose_grounded(wrong, right, memories, question=ASKED) is True
+    assert choose_grounded(right, wrong, memories, question=ASKED) is False
+    # without the question both are wholly grounded: a tie, and the adapter's stands
+    assert choose_grounded(wrong, right, memories) is False
+
+
+def test_support_reads_the_sentence_holding_what_the_answer_adds() -> None:
+    memories = ["The user's cat Biscuit is allergic to salmon. Biscuit likes tuna."]
+    assert support("Tuna.", ASKED, memories) == 0.5  # "Biscuit likes tuna.": biscuit, not allergic
+    assert support("Salmon.", ASKED, memories) == 1.0
+    assert support("Biscuit is allergic.", ASKED, memories) == 0.0  # adds nothing
+    assert support("Cod.", ASKED, memories) == 0.0  # from no sentence
+    assert added_grounding("Biscuit is allergic to cod and salmon.", ASKED, memories) == 0.5
 
 
 def test_a_tie_goes_where_the_setting_says_and_the_same_answer_is_never_replaced() -> None:
     tie = ("Biscuit is allergic to salmon.", "Salmon is what Biscuit is allergic to.")
-    assert choose_grounded(*tie, RECALLED) is False  # the default: ties to the adapter
-    assert choose_grounded(*tie, RECALLED, "base") is True
-    assert choose_grounded("Salmon.", "Salmon.", RECALLED, "base") is False
+    assert choose_grounded(*tie, RECALLED, question=ASKED) is False  # default: to the adapter
+    assert choose_grounded(*tie, RECALLED, "base", question=ASKED) is True
+    assert choose_grounded("Salmon.", "Salmon.", RECALLED, "base", question=ASKED) is False
+    # yes and no add no word to the question: a tie too
+    assert choose_grounded("No.", "Yes, Biscuit is allergic.", RECALLED, question=ASKED) is False
