@@ -148,7 +148,7 @@ class Reply:
     queue_seconds: float = 0.0  # waiting for the model (another chat was generating)
     generate_seconds: float = 0.0
     model: str = ""  # the base model that answered
-    # the base model's answer replaced the adapter's, being more grounded in the recalled
+    # the base model's answer replaced the adapter's, reading the recalled memories better
     # memories (see Responder.respond); adapter_text is then the adapter's (in process only)
     overruled: bool = False
     adapter_text: str | None = None
@@ -364,7 +364,7 @@ class Responder:
                     "max_tokens",
                 )
             # With memories in the prompt, the base model answers beside the adapter (one more
-            # row of the same batch) and its answer stands when it is more grounded in them.
+            # row of the same batch) and its answer stands when it reads them better.
             check = bool(recalled) and routed and self.settings.router.check_recalled
             rows = [name if routed and name is not None else BASE_ADAPTER]
             rows += [BASE_ADAPTER] if check else []

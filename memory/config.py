@@ -130,18 +130,16 @@ class RouterSettings(_Section):
         default=True,
         description="When recall puts memories in the prompt and the adapter is routed, the base "
         "model answers too (one more row of the same decoding batch), and its answer, the one "
-        "the agent gave before consolidation, replaces the adapter's if a larger share of its "
-        "content words is in the recalled memories. The cost: an adapter answer that adds what "
-        "the memories do not say, or says only yes or no, loses to a base answer that repeats "
-        "them; a streamed answer checked this way arrives whole. In the consolidation "
-        "benchmark its replacements netted +2 and 0 of 93 on SQuAD, 0 and +1 of 60 on "
-        "fictional facts, against the adapter's own answers in the same run (README, The "
-        "grounded check). Off: the adapter's answer always stands.",
+        "the agent gave before consolidation, replaces the adapter's if the words it adds to "
+        "the question come from a recalled sentence that speaks more to the question, or, "
+        "as much, if more of them are in the recalled memories (agent.chat.choose_grounded). "
+        "The cost: an adapter answer that adds what the memories do not say loses to a base "
+        "answer that repeats them; a streamed answer checked this way arrives whole (README, "
+        "The grounded check, What an answer adds). Off: the adapter's answer always stands.",
     )
     check_ties: Literal["adapter", "base"] = Field(
         default="adapter",
-        description="Which answer stands when the adapter's and the base model's are equally "
-        "grounded in the recalled memories (check_recalled). 'base': the answer differs from "
-        "the one the agent gave before consolidation only where the adapter's is more "
-        "grounded.",
+        description="Which answer stands when the check (check_recalled) cannot tell the "
+        "adapter's and the base model's apart. 'base': the answer differs from the one the "
+        "agent gave before consolidation only where the adapter's reads the memories better.",
     )
