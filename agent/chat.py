@@ -402,7 +402,7 @@ class Responder:
                 requests = requests[:1]
         texts = [base.tokenizer.decode(r.ids, skip_special_tokens=True).strip() for r in requests]
         ties = self.settings.router.check_ties
-        asked = next((str(m["content"]) for m in reversed(messages) if m["role"] == "user"), "")
+        asked = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         chosen = int(
             len(texts) > 1 and choose_grounded(texts[0], texts[1], recalled, ties, question=asked)
         )
@@ -442,12 +442,14 @@ def choose_grounded(
     """Whether the base model's answer replaces the adapter's, judged on what each adds to the
     ``question`` (its content words the question does not say): first by :func:`support`
     (the recalled sentence those words come from speaks more to the question), then by
-    :func:`added_grounding` (more of them are in the recalled memories), then by ``ties``.
+    :func:`added_grounding` (a larger share of them is in the recalled memories), then by
+    ``ties``.
     A replaced answer is the one the agent gave before consolidation (recall alone). Without a
     question this compares the shares of each answer's distinct content words found in the
     memories. The cost: an adapter answer that adds what the memories do not say (something it
-    learned elsewhere) loses to a base answer that repeats them; a yes or a no adds nothing,
-    so it ties."""
+    learned elsewhere) loses to a base answer that repeats them; a bare yes or no adds
+    nothing: it ties with an answer that only restates the question and loses to one that adds
+    recalled words."""
     if adapter == base:
         return False
     texts = [e.text for e in recalled]

@@ -82,8 +82,8 @@ def ask(
 ) -> dict[str, Any]:
     """Questions asked through the served path (``MemoryClient.chat``, as an agent asks):
     the share answered right, the share the adapter answered (routed), the share where the
-    base model's answer replaced the adapter's (overruled: more grounded in the recalled
-    memories) and the accuracy had the adapter's stood (unchecked), and with ``keep_answers``
+    base model's answer replaced the adapter's (overruled: it read the recalled memories
+    better) and the accuracy had the adapter's stood (unchecked), and with ``keep_answers``
     each question's reply (to compare runs question by question)."""
     right = routed = unchecked = overruled = 0
     replies = []
@@ -96,7 +96,8 @@ def ask(
         )
         correct = bool(best(reply.text, golds)["contains"])
         record: dict[str, Any] = {"question": question, "reply": reply.text, "correct": correct}
-        # scores, not text, so another rule for the check can be judged from any report
+        # scores, not text (SQuAD's stay out of reports): the served and, where replaced, the
+        # adapter's answer; judging another rule for the check also needs both answers' text
         texts = [e.text for e in reply.recalled]
         memories = "\n".join(texts)
         if memories:

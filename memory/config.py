@@ -132,7 +132,8 @@ class RouterSettings(_Section):
         "model answers too (one more row of the same decoding batch), and its answer, the one "
         "the agent gave before consolidation, replaces the adapter's if the words it adds to "
         "the question come from a recalled sentence that speaks more to the question, or, "
-        "as much, if more of them are in the recalled memories (agent.chat.choose_grounded). "
+        "as much, if a larger share of them is in the recalled memories "
+        "(agent.chat.choose_grounded). "
         "The cost: an adapter answer that adds what the memories do not say loses to a base "
         "answer that repeats them; a streamed answer checked this way arrives whole (README, "
         "The grounded check, What an answer adds). Off: the adapter's answer always stands.",

@@ -612,7 +612,7 @@ def test_the_router_keeps_the_adapter_off_unrelated_questions(
         assert not off.routed and off.text == base_answer.text
 
 
-def test_with_memories_recalled_the_more_grounded_of_the_two_answers_stands(
+def test_with_memories_recalled_the_answer_reading_them_better_stands(
     tmp_path: Path,
     tiny_model_dir: Path,
     tiny_base: Any,
@@ -657,11 +657,18 @@ def test_with_memories_recalled_the_more_grounded_of_the_two_answers_stands(
         assert checked.adapter_text == (adapter.text if stands else None)
         assert checked.overruled == stands
 
-        monkeypatch.setattr(chat_module, "choose_grounded", lambda *a, **k: True)
+        asked_with: list[str] = []
+
+        def replace(*a: Any, question: str = "", **k: Any) -> bool:
+            asked_with.append(question)
+            return True
+
+        monkeypatch.setattr(chat_module, "choose_grounded", replace)
         pieces: list[str] = []
         replaced = client.chat(about, tenant="alice", on_text=pieces.append, **sampled)
         assert replaced.text == base.text and replaced.adapter_text == adapter.text
         assert replaced.overruled and pieces == ([base.text] if base.text else [])
+        assert asked_with == [asked]  # the check reads the question the user asked
 
         real_wait = Batcher.wait
 

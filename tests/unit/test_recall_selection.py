@@ -104,5 +104,7 @@ def test_a_tie_goes_where_the_setting_says_and_the_same_answer_is_never_replaced
     assert choose_grounded(*tie, RECALLED, question=ASKED) is False  # default: to the adapter
     assert choose_grounded(*tie, RECALLED, "base", question=ASKED) is True
     assert choose_grounded("Salmon.", "Salmon.", RECALLED, "base", question=ASKED) is False
-    # yes and no add no word to the question: a tie too
-    assert choose_grounded("No.", "Yes, Biscuit is allergic.", RECALLED, question=ASKED) is False
+    # a bare yes or no adds no word to the question: a tie with an answer that only restates it
+    yes_no = ("No.", "Yes, Biscuit is allergic.")
+    assert choose_grounded(*yes_no, RECALLED, question=ASKED) is False
+    assert choose_grounded(*yes_no, RECALLED, "base", question=ASKED) is True
