@@ -149,7 +149,7 @@ class Reply:
     generate_seconds: float = 0.0
     model: str = ""  # the base model that answered
     # the base model's answer replaced the adapter's, reading the recalled memories better
-    # memories (see Responder.respond); adapter_text is then the adapter's (in process only)
+    # (see Responder.respond); adapter_text is then the adapter's (in process only)
     overruled: bool = False
     adapter_text: str | None = None
 
@@ -443,13 +443,12 @@ def choose_grounded(
     ``question`` (its content words the question does not say): first by :func:`support`
     (the recalled sentence those words come from speaks more to the question), then by
     :func:`added_grounding` (a larger share of them is in the recalled memories), then by
-    ``ties``.
-    A replaced answer is the one the agent gave before consolidation (recall alone). Without a
-    question this compares the shares of each answer's distinct content words found in the
-    memories. The cost: an adapter answer that adds what the memories do not say (something it
-    learned elsewhere) loses to a base answer that repeats them; a bare yes or no adds
-    nothing: it ties with an answer that only restates the question and loses to one that adds
-    recalled words."""
+    ``ties``. A replaced answer is the one the agent gave before consolidation (recall
+    alone). Without a question this compares the shares of each answer's distinct content
+    words found in the memories. The cost: an adapter answer that adds what the memories do
+    not say (something it learned elsewhere) loses to a base answer that repeats them; a bare
+    yes or no adds nothing: it ties with an answer that only restates the question and loses
+    to one that adds recalled words."""
     if adapter == base:
         return False
     texts = [e.text for e in recalled]
