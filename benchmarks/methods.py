@@ -14,7 +14,6 @@ one adapter and ``none`` and ``rag`` share none.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -33,7 +32,7 @@ from reverie.model.generate import answer
 from reverie.model.prompts import context_prompt, encode
 from reverie.settings import Settings, load_settings
 
-__all__ = ["METHODS", "PLAN", "MethodRun", "shared_models_dir", "trainings"]
+__all__ = ["METHODS", "PLAN", "MethodRun", "shared_models_dir", "trainings", "without_answers"]
 
 TENANT = "bench"
 
@@ -191,11 +190,25 @@ class MethodRun:
             if consolidation
             else None,
             "training_tokens_per_s": round(tokens / seconds, 1) if seconds else None,
-            "last_probes": json.loads(json.dumps(self.cycles[-1].probes)),
+            "last_probes": without_answers(self.cycles[-1].probes),
         }
 
     def close(self) -> None:
         self.client.close()
+
+
+ANSWER_LISTS = ("changed", "regressions")
+
+
+def without_answers(probes: Any) -> Any:
+    """A cycle's probe report without its lists of answers (``changed``, ``regressions``, at
+    any depth): the knowledge tasks read ../shared/data, and a candidate trained on it repeats
+    its text in answers to unrelated questions. Every score stays."""
+    if isinstance(probes, dict):
+        return {k: without_answers(v) for k, v in probes.items() if k not in ANSWER_LISTS}
+    if isinstance(probes, list):
+        return [without_answers(v) for v in probes]
+    return probes
 
 
 def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:

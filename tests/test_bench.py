@@ -232,3 +232,18 @@ def test_shared_datasets_keep_no_question_text_in_reports() -> None:
     ]
     assert "Q?" not in json.dumps(out) and "adapter's reply" not in json.dumps(out)
     assert "squad" in FROM_SHARED
+
+
+def test_knowledge_reports_keep_every_probe_score_and_no_answer_text() -> None:
+    from reverie.benchmarks.methods import without_answers
+
+    probes = {
+        "locality": {"ratio": 0.9, "changed": [{"now": "repeats the data"}], "regressions": []},
+        "served": {"locality": {"ratio": 1.0, "regressions": [{"now": "repeats the data"}]}},
+        "neighbourhood": [{"n": 2, "changed": [{"now": "x"}]}],
+    }
+    assert without_answers(probes) == {
+        "locality": {"ratio": 0.9},
+        "served": {"locality": {"ratio": 1.0}},
+        "neighbourhood": [{"n": 2}],
+    }
